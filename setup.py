@@ -1,0 +1,30 @@
+"""Install hps and its twistd plugin (``twistd hps``)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hps",
+    version="0.1.0",
+    description="Higress plugin server: serves WebAssembly plugins to Higress gateways",
+    python_requires=">=3.10",
+    # twisted/plugins has no __init__.py on purpose: it is Twisted's plugin
+    # namespace, and the dropin file must land inside the installed Twisted.
+    packages=find_packages(include=["hps", "hps.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["hps_plugin.py"]},
+    install_requires=[
+        "twisted[tls]>=26.10",
+        "service-identity",
+        "pyyaml",
+    ],
+    extras_require={
+        "http2": ["twisted[http2]>=26.10"],
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "hypothesis",
+            "treq",
+            "wasmtime",
+        ],
+    },
+    entry_points={"console_scripts": ["hps = hps.cli:main"]},
+)
