@@ -19,7 +19,7 @@ COMMANDS = {
 def usage() -> str:
     lines = ["usage: hps COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<12} {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines.append("\nRun 'hps COMMAND --help' for a command's options; 'twistd hps --help' for the server.")
+    lines.append("\nRun 'hps COMMAND --help' for its options; 'twistd hps --help' for the server.")
     return "\n".join(lines)
 
 

@@ -1,0 +1,216 @@
+"""What is in the tree: artifacts, and the scan that finds them.
+
+A :class:`Catalog` is an immutable snapshot. A rescan builds a new one and the
+server swaps a single reference, so a request keeps the snapshot it started
+with and its headers and body always describe the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import MappingProxyType
+
+from hps.guard import (
+    MODULE_FILE,
+    accept_name,
+    accept_version,
+    hidden_or_temporary,
+    is_wasm_module,
+    within_root,
+)
+
+_CHUNK = 1 << 20
+
+Identity = tuple[int, int, int, int]
+"""(device, inode, size, mtime in ns): changes whenever the file is replaced."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One servable module, as it was when the scan hashed it."""
+
+    name: str
+    version: str
+    path: str
+    size: int
+    mtime: float
+    md5: str
+    sha256: str
+    identity: Identity
+    alias_of: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"/plugins/{self.name}/{self.version}/{MODULE_FILE}"
+
+    @property
+    def etag(self) -> str:
+        """Strong, from the content, so every replica agrees (unlike mtime-size)."""
+        return f'"{self.sha256[:40]}"'
+
+    @property
+    def last_modified(self) -> str:
+        """RFC 3339, UTC."""
+        return utc(self.mtime).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(int(timestamp), tz=timezone.utc)
+
+
+def version_key(version: str) -> tuple:
+    """Order versions as semver does: numbers numerically, pre-releases first."""
+    core, _, pre = version.lstrip("v").split("+")[0].partition("-")
+    numbers = tuple(int(p) for p in core.split(".") if p.isdigit())
+    tags = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.]", pre))
+    return (numbers, 0 if pre else 1, tags if pre else (), version)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """An immutable snapshot of the artifacts under one root."""
+
+    root: str
+    artifacts: Mapping[tuple[str, str], Artifact] = field(default_factory=dict)
+    skipped: frozenset[str] = frozenset()
+    loaded: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "artifacts", MappingProxyType(dict(self.artifacts)))
+
+    def __len__(self) -> int:
+        return len(self.artifacts)
+
+    def __iter__(self) -> Iterator[Artifact]:
+        for name in self.names():
+            yield from self.versions(name)
+
+    def get(self, name: str, version: str) -> Artifact | None:
+        return self.artifacts.get((name, version))
+
+    def names(self) -> list[str]:
+        return sorted({name for name, _ in self.artifacts})
+
+    def versions(self, name: str) -> list[Artifact]:
+        found = [a for (n, _), a in self.artifacts.items() if n == name]
+        return sorted(found, key=lambda a: version_key(a.version))
+
+
+def unloaded(root: str) -> Catalog:
+    """The snapshot before the first scan finishes: empty and not ready."""
+    return Catalog(root=root, loaded=False)
+
+
+class Skip(Exception):
+    """A file or directory in the tree that is not an artifact, and why."""
+
+
+def scan(root: str, previous: Catalog | None = None) -> Catalog:
+    """Walk ``root`` and return a new snapshot.
+
+    Digests are reused from ``previous`` when a file's identity is unchanged,
+    so a rescan of a quiet tree reads no bytes. Runs in a thread: it does I/O.
+    """
+    known = {a.identity: a for a in previous.artifacts.values()} if previous else {}
+    artifacts: dict[tuple[str, str], Artifact] = {}
+    skipped: set[str] = set()
+    for name, version, path in _candidates(root, skipped):
+        try:
+            artifact = _examine(root, name, version, path, known)
+        except Skip as why:
+            skipped.add(f"{os.path.relpath(path, root)}: {why}")
+            continue
+        except OSError as err:
+            skipped.add(f"{os.path.relpath(path, root)}: unreadable ({err.strerror})")
+            continue
+        known[artifact.identity] = artifact
+        artifacts[(name, version)] = artifact
+    return Catalog(root=root, artifacts=artifacts, skipped=frozenset(skipped))
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def _candidates(root: str, skipped: set[str]) -> Iterator[tuple[str, str, str]]:
+    """Yield ``(name, version, path)`` for every plausible module file."""
+    for name in _listdir(root):
+        name_dir = os.path.join(root, name)
+        if not _sane_dir(root, name, name_dir, accept_name, skipped):
+            continue
+        for version in _listdir(name_dir):
+            version_dir = os.path.join(name_dir, version)
+            if _sane_dir(root, f"{name}/{version}", version_dir, accept_version, skipped):
+                path = os.path.join(version_dir, MODULE_FILE)
+                if os.path.lexists(path):
+                    yield name, version, path
+
+
+def _sane_dir(root: str, rel: str, path: str, accept, skipped: set[str]) -> bool:
+    leaf = os.path.basename(rel)
+    if not os.path.isdir(path):
+        return False  # plain files beside the plugins (README, properties) are expected
+    if hidden_or_temporary(leaf):
+        skipped.add(f"{rel}: hidden or temporary name")
+    elif not accept(leaf):
+        skipped.add(f"{rel}: not a valid plugin name or version")
+    elif not within_root(path, root):
+        skipped.add(f"{rel}: symlink leaves the root")
+    else:
+        return True
+    return False
+
+
+def _examine(root: str, name: str, version: str, path: str, known: dict) -> Artifact:
+    real = os.path.realpath(path)
+    if not within_root(real, root):
+        raise Skip("symlink leaves the root")
+    rel_real = os.path.relpath(real, os.path.realpath(root))
+    if any(hidden_or_temporary(part) for part in rel_real.split(os.sep)):
+        raise Skip("points at a hidden or temporary file")
+    with open(real, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise Skip("not a regular file")
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        alias = _alias(rel_real, name, version)
+        cached = known.get(identity)
+        if cached is not None:
+            return Artifact(name, version, real, cached.size, cached.mtime,
+                            cached.md5, cached.sha256, identity, alias)
+        if info.st_size == 0:
+            raise Skip("empty file")
+        md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+        head = handle.read(_CHUNK)
+        if not is_wasm_module(head):
+            raise Skip("not a WebAssembly module (no \\0asm magic)")
+        size = 0
+        while head:
+            md5.update(head)
+            sha256.update(head)
+            size += len(head)
+            head = handle.read(_CHUNK)
+    if size != info.st_size:
+        raise Skip("changed while being read")
+    return Artifact(name, version, real, size, info.st_mtime,
+                    md5.hexdigest(), sha256.hexdigest(), identity, alias)
+
+
+def _alias(rel_real: str, name: str, version: str) -> str | None:
+    """``name/version`` of the file a symlink leads to, when it is another one."""
+    canonical = os.path.join(name, version, MODULE_FILE)
+    if rel_real == canonical:
+        return None
+    parts = rel_real.split(os.sep)
+    if len(parts) == 3 and parts[2] == MODULE_FILE:
+        return f"{parts[0]}/{parts[1]}"
+    return rel_real

@@ -1,0 +1,182 @@
+"""Settings: defaults, a YAML file and command-line flags, merged and checked.
+
+Every knob is one field of :class:`Config`; the YAML keys, the ``twistd hps``
+flags and their help all derive from that one table, so a knob cannot exist in
+one place and not the other. Any problem ends in :class:`ConfigError`, whose
+message is one line meant for a person.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import yaml
+from twisted.python import usage
+
+
+class ConfigError(Exception):
+    """Bad settings; the message is a single line for the operator."""
+
+
+def knob(default: Any, help: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    """Declare one setting: its default, its help text and an optional check."""
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be zero or more"
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else "must be more than zero"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The server's settings. Field name = YAML key; ``_`` → ``-`` = flag."""
+
+    root: str = knob("plugins", "directory holding <name>/<version>/plugin.wasm")
+    listen: tuple[str, ...] = knob(
+        ("tcp:8080",), "Twisted endpoint to listen on (repeatable), e.g. tcp:8080:interface=::"
+    )
+
+    def describe(self) -> str:
+        return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True,
+          "false": False, "no": False, "off": False, "0": False}
+
+
+def flag_name(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, from_text: bool) -> Any:
+    """Turn a YAML value (or flag text) into the field's type, or say why not."""
+    kind = FIELDS[key].type
+    where = f"--{flag_name(key)}" if from_text else f"'{key}'"
+    if kind == "tuple[str, ...]":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            raise ConfigError(f"{where} must be a list of non-empty strings")
+        return tuple(items)
+    if kind == "bool":
+        if from_text and isinstance(value, str) and value.lower() in _BOOLS:
+            return _BOOLS[value.lower()]
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
+    if kind in ("int", "float"):
+        number = int if kind == "int" else float
+        if from_text:
+            try:
+                return number(value)
+            except ValueError:
+                raise ConfigError(f"{where} must be a number, not {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        if kind == "int" and not isinstance(value, int):
+            raise ConfigError(f"{where} must be a whole number, not {value!r}")
+        return number(value)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a non-empty string, not {value!r}")
+    return value
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """Read a config file into a mapping of known keys, or raise ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"config {path} is not valid YAML{line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of settings")
+    unknown = sorted(str(k) for k in data if k not in FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in {path} (known: {', '.join(FIELDS)})")
+    return {key: _coerce(key, value, from_text=False) for key, value in data.items()}
+
+
+def build(path: str | None, flags: Mapping[str, Any]) -> Config:
+    """Defaults, then the file, then flags; then every value checked."""
+    values = read_yaml(path) if path else {}
+    values.update({k: _coerce(k, v, from_text=True) for k, v in flags.items()})
+    config = Config(**values)
+    check(config)
+    return config
+
+
+def check(config: Config) -> None:
+    for key, spec in FIELDS.items():
+        rule = spec.metadata["check"]
+        problem = rule(getattr(config, key)) if rule else None
+        if problem:
+            raise ConfigError(f"{flag_name(key)}: {problem}")
+    if not os.path.isdir(config.root):
+        raise ConfigError(f"root {config.root!r} is not a directory")
+    if not os.access(config.root, os.R_OK | os.X_OK):
+        raise ConfigError(f"root {config.root!r} is not readable")
+
+
+class Options(usage.Options):
+    """``twistd hps`` flags, generated from :class:`Config`."""
+
+    optParameters: ClassVar[list[list[Any]]] = [
+        ["config", "c", None, "YAML file with the same settings as the flags"]
+    ] + [
+        [flag_name(k), None, None, f"{f.metadata['help']} [default: {f.default!r}]"]
+        for k, f in FIELDS.items()
+        if f.type not in ("bool", "tuple[str, ...]")
+    ]
+    optFlags: ClassVar[list[list[Any]]] = [
+        [flag_name(k) if not f.default else f"no-{flag_name(k)}", None, f.metadata["help"]]
+        for k, f in FIELDS.items()
+        if f.type == "bool"
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists: dict[str, list[str]] = {}
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Twisted endpoint to listen on (repeatable) [default: tcp:8080]"""
+        self.lists.setdefault("listen", []).append(endpoint)
+
+    def flags_given(self) -> dict[str, Any]:
+        """Only what the command line set, so the file's values survive."""
+        given: dict[str, Any] = dict(self.lists)
+        for key, spec in FIELDS.items():
+            if spec.type == "bool":
+                name = flag_name(key) if not spec.default else f"no-{flag_name(key)}"
+                if self.get(name):
+                    given[key] = not spec.default
+            elif self.get(flag_name(key)) is not None:
+                given[key] = self[flag_name(key)]
+        return given
+
+    def postOptions(self) -> None:
+        try:
+            self.config = build(self["config"], self.flags_given())
+        except ConfigError as err:
+            fail(err)
+
+
+def fail(err: Exception) -> None:
+    """End the process with one line on stderr: operators get no traceback."""
+    sys.stderr.write(f"hps: {err}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)

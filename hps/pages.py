@@ -1,0 +1,158 @@
+"""What people and tools read about the catalog: HTML pages and JSON indexes.
+
+HTML is built with ``twisted.web.template`` so every name, version and Host
+header is escaped by construction. Nothing here touches files: it only reads
+catalog snapshots.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from twisted.web.template import Tag, flattenString, tags
+
+from hps.catalog import Artifact, Catalog
+
+STYLE = """
+body { font: 15px/1.5 system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; padding: 0 1rem;
+       color: #1b1f24; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #d8dee4; }
+td.size { text-align: right; white-space: nowrap; }
+code, .hash { font-family: ui-monospace, monospace; font-size: 13px; word-break: break-all; }
+pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; }
+"""
+
+
+def render_html(title: str, body: Iterable[Tag]) -> bytes:
+    """A whole HTML document; ``flattenString`` escapes every text and attribute."""
+    page = tags.html(lang="en")(
+        tags.head(tags.meta(charset="utf-8"), tags.title(title), tags.style(STYLE)),
+        tags.body(tags.h1(title), *body),
+    )
+    out: list[bytes] = []
+    flattenString(None, page).addCallback(out.append)
+    return b"<!DOCTYPE html>\n" + out[0]
+
+
+def human_size(size: int) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024 or unit == "MiB":
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+def _crumbs(*parts: str) -> Tag:
+    links: list[Tag | str] = [tags.a(href="/")("home"), " / ", tags.a(href="/plugins/")("plugins")]
+    href = "/plugins/"
+    for part in parts:
+        href += f"{part}/"
+        links += [" / ", tags.a(href=href)(part)]
+    return tags.p(class_="crumbs")(*links)
+
+
+def _artifact_row(artifact: Artifact, label: str) -> Tag:
+    alias = f" (alias of {artifact.alias_of})" if artifact.alias_of else ""
+    return tags.tr(
+        tags.td(tags.a(href=artifact.url)(label), alias),
+        tags.td(class_="size")(human_size(artifact.size)),
+        tags.td(class_="hash")(artifact.sha256),
+        tags.td(artifact.last_modified),
+    )
+
+
+_HEAD = tags.tr(tags.th("module"), tags.th("size"), tags.th("SHA-256"), tags.th("modified"))
+
+
+def plugins_page(catalog: Catalog) -> bytes:
+    rows = [
+        tags.tr(
+            tags.td(tags.a(href=f"/plugins/{name}/")(name)),
+            tags.td(", ".join(a.version for a in catalog.versions(name))),
+        )
+        for name in catalog.names()
+    ]
+    return render_html("Plugins", [
+        _crumbs(),
+        tags.p(f"{len(catalog.names())} plugins, {len(catalog)} modules. ",
+               tags.a(href="/plugins/index.json")("index.json")),
+        tags.table(tags.tr(tags.th("plugin"), tags.th("versions")), *rows),
+    ])
+
+
+def plugin_page(catalog: Catalog, name: str) -> bytes:
+    rows = [_artifact_row(a, f"{a.version}/plugin.wasm") for a in catalog.versions(name)]
+    return render_html(f"Plugin {name}", [
+        _crumbs(name),
+        tags.p(tags.a(href=f"/plugins/{name}/index.json")("index.json")),
+        tags.table(_HEAD, *rows),
+    ])
+
+
+def version_page(artifact: Artifact) -> bytes:
+    base = f"/plugins/{artifact.name}/{artifact.version}/"
+    return render_html(f"{artifact.name} {artifact.version}", [
+        _crumbs(artifact.name, artifact.version),
+        tags.table(_HEAD, _artifact_row(artifact, "plugin.wasm"),
+                   tags.tr(tags.td(tags.a(href=base + "metadata.txt")("metadata.txt")))),
+    ])
+
+
+def console_lines(base_url: str) -> list[str]:
+    """The settings an operator pastes into the Higress Console and Controller."""
+    return [
+        "HIGRESS_ADMIN_WASM_PLUGIN_CUSTOM_IMAGE_URL_PATTERN="
+        f"{base_url}/plugins/${{name}}/${{version}}/plugin.wasm",
+        f"MCP_SERVER_WASM_IMAGE_URL={base_url}/plugins/mcp-server/1.0.0/plugin.wasm",
+    ]
+
+
+def landing_page(catalog: Catalog, base_url: str) -> bytes:
+    return render_html("Higress plugin server", [
+        tags.p(f"Serving {len(catalog.names())} plugins ({len(catalog)} modules). ",
+               tags.a(href="/plugins/")("Browse /plugins/"), "."),
+        tags.h2("Wire Higress to this server"),
+        tags.p("Set on the Higress Console (first line) and the Higress Controller (second):"),
+        tags.pre(tags.code("\n".join(console_lines(base_url)))),
+        tags.p("Health: ", tags.a(href="/healthz")("/healthz"), ", readiness: ",
+               tags.a(href="/readyz")("/readyz"), "."),
+    ])
+
+
+def _version_entry(artifact: Artifact) -> dict:
+    entry = {
+        "version": artifact.version,
+        "url": artifact.url,
+        "size": artifact.size,
+        "sha256": artifact.sha256,
+        "md5": artifact.md5,
+        "lastModified": artifact.last_modified,
+    }
+    if artifact.alias_of:
+        entry["aliasOf"] = artifact.alias_of
+    return entry
+
+
+def index_json(catalog: Catalog, names: Iterable[str] | None = None) -> bytes:
+    """``{"plugins": [{"name", "versions": [...]}]}``, names sorted, versions ordered."""
+    chosen = catalog.names() if names is None else names
+    plugins = [
+        {"name": name, "versions": [_version_entry(a) for a in catalog.versions(name)]}
+        for name in chosen
+    ]
+    return json.dumps({"plugins": plugins}, indent=2).encode() + b"\n"
+
+
+def metadata_text(artifact: Artifact) -> bytes:
+    """Upstream's ``metadata.txt`` lines (times in UTC), plus SHA-256."""
+    stamp = artifact.last_modified.rstrip("Z")
+    return (
+        f"Plugin Name: {artifact.name}\n"
+        f"Size: {artifact.size} bytes\n"
+        f"Last Modified: {stamp}\n"
+        f"Created: {stamp}\n"
+        f"MD5: {artifact.md5}\n"
+        f"SHA256: {artifact.sha256}\n"
+    ).encode()

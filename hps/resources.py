@@ -1,0 +1,150 @@
+"""The URL space: which path reaches which page, and nothing else.
+
+The root is a leaf that sees the whole decoded path, runs it past the guard,
+then matches it against the few routes the server has. Every refusal ends in
+the same 404 page, so a hostile path and a missing plugin look alike.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from hps import pages
+from hps.guard import MODULE_FILE, Verdict, judge_path
+from hps.state import ServerState
+from hps.transfer import ArtifactFile
+
+ALLOWED = b"GET, HEAD"
+NO_STORE = "no-store"
+SHORT = "public, max-age=10"
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+Page = Callable[[Request], bytes | int]
+
+
+def reply(request: Request, code: int, body: bytes, content_type: str,
+          cache: str = NO_STORE) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", content_type.encode())
+    request.setHeader(b"cache-control", cache.encode())
+    request.setHeader(b"content-length", str(len(body)).encode())
+    return body
+
+
+def text(request: Request, code: int, body: str, cache: str = NO_STORE) -> bytes:
+    return reply(request, code, body.encode(), "text/plain; charset=utf-8", cache)
+
+
+def not_found(request: Request) -> bytes:
+    return text(request, http.NOT_FOUND, "not found\n", SHORT)
+
+
+def redirect(location: str) -> Page:
+    def page(request: Request) -> bytes:
+        request.setHeader(b"location", location.encode())
+        return text(request, http.MOVED_PERMANENTLY, f"see {location}\n", SHORT)
+    return page
+
+
+def base_url(request: Request) -> str:
+    """``scheme://host`` as the client addressed us; Host is checked, not trusted."""
+    scheme = "https" if request.isSecure() else "http"
+    host = (request.getHeader(b"host") or b"").decode("latin-1")
+    if not _HOST.fullmatch(host):
+        address = request.getHost()
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        host = f"{host}:{address.port}"
+    return f"{scheme}://{host}"
+
+
+class Root(Resource):
+    """Routes every request; only GET and HEAD exist here."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, state: ServerState) -> None:
+        super().__init__()
+        self.state = state
+
+    def render(self, request: Request) -> bytes | int:
+        request.setHeader(b"server", b"hps")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", ALLOWED)
+            return text(request, http.NOT_ALLOWED, "method not allowed\n")
+        verdict, segments = judge_path(request.postpath)
+        if verdict is Verdict.MALFORMED:
+            return text(request, http.BAD_REQUEST, "bad request\n")
+        page = self.route(segments) if verdict is Verdict.OK else None
+        return (page or not_found)(request)
+
+    def route(self, segments: list[str]) -> Page | None:
+        catalog = self.state.catalog
+        match segments:
+            case [""]:
+                return self.landing
+            case ["healthz"]:
+                return lambda request: text(request, http.OK, "ok\n")
+            case ["readyz"]:
+                return self.readiness
+            case ["plugins"]:
+                return redirect("/plugins/")
+            case ["plugins", ""]:
+                return self.html(lambda: pages.plugins_page(catalog))
+            case ["plugins", "index.json"]:
+                return self.json(lambda: pages.index_json(catalog))
+            case ["plugins", name, *rest] if catalog.versions(name):
+                return self.route_plugin(name, rest)
+        return None
+
+    def route_plugin(self, name: str, rest: list[str]) -> Page | None:
+        catalog = self.state.catalog
+        match rest:
+            case []:
+                return redirect(f"/plugins/{name}/")
+            case [""]:
+                return self.html(lambda: pages.plugin_page(catalog, name))
+            case ["index.json"]:
+                return self.json(lambda: pages.index_json(catalog, [name]))
+        artifact = catalog.get(name, rest[0])
+        if artifact is None:
+            return None
+        match rest[1:]:
+            case []:
+                return redirect(f"/plugins/{name}/{artifact.version}/")
+            case [""]:
+                return self.html(lambda: pages.version_page(artifact))
+            case ["metadata.txt"]:
+                body = pages.metadata_text(artifact)
+                return lambda request: reply(request, http.OK, body,
+                                             "text/plain; charset=utf-8", SHORT)
+            case [file] if file == MODULE_FILE:
+                return ArtifactFile(artifact, "public, max-age=300").render
+        return None
+
+    def landing(self, request: Request) -> bytes:
+        body = pages.landing_page(self.state.catalog, base_url(request))
+        return reply(request, http.OK, body, "text/html; charset=utf-8", SHORT)
+
+    def readiness(self, request: Request) -> bytes:
+        reason = self.state.unready_reason()
+        if reason is None:
+            return text(request, http.OK, "ready\n")
+        body = json.dumps({"ready": False, "reason": reason}).encode() + b"\n"
+        return reply(request, http.SERVICE_UNAVAILABLE, body, "application/json")
+
+    @staticmethod
+    def html(make: Callable[[], bytes]) -> Page:
+        return lambda request: reply(request, http.OK, make(), "text/html; charset=utf-8", SHORT)
+
+    @staticmethod
+    def json(make: Callable[[], bytes]) -> Page:
+        return lambda request: reply(request, http.OK, make(), "application/json", SHORT)

@@ -1,0 +1,110 @@
+"""Wiring: endpoints, the Site, the first catalog scan, all in one place.
+
+``make_service`` returns a plain ``MultiService`` so twistd owns start-up and
+shutdown; the reactor is a parameter so tests can pass a fake one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from hps import catalog
+from hps.config import Config, ConfigError, fail
+from hps.resources import Root
+from hps.state import ServerState
+
+
+class PluginSite(Site):
+    """A Site that never shows a traceback to a client."""
+
+    displayTracebacks = False
+    noisy = False
+
+
+class Listener(Service):
+    """Listen on one endpoint; a port that cannot be bound ends the process."""
+
+    log = Logger()
+
+    def __init__(self, description: str, endpoint: IStreamServerEndpoint, site: Site) -> None:
+        self.description = description
+        self.endpoint = endpoint
+        self.site = site
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        outcome: list[Any] = []
+        self.endpoint.listen(self.site).addBoth(outcome.append)
+        # TCP, SSL and UNIX endpoints answer at once; fail before the reactor runs.
+        if outcome and isinstance(outcome[0], Failure):
+            fail(ConfigError(f"cannot listen on {self.description}: {outcome[0].value}"))
+        if outcome:
+            self.port = outcome[0]
+            address = self.port.getHost()
+            self.log.info("hps listening on {host}:{port} ({description})",
+                          host=getattr(address, "host", address),
+                          port=getattr(address, "port", ""), description=self.description)
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        return self.port.stopListening() if self.port else None
+
+
+class CatalogLoader(Service):
+    """Scan the tree off the reactor thread and swap the snapshot in."""
+
+    log = Logger()
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    def startService(self) -> None:
+        super().startService()
+        self.rescan()
+
+    def rescan(self) -> Deferred:
+        previous = self.state.catalog
+        root = self.state.config.root
+        d = threads.deferToThread(catalog.scan, root, previous if previous.loaded else None)
+        d.addCallbacks(self.swap, self.failed)
+        return d
+
+    def swap(self, fresh: catalog.Catalog) -> catalog.Catalog:
+        old = self.state.catalog
+        for reason in sorted(fresh.skipped - old.skipped):
+            self.log.warn("skipped {reason}", reason=reason)
+        self.state.catalog = fresh
+        if len(fresh) != len(old) or not old.loaded:
+            self.log.info("catalog holds {count} artifacts from {root}",
+                          count=len(fresh), root=fresh.root)
+        return fresh
+
+    def failed(self, failure: Failure) -> None:
+        self.log.failure("catalog scan failed", failure)
+
+
+def make_service(config: Config, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    state = ServerState(config=config, catalog=catalog.unloaded(config.root))
+    site = PluginSite(Root(state))
+    top = MultiService()
+    CatalogLoader(state).setServiceParent(top)
+    for description in config.listen:
+        try:
+            endpoint = serverFromString(reactor, description)
+        except Exception as err:  # endpoint parsers raise many types; all mean "bad string"
+            fail(ConfigError(f"cannot use listen endpoint {description!r}: {err}"))
+        Listener(description, endpoint, site).setServiceParent(top)
+    top.state = state  # type: ignore[attr-defined]
+    return top
