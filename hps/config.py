@@ -177,6 +177,8 @@ class Options(usage.Options):
 
 def fail(err: Exception) -> None:
     """End the process with one line on stderr: operators get no traceback."""
-    sys.stderr.write(f"hps: {err}\n")
-    sys.stderr.flush()
+    # twistd may have redirected sys.stderr into its log by now; operators read the real one.
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"hps: {err}\n")
+    stream.flush()
     raise SystemExit(2)

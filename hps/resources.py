@@ -75,7 +75,6 @@ class Root(Resource):
         self.state = state
 
     def render(self, request: Request) -> bytes | int:
-        request.setHeader(b"server", b"hps")
         request.setHeader(b"x-content-type-options", b"nosniff")
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", ALLOWED)

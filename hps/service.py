@@ -20,14 +20,8 @@ from twisted.web.server import Site
 from hps import catalog
 from hps.config import Config, ConfigError, fail
 from hps.resources import Root
+from hps.site import PluginSite
 from hps.state import ServerState
-
-
-class PluginSite(Site):
-    """A Site that never shows a traceback to a client."""
-
-    displayTracebacks = False
-    noisy = False
 
 
 class Listener(Service):

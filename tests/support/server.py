@@ -1,0 +1,199 @@
+"""A real ``twistd hps`` process on 127.0.0.1, and a builder for plugin trees.
+
+Black-box tests drive the server exactly as operators do: through the
+``twistd`` script, flags, a port, and its log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WASM_HEADER = b"\0asm\x01\0\0\0"
+_LISTENING = re.compile(r"hps listening on (\S+):(\d+)")
+
+
+def twistd_path() -> str:
+    script = Path(sys.executable).parent / "twistd"
+    if not script.exists():
+        pytest.fail(f"twistd not found beside {sys.executable}: install twisted")
+    return str(script)
+
+
+def wasm_bytes(size: int, seed: int = 0) -> bytes:
+    """Wasm-shaped bytes: the magic, then text-like data that compresses as modules do."""
+    rng = random.Random(seed)
+    words = [bytes(rng.choices(range(97, 123), k=rng.randint(2, 9))) for _ in range(512)]
+    body = bytearray(WASM_HEADER)
+    while len(body) < size:
+        body += rng.choice(words) + bytes([rng.randrange(256)])
+    return bytes(body[:size])
+
+
+@dataclass
+class Tree:
+    """A plugin tree under a temp dir."""
+
+    root: Path
+
+    def add(self, name: str, version: str, body: bytes | None = None, size: int = 4096) -> bytes:
+        data = body if body is not None else wasm_bytes(size, seed=hash((name, version)) & 0xFFFF)
+        target = self.root / name / version / "plugin.wasm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(".plugin.wasm.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        return data
+
+    @staticmethod
+    def sha256(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    lines: list[str] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    started: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def request(self, path: str, method: str = "GET", headers: dict | None = None,
+                body: bytes | None = None, timeout: float = 10) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            for key, value in (headers or {}).items():
+                conn.putheader(key, value)
+            if body is not None:
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            reply = conn.getresponse()
+            return Response(reply.status, reply.headers, reply.read())
+        finally:
+            conn.close()
+
+    def get(self, path: str, **headers: str) -> Response:
+        return self.request(path, headers={k.replace("_", "-"): v for k, v in headers.items()})
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.request("/readyz").status == 200:
+                return
+            time.sleep(0.05)
+        pytest.fail(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def wait_log(self, pattern: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.log())
+            if match:
+                return match.group(0)
+            time.sleep(0.05)
+        pytest.fail(f"log never matched {pattern!r}:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _pump(server: Server) -> None:
+    assert server.process.stdout is not None
+    for line in server.process.stdout:
+        server.lines.append(line)
+        match = _LISTENING.search(line)
+        if match:
+            server.ports.append(int(match.group(2)))
+            server.started.set()
+    server.started.set()
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def run_twistd(
+    *args: str, cwd: Path | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess:
+    """Run ``twistd -n --pidfile= hps ARGS`` to completion (for start-up failures)."""
+    return subprocess.run([twistd_path(), "-n", "--pidfile=", "hps", *args], cwd=cwd or REPO,
+                          env=server_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start_server(*args: str, cwd: Path | None = None, ready: bool = True,
+                 listen: str = "tcp:0:interface=127.0.0.1") -> Server:
+    command = [twistd_path(), "-n", "--pidfile=", "hps", "--listen", listen, *args]
+    process = subprocess.Popen(command, cwd=cwd or REPO, env=server_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = Server(process)
+    threading.Thread(target=_pump, args=(server,), daemon=True).start()
+    if not server.started.wait(20) or not server.ports:
+        server.stop(signal.SIGKILL)
+        pytest.fail(f"twistd hps did not start: {' '.join(command)}\n{server.log()}")
+    if ready:
+        server.wait_ready()
+    return server
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Tree:
+    root = tmp_path / "plugins"
+    root.mkdir()
+    return Tree(root)
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    """``serve(*args)`` starts a server; every one is stopped at teardown."""
+    started: list[Server] = []
+
+    def factory(*args: str, **kwargs) -> Server:
+        server = start_server(*args, **kwargs)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop(signal.SIGKILL, timeout=5)

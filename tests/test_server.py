@@ -1,0 +1,263 @@
+"""Black-box: a real ``twistd hps`` on 127.0.0.1 over a temp tree."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+
+import pytest
+
+from tests.support.server import Tree, run_twistd, serve, tree  # noqa: F401
+
+
+@pytest.fixture
+def populated(tree: Tree, serve):  # noqa: F811
+    bodies = {
+        ("key-rate-limit", "1.0.0"): tree.add("key-rate-limit", "1.0.0", size=400_000),
+        ("key-rate-limit", "2.0.1"): tree.add("key-rate-limit", "2.0.1", size=1000),
+        ("key-rate-limit", "2.0.0"): tree.add("key-rate-limit", "2.0.0", size=2000),
+        ("basic-auth", "1.0.0"): tree.add("basic-auth", "1.0.0", size=3000),
+    }
+    server = serve("--root", str(tree.root))
+    return server, bodies
+
+
+def test_module_bytes_and_headers(populated) -> None:
+    server, bodies = populated
+    body = bodies[("key-rate-limit", "1.0.0")]
+    reply = server.get("/plugins/key-rate-limit/1.0.0/plugin.wasm")
+    assert reply.status == 200
+    assert reply.body == body
+    assert reply.header("Content-Type") == "application/wasm"
+    assert reply.header("Content-Length") == str(len(body))
+    assert reply.header("Last-Modified")
+    assert reply.header("X-Content-Type-Options") == "nosniff"
+    assert reply.header("Server") == "hps"
+    head = server.request("/plugins/key-rate-limit/1.0.0/plugin.wasm", method="HEAD")
+    assert head.status == 200 and head.body == b""
+    assert head.header("Content-Length") == str(len(body))
+
+
+def test_metadata_lines(populated) -> None:
+    server, bodies = populated
+    body = bodies[("key-rate-limit", "1.0.0")]
+    reply = server.get("/plugins/key-rate-limit/1.0.0/metadata.txt")
+    assert reply.status == 200
+    assert reply.header("Content-Type") == "text/plain; charset=utf-8"
+    lines = reply.body.decode().splitlines()
+    assert lines[0] == "Plugin Name: key-rate-limit"
+    assert lines[1] == f"Size: {len(body)} bytes"
+    assert lines[2].startswith("Last Modified: 20") and lines[3].startswith("Created: 20")
+    assert lines[4] == f"MD5: {hashlib.md5(body).hexdigest()}"
+    assert lines[5] == f"SHA256: {hashlib.sha256(body).hexdigest()}"
+
+
+def test_stale_metadata_file_never_wins(tree: Tree, serve) -> None:  # noqa: F811
+    body = tree.add("ai-proxy", "1.0.0", size=1234)
+    (tree.root / "ai-proxy" / "1.0.0" / "metadata.txt").write_text("Plugin Name: lies\n")
+    server = serve("--root", str(tree.root))
+    reply = server.get("/plugins/ai-proxy/1.0.0/metadata.txt")
+    assert f"SHA256: {hashlib.sha256(body).hexdigest()}" in reply.body.decode()
+    assert "lies" not in reply.body.decode()
+
+
+def test_index_json(populated) -> None:
+    server, bodies = populated
+    reply = server.get("/plugins/index.json")
+    assert reply.status == 200 and reply.header("Content-Type") == "application/json"
+    index = json.loads(reply.body)
+    assert [p["name"] for p in index["plugins"]] == ["basic-auth", "key-rate-limit"]
+    versions = index["plugins"][1]["versions"]
+    assert [v["version"] for v in versions] == ["1.0.0", "2.0.0", "2.0.1"]
+    first = versions[0]
+    body = bodies[("key-rate-limit", "1.0.0")]
+    assert first["url"] == "/plugins/key-rate-limit/1.0.0/plugin.wasm"
+    assert first["size"] == len(body)
+    assert first["sha256"] == hashlib.sha256(body).hexdigest()
+    assert first["md5"] == hashlib.md5(body).hexdigest()
+    assert first["lastModified"].endswith("Z")
+    one = json.loads(server.get("/plugins/key-rate-limit/index.json").body)
+    assert one == {"plugins": [index["plugins"][1]]}
+    assert server.get("/plugins/nope/index.json").status == 404
+
+
+def test_listings_and_landing(populated) -> None:
+    server, _ = populated
+    listing = server.get("/plugins/")
+    assert listing.status == 200 and b'href="/plugins/key-rate-limit/"' in listing.body
+    plugin = server.get("/plugins/key-rate-limit/")
+    assert b"/plugins/key-rate-limit/2.0.1/plugin.wasm" in plugin.body
+    version = server.get("/plugins/basic-auth/1.0.0/")
+    assert b"metadata.txt" in version.body
+    assert server.get("/plugins").status == 301
+    assert server.get("/plugins/basic-auth").header("Location") == "/plugins/basic-auth/"
+    landing = server.request("/", headers={"Host": "plugins.example:8080"})
+    assert landing.status == 200
+    text = landing.body.decode()
+    assert "HIGRESS_ADMIN_WASM_PLUGIN_CUSTOM_IMAGE_URL_PATTERN=http://plugins.example:8080" \
+        "/plugins/${name}/${version}/plugin.wasm" in text
+    assert "MCP_SERVER_WASM_IMAGE_URL=http://plugins.example:8080/plugins/mcp-server/" in text
+    assert 'href="/plugins/"' in text and "2 plugins" in text
+
+
+def test_hostile_host_header_is_not_echoed(populated) -> None:
+    server, _ = populated
+    landing = server.request("/", headers={"Host": "<script>alert(1)</script>"})
+    assert b"<script>" not in landing.body
+    assert f"http://127.0.0.1:{server.port}/plugins/".encode() in landing.body
+
+
+def test_health_and_readiness(populated) -> None:
+    server, _ = populated
+    health = server.get("/healthz")
+    assert (health.status, health.body) == (200, b"ok\n")
+    assert health.header("Cache-Control") == "no-store"
+    assert server.get("/readyz").status == 200
+
+
+def test_not_ready_without_artifacts(tree: Tree, serve) -> None:  # noqa: F811
+    (tree.root / "README.md").write_text("nothing here")
+    server = serve("--root", str(tree.root), ready=False)
+    server.wait_log("catalog holds 0 artifacts")
+    reply = server.get("/readyz")
+    assert reply.status == 503
+    assert json.loads(reply.body) == {"ready": False, "reason": "catalog holds no artifact"}
+    assert server.get("/healthz").status == 200
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+def test_other_methods_are_405(populated, method: str) -> None:
+    server, _ = populated
+    reply = server.request("/plugins/basic-auth/1.0.0/plugin.wasm", method=method)
+    assert reply.status == 405 and reply.header("Allow") == "GET, HEAD"
+
+
+HOSTILE_404 = [
+    "/plugins/../../etc/passwd",
+    "/plugins/%2e%2e/%2e%2e/etc/passwd",
+    "/plugins/%252e%252e/%252e%252e/etc/passwd",
+    "/plugins/basic-auth%2F1.0.0%2Fplugin.wasm",
+    "/plugins/basic-auth/1.0.0%5c..%5cplugin.wasm",
+    "/plugins/..%5c..%5cetc/passwd",
+    "/plugins/.hidden/1.0.0/plugin.wasm",
+    "/plugins/basic-auth/1.0.0/.plugin.wasm.tmp",
+    "/plugins/basic-auth/1.0.0/README.md",
+    "/plugins/escape/1.0.0/plugin.wasm",
+    "/plugins/escape-dir/1.0.0/plugin.wasm",
+    "/plugins/notwasm/1.0.0/plugin.wasm",
+    "/nothing",
+    "/plugins/nope/1.0.0/plugin.wasm",
+    "/plugins/basic-auth/9.9.9/plugin.wasm",
+]
+HOSTILE_400 = [
+    "/plugins/%00/1.0.0/plugin.wasm",
+    "/plugins/basic-auth%00/1.0.0/plugin.wasm",
+    "/plugins/%0d%0a/1.0.0/plugin.wasm",
+    "/plugins/%ff%fe/1.0.0/plugin.wasm",
+    "/plugins/" + "a" * 2000 + "/1.0.0/plugin.wasm",
+]
+
+
+@pytest.fixture
+def hostile_tree(tree: Tree, tmp_path, serve):  # noqa: F811
+    tree.add("basic-auth", "1.0.0", size=100)
+    (tree.root / "basic-auth" / "1.0.0" / "README.md").write_text("hi")
+    (tree.root / "basic-auth" / "1.0.0" / ".plugin.wasm.tmp").write_bytes(b"\0asm partial")
+    tree.add(".hidden", "1.0.0", size=100)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "plugin.wasm").write_bytes(b"\0asm\x01\0\0\0SECRET")
+    (tree.root / "escape" / "1.0.0").mkdir(parents=True)
+    os.symlink(outside / "plugin.wasm", tree.root / "escape" / "1.0.0" / "plugin.wasm")
+    (tree.root / "escape-dir").mkdir()
+    os.symlink(outside, tree.root / "escape-dir" / "1.0.0")
+    tree.add("notwasm", "1.0.0", body=b"<html>not a module</html>")
+    return serve("--root", str(tree.root))
+
+
+def test_hostile_paths(hostile_tree) -> None:
+    server = hostile_tree
+    for path in HOSTILE_404:
+        reply = server.get(path)
+        assert reply.status == 404, path
+        assert b"SECRET" not in reply.body and b"root:" not in reply.body
+    for path in HOSTILE_400:
+        assert server.get(path).status == 400, path
+    assert server.get("/plugins/basic-auth/1.0.0/plugin.wasm").status == 200
+    listing = server.get("/plugins/").body + server.get("/plugins/index.json").body
+    for name in (b"escape", b"notwasm", b".hidden", b"README"):
+        assert name not in listing
+    log = server.log()
+    assert "Traceback" not in log
+    assert "escape/1.0.0/plugin.wasm: symlink leaves the root" in log
+    assert "notwasm/1.0.0/plugin.wasm: not a WebAssembly module" in log
+
+
+def test_raw_request_targets_never_500(hostile_tree) -> None:
+    """Targets no HTTP library will send: sent on a raw socket."""
+    for target in (b"/plugins/\x00/x", b"/plugins/\xff/", b"/..", b"/plugins/a\\..\\b", b"*"):
+        with socket.create_connection(("127.0.0.1", hostile_tree.port), timeout=5) as sock:
+            sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head = sock.recv(64)
+        status = head.split(b" ")[1]
+        assert status in ((b"405",) if target == b"*" else (b"400", b"404")), (target, head)
+        assert b"Twisted" not in head
+    assert "Traceback" not in hostile_tree.log()
+
+
+def test_alias_symlink_inside_root(tree: Tree, serve) -> None:  # noqa: F811
+    body = tree.add("jsonrpc-converter", "1.0.0", size=500)
+    (tree.root / "json-converter").mkdir()
+    os.symlink("../jsonrpc-converter/1.0.0", tree.root / "json-converter" / "1.0.0")
+    server = serve("--root", str(tree.root))
+    assert server.get("/plugins/json-converter/1.0.0/plugin.wasm").body == body
+    entry = json.loads(server.get("/plugins/json-converter/index.json").body)
+    assert entry["plugins"][0]["versions"][0]["aliasOf"] == "jsonrpc-converter/1.0.0"
+
+
+def test_config_file_and_flags(tree: Tree, tmp_path, serve) -> None:  # noqa: F811
+    tree.add("basic-auth", "1.0.0")
+    config = tmp_path / "hps.yaml"
+    config.write_text(f"root: {tmp_path}/nowhere\nlisten: ['tcp:1:interface=127.0.0.1']\n")
+    server = serve("--config", str(config), "--root", str(tree.root))
+    assert server.get("/plugins/basic-auth/1.0.0/plugin.wasm").status == 200
+
+
+CONFIG_ERRORS = [
+    ("colour: blue\n", [], "unknown key 'colour'"),
+    ("root: [1, 2]\n", [], "'root' must be a non-empty string"),
+    ("listen: 8080\n", [], "'listen' must be a list"),
+    ("root: {tmp}/missing\n", [], "is not a directory"),
+    ("[unclosed\n", [], "is not valid YAML"),
+    ("", ["--listen", "tcp:notaport"], "cannot use listen endpoint 'tcp:notaport'"),
+    ("", ["--listen", "bogus:1"], "cannot use listen endpoint 'bogus:1'"),
+]
+
+
+@pytest.mark.parametrize(("yaml_text", "flags", "message"), CONFIG_ERRORS)
+def test_bad_config_is_one_line(tree: Tree, tmp_path, yaml_text, flags, message) -> None:  # noqa: F811
+    config = tmp_path / "hps.yaml"
+    config.write_text(yaml_text.format(tmp=tmp_path))
+    args = ["--config", str(config)]
+    if "root" not in yaml_text:
+        args += ["--root", str(tree.root)]
+    result = run_twistd(*args, *flags)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_unreadable_config_and_port_in_use(tree: Tree, tmp_path) -> None:  # noqa: F811
+    result = run_twistd("--config", str(tmp_path / "absent.yaml"), "--root", str(tree.root))
+    assert result.returncode != 0 and "cannot read config" in result.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_twistd("--root", str(tree.root), "--listen", f"tcp:{port}:interface=127.0.0.1")
+    assert result.returncode != 0
+    assert f"cannot listen on tcp:{port}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
