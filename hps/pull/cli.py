@@ -1,0 +1,180 @@
+"""``hps pull``: argument parsing, input loading and the exit code.
+
+Exit 0 when every entry was served, 1 when some failed (each named on one
+line, the good ones still written), 2 for bad input found before pulling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from hps.pull.auth import Credentials, from_environment
+from hps.pull.errors import InputError
+from hps.pull.lock import Record, read_lock
+from hps.pull.progress import Progress
+from hps.pull.properties import Plan, build_plan, load_manifest, parse_properties, read_text
+from hps.pull.run import Settings, default_jobs, run
+
+DEFAULT_PROPERTIES = "plugins/plugins.properties"
+DEFAULT_OUTPUT = "plugins"
+LOCK_NAME = "plugins.lock.json"
+MAX_JOBS = 32
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise InputError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="hps pull", description="Fill a plugin tree from OCI registries.")
+    p.add_argument(
+        "--properties",
+        action="append",
+        metavar="FILE",
+        type=Path,
+        help=f"name=oci://registry/repo:tag lines (repeatable; default {DEFAULT_PROPERTIES})",
+    )
+    p.add_argument(
+        "--manifest",
+        metavar="FILE",
+        type=Path,
+        help="YAML: digests, versions, version and name aliases",
+    )
+    p.add_argument(
+        "--output",
+        metavar="DIR",
+        type=Path,
+        default=Path(DEFAULT_OUTPUT),
+        help=f"the served tree (default {DEFAULT_OUTPUT}/)",
+    )
+    p.add_argument(
+        "--lock",
+        metavar="FILE",
+        type=Path,
+        help=f"JSON lock (default {LOCK_NAME} beside the first properties file)",
+    )
+    p.add_argument(
+        "--locked", action="store_true", help="pull exactly the lock's digests; fail on any drift"
+    )
+    p.add_argument(
+        "--use-local",
+        action="store_true",
+        help="keep an existing <output>/<name>/<version>/plugin.wasm (still validated)",
+    )
+    p.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to registries")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=default_jobs(),
+        metavar="N",
+        help="parallel downloads (default %(default)s)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="retries on 5xx and network errors (default %(default)s)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="per request (default %(default)s)",
+    )
+    p.add_argument("--username", help="registry user (or HPS_REGISTRY_USERNAME)")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the registry password from stdin (or HPS_REGISTRY_PASSWORD)",
+    )
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    if not 1 <= args.jobs <= MAX_JOBS:
+        raise InputError(f"--jobs must be between 1 and {MAX_JOBS}")
+    if args.retries < 0 or args.timeout <= 0:
+        raise InputError("--retries must be >= 0 and --timeout > 0")
+    properties = args.properties or [Path(DEFAULT_PROPERTIES)]
+    return Settings(
+        output=args.output,
+        lock=args.lock or properties[0].parent / LOCK_NAME,
+        locked=args.locked,
+        use_local=args.use_local,
+        plain_http=args.plain_http,
+        jobs=args.jobs,
+        retries=args.retries,
+        timeout=args.timeout,
+        credentials=_credentials(args),
+    )
+
+
+def _credentials(args: argparse.Namespace) -> Credentials | None:
+    if args.password_stdin and not args.username:
+        raise InputError("--password-stdin needs --username")
+    if args.username:
+        if not args.password_stdin:
+            password = os.environ.get("HPS_REGISTRY_PASSWORD")
+            if password is None:
+                raise InputError("--username needs --password-stdin or HPS_REGISTRY_PASSWORD")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        return Credentials(args.username, password)
+    return from_environment()
+
+
+def load_plan(args: argparse.Namespace) -> Plan:
+    properties = {}
+    for path in args.properties or [Path(DEFAULT_PROPERTIES)]:
+        for name, ref in parse_properties(read_text(path, "properties"), str(path)).items():
+            if name in properties:
+                raise InputError(f"{path}: plugin {name!r} is also in an earlier properties file")
+            properties[name] = ref
+    manifest = {}
+    if args.manifest:
+        manifest = load_manifest(read_text(args.manifest, "manifest"), str(args.manifest))
+    plan = build_plan(properties, manifest)
+    if not plan.entries:
+        raise InputError("nothing to pull: the properties and manifest name no plugin")
+    return plan
+
+
+def previous_lock(settings: Settings) -> dict[str, Record]:
+    if settings.locked or settings.lock.exists():
+        return read_lock(settings.lock)
+    return {}
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parser().parse_args(argv)
+        settings = settings_from(args)
+        plan = load_plan(args)
+        previous = previous_lock(settings)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except InputError as exc:
+        print(f"hps pull: {exc}", file=sys.stderr)
+        return 2
+    progress = Progress(total=len(plan.entries))
+    try:
+        outcome = run(plan, settings, previous, progress)
+    except OSError as exc:
+        progress.close()
+        print(
+            f"hps pull: cannot write {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
+    progress.close()
+    for name in sorted(outcome.failures):
+        print(f"hps pull: FAILED {name}: {outcome.failures[name]}", file=sys.stderr)
+    served = len(outcome.records)
+    print(f"hps pull: {served} pulled, {len(outcome.failures)} failed", file=sys.stderr)
+    return 1 if outcome.failures else 0
