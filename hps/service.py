@@ -77,7 +77,7 @@ class CatalogLoader(Service):
         old = self.state.catalog
         for reason in sorted(fresh.skipped - old.skipped):
             self.log.warn("skipped {reason}", reason=reason)
-        self.state.catalog = fresh
+        self.state.swap(fresh)
         if len(fresh) != len(old) or not old.loaded:
             self.log.info("catalog holds {count} artifacts from {root}",
                           count=len(fresh), root=fresh.root)

@@ -5,7 +5,8 @@ Everything else is a value: the catalog is swapped whole, never edited.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from hps.catalog import Catalog
 from hps.config import Config
@@ -16,6 +17,13 @@ class ServerState:
     config: Config
     catalog: Catalog
     draining: bool = False
+    on_swap: list[Callable[[Catalog, Catalog], None]] = field(default_factory=list)
+
+    def swap(self, fresh: Catalog) -> None:
+        """Install a new snapshot; listeners (caches, metrics) get (old, new)."""
+        old, self.catalog = self.catalog, fresh
+        for listener in self.on_swap:
+            listener(old, fresh)
 
     def unready_reason(self) -> str | None:
         """Why ``/readyz`` must say 503, or None when ready."""
