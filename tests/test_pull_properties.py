@@ -1,0 +1,184 @@
+"""Parsing what the operator gives ``hps pull``: properties, manifest YAML, the plan."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hps.pull.errors import InputError
+from hps.pull.properties import (
+    Reference,
+    build_plan,
+    load_manifest,
+    parse_properties,
+    parse_reference,
+)
+
+HOST = "higress-registry.cn-hangzhou.cr.aliyuncs.com"
+DIGEST = "sha256:" + "ab" * 32
+UPSTREAM = Path(__file__).resolve().parent.parent / "plugins" / "plugins.properties"
+
+
+def test_reference_by_tag() -> None:
+    ref = parse_reference(f"oci://{HOST}/plugins/key-auth:2.0.0")
+    assert ref == Reference(HOST, "plugins/key-auth", "2.0.0", None)
+
+
+def test_reference_by_digest_with_port_and_no_scheme() -> None:
+    ref = parse_reference(f"127.0.0.1:5000/a/b/c@{DIGEST}")
+    assert ref == Reference("127.0.0.1:5000", "a/b/c", None, DIGEST)
+
+
+def test_reference_with_tag_and_digest() -> None:
+    ref = parse_reference(f"oci://{HOST}/plugins/x:1.0.0@{DIGEST}")
+    assert (ref.tag, ref.digest) == ("1.0.0", DIGEST)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "oci://key-auth:1.0.0",  # no registry host
+        f"oci://{HOST}/plugins/key-auth",  # neither tag nor digest
+        f"oci://{HOST}/plugins/key-auth@sha256:short",
+        f"oci://{HOST}/Plugins/Key-Auth:1.0.0",  # repositories are lower case
+        f"oci://{HOST}/plugins/key-auth:bad tag",
+    ],
+)
+def test_bad_references(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_reference(text)
+
+
+_component = st.from_regex(r"[a-z0-9]{1,8}([._-][a-z0-9]{1,8}){0,2}", fullmatch=True)
+
+
+@given(
+    host=st.sampled_from([HOST, "127.0.0.1:5000", "localhost", "ghcr.io"]),
+    repo=st.lists(_component, min_size=1, max_size=3).map("/".join),
+    tag=st.none() | st.from_regex(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", fullmatch=True),
+    digest=st.none() | st.from_regex(r"sha256:[0-9a-f]{64}", fullmatch=True),
+)
+def test_reference_round_trips(host: str, repo: str, tag: str | None, digest: str | None) -> None:
+    if tag is None and digest is None:
+        tag = "1.0.0"
+    ref = Reference(host, repo, tag, digest)
+    assert parse_reference(str(ref)) == ref
+
+
+def test_properties_skip_comments_and_blank_lines() -> None:
+    text = f"# a comment\n\n  key-auth = oci://{HOST}/plugins/key-auth:2.0.0  \n! also a comment\n"
+    assert list(parse_properties(text)) == ["key-auth"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("key-auth\n", "p:1: expected name=oci://"),
+        ("key-auth=\n", "p:1: expected name="),
+        (f"\nKey_Auth=oci://{HOST}/a:1.0.0\n", "p:2: bad plugin name"),
+        (f"a=oci://{HOST}/a:1.0.0\na=oci://{HOST}/a:2.0.0\n", "p:2: plugin 'a' listed twice"),
+        ("a=oci://nohost:1.0.0\n", "p:1: a: "),
+    ],
+)
+def test_bad_properties_name_the_line(text: str, expected: str) -> None:
+    with pytest.raises(InputError, match=expected):
+        parse_properties(text, "p")
+
+
+@given(st.text(max_size=200))
+def test_properties_parser_only_raises_input_errors(text: str) -> None:
+    with contextlib.suppress(InputError):  # anything else would be a traceback
+        parse_properties(text)
+
+
+def test_upstream_properties_parse() -> None:
+    if not UPSTREAM.exists():
+        pytest.fail(f"{UPSTREAM} is missing")
+    entries = parse_properties(UPSTREAM.read_text(), str(UPSTREAM))
+    assert len(entries) == 43
+    plan = build_plan(entries, {})
+    assert all(entry.version for entry in plan.entries.values())
+
+
+MANIFEST = f"""
+plugins:
+  key-auth:
+    aliases: ['1.0.0', '2.0.1', '2.0.0']
+  ai-proxy:
+    image: oci://{HOST}/plugins/ai-proxy@{DIGEST}
+    version: '1.0.0'
+  basic-auth:
+    digest: {DIGEST}
+  json-converter:
+    from: jsonrpc-converter
+    versions: ['1.0.0']
+"""
+
+
+def _properties() -> dict[str, Reference]:
+    names = ("key-auth", "basic-auth", "jsonrpc-converter")
+    return parse_properties("".join(f"{n}=oci://{HOST}/plugins/{n}:2.0.0\n" for n in names))
+
+
+def test_manifest_adds_aliases_pins_and_name_aliases() -> None:
+    plan = build_plan(_properties(), load_manifest(MANIFEST))
+    assert plan.entries["key-auth"].aliases == ("1.0.0", "2.0.1")  # its own version dropped
+    assert plan.entries["ai-proxy"].version == "1.0.0"
+    assert plan.entries["ai-proxy"].pin == DIGEST
+    assert plan.entries["basic-auth"].pin == DIGEST
+    assert plan.entries["basic-auth"].version == "2.0.0"
+    alias = plan.name_aliases["json-converter"]
+    assert (alias.target, alias.versions) == ("jsonrpc-converter", ("1.0.0",))
+
+
+def test_digest_only_reference_leaves_the_version_to_the_registry() -> None:
+    plan = build_plan(parse_properties(f"a=oci://{HOST}/a@{DIGEST}\n"), {})
+    assert plan.entries["a"].version is None
+    assert plan.entries["a"].pin == DIGEST
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("plugins: [", "malformed YAML"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("plugins:\n  key-auth:\n    colour: red\n", "unknown keys"),
+        ("plugins:\n  key-auth:\n    aliases: [1.0]\n", "bad version"),
+        ("plugins:\n  key-auth:\n    aliases: '1.0.0'\n", "expected a list"),
+        ("plugins:\n  key-auth:\n    digest: sha256:abc\n", "want sha256:"),
+        ("plugins:\n  x:\n    from: key-auth\n", "'from' needs 'versions'"),
+        ("plugins:\n  Bad Name: {}\n", "bad plugin name"),
+    ],
+)
+def test_bad_manifests(text: str, expected: str) -> None:
+    with pytest.raises(InputError, match=expected):
+        load_manifest(text, "m.yaml")
+
+
+@pytest.mark.parametrize(
+    ("manifest", "expected"),
+    [
+        ("plugins:\n  nowhere: {aliases: ['1.0.0']}\n", "not in the properties and has no 'image'"),
+        ("plugins:\n  x: {from: nowhere, versions: ['1.0.0']}\n", "not a plugin being pulled"),
+        ("plugins:\n  key-auth: {from: basic-auth, versions: ['1.0.0']}\n", "and also 'from'"),
+        (f"plugins:\n  key-auth: {{image: 'oci://{HOST}/a:latest'}}\n", "is not a version"),
+        (
+            f"plugins:\n  key-auth: {{image: 'oci://{HOST}/a@{DIGEST}',"
+            f" digest: 'sha256:{'cd' * 32}'}}\n",
+            "contradicts",
+        ),
+    ],
+)
+def test_inconsistent_plans(manifest: str, expected: str) -> None:
+    with pytest.raises(InputError, match=expected):
+        build_plan(_properties(), load_manifest(manifest))
+
+
+def test_latest_tag_with_a_version_in_the_manifest() -> None:
+    props = parse_properties(f"a=oci://{HOST}/a:latest\n")
+    plan = build_plan(props, load_manifest("plugins:\n  a: {version: '3.1.0'}\n"))
+    assert plan.entries["a"].version == "3.1.0"
