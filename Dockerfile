@@ -1,0 +1,104 @@
+# syntax=docker/dockerfile:1
+#
+# hps: the Higress plugin server image.
+#
+#   docker build -t hps .
+#   docker build --build-arg ALPINE_MIRROR=mirrors.aliyun.com --build-arg USE_LOCAL_PLUGINS=true -t hps .
+#   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/plugin-server:TAG --push .
+#   docker run --rm -p 8080:8080 --read-only hps
+#
+# The builder installs hps into a virtualenv and runs `hps pull` to fill the plugin tree; the
+# runtime stage only copies the venv and the tree, so it holds no compiler, no pip cache and no
+# network credentials, and it never writes to its filesystem.
+
+ARG PYTHON_IMAGE=python:3.12-alpine3.21
+
+FROM ${PYTHON_IMAGE} AS builder
+
+# ash with pipefail, so a failing command on the left of a pipe fails the build.
+SHELL ["/bin/ash", "-eo", "pipefail", "-c"]
+
+# ALPINE_MIRROR is the same switch as upstream's image: a mirror host replacing
+# dl-cdn.alpinelinux.org (e.g. mirrors.aliyun.com) for builds far from the CDN.
+# The compiler is only used when pip finds no musl wheel for a dependency (new Python, unusual
+# arch); it stays in this stage. Alpine keeps one version per release, so pins would only break
+# rebuilds.
+ARG ALPINE_MIRROR=""
+# hadolint ignore=DL3018
+RUN if [ -n "$ALPINE_MIRROR" ]; then \
+        sed -i "s|dl-cdn.alpinelinux.org|${ALPINE_MIRROR}|g" /etc/apk/repositories; \
+    fi; \
+    apk add --no-cache gcc musl-dev libffi-dev
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/hps
+ENV PATH=/opt/hps/bin:$PATH
+
+WORKDIR /src
+# Packaging files first, so editing plugins/ does not reinstall hps. The bracket globs make the
+# optional files optional: COPY needs at least one match (setup.py) and skips the rest.
+COPY setup.py setup.cf[g] pyproject.tom[l] README.m[d] ./
+COPY hps/ hps/
+COPY twisted/plugins/hps_plugin.py twisted/plugins/
+# twistd writes twisted/plugins/dropin.cache on first use; build it now, while the tree is
+# writable, so the runtime needs no write access. Then prove `twistd hps` is registered.
+RUN pip install --no-cache-dir . \
+    && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
+    && twistd hps --help >/dev/null
+
+# USE_LOCAL_PLUGINS=true: plugins/<name>/<version>/plugin.wasm in the build context win over a
+# download of the same name and version, as upstream. The bundled samples built by
+# tools/make_samples.py are test fixtures that do nothing at request time: they are never copied,
+# or a gateway could load a no-op under a real plugin's name.
+ARG USE_LOCAL_PLUGINS=false
+COPY plugins/ plugins/
+RUN set -eu; \
+    mkdir -p /srv/plugins; \
+    set -- --properties plugins/plugins.properties --output /srv/plugins; \
+    if [ -f plugins/manifest.yaml ]; then set -- "$@" --manifest plugins/manifest.yaml; fi; \
+    if [ -f plugins/plugins.lock.json ]; then \
+        set -- "$@" --lock plugins/plugins.lock.json --locked; \
+    fi; \
+    if [ "$USE_LOCAL_PLUGINS" = "true" ]; then \
+        for module in plugins/*/*/plugin.wasm; do \
+            [ -f "$module" ] || continue; \
+            if grep -q 'hps sample plugin: ' "$module"; then continue; fi; \
+            target="/srv/plugins/${module#plugins/}"; \
+            mkdir -p "${target%/plugin.wasm}"; \
+            cp "$module" "$target"; \
+        done; \
+        set -- "$@" --use-local; \
+    fi; \
+    hps pull "$@"; \
+    chmod -R a+rX,go-w /srv/plugins
+
+
+FROM ${PYTHON_IMAGE}
+
+LABEL org.opencontainers.image.title="hps" \
+      org.opencontainers.image.description="Higress plugin server: serves WebAssembly plugins to Higress gateways"
+
+# Read-only root filesystem: no .pyc writes, logs to stdout unbuffered.
+ENV PATH=/opt/hps/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+# Owned by root and only readable by the server's user: a compromised server cannot alter what
+# it serves.
+COPY --from=builder /opt/hps /opt/hps
+COPY --from=builder /srv/plugins /srv/plugins
+
+# A fixed numeric UID, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+USER 10001:10001
+WORKDIR /srv
+EXPOSE 8080
+
+# python, not curl: the runtime image has no curl, and this needs nothing installed.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"]
+
+# Exec form: twistd is PID 1 and gets SIGTERM, so it drains. `--pidfile=` writes no pid file.
+# Arguments after `hps` can be replaced at `docker run` (e.g. `--config /etc/hps/hps.yaml`).
+ENTRYPOINT ["twistd", "-n", "--pidfile=", "hps"]
+CMD ["--root", "/srv/plugins", "--listen", "tcp:8080"]
