@@ -15,6 +15,7 @@ setup(
         "twisted[tls]>=26.10",
         "service-identity",
         "pyyaml",
+        "prometheus-client",
     ],
     extras_require={
         "http2": ["twisted[http2]>=26.10"],

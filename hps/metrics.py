@@ -1,0 +1,110 @@
+"""Prometheus metrics, all named ``hps_*``, in a registry of our own.
+
+prometheus-client gives the standard text exposition format and the naming
+rules (``_total`` counters, ``_bytes`` units) that scrapers and dashboards
+expect, so we do not hand-roll either. A private :class:`CollectorRegistry`
+keeps the process's default registry (and other tests' servers) out of it.
+
+The functions here are what every response path calls, twisted.web's and the
+fast path's alike, so both count the same way:
+
+- :func:`observe_response` once per finished response,
+- :func:`observe_download` once per artifact body sent with status 200/206.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# ``*_created`` series double the scrape for no use here; the setting is process-wide.
+disable_created_metrics()
+
+ROUTES = frozenset({
+    "artifact", "metadata", "listing", "index", "landing", "health", "ready", "metrics",
+    "notfound", "redirect", "other",
+})
+"""Route kinds; anything else is counted as ``other`` so labels stay bounded."""
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter("hps_requests", "Responses finished, by route kind and status code.",
+                   ["route", "status"], registry=REGISTRY)
+SENT = Counter("hps_sent_bytes", "Response body bytes handed to clients, by route kind.",
+               ["route"], registry=REGISTRY)
+DOWNLOADS = Counter("hps_downloads", "Artifact bodies served (200 or 206), by plugin and version.",
+                    ["plugin", "version"], registry=REGISTRY)
+IN_FLIGHT = Gauge("hps_responses_in_flight", "Responses started and not yet finished.",
+                  registry=REGISTRY)
+CONNECTIONS = Gauge("hps_connections_open", "Client connections currently open.",
+                    registry=REGISTRY)
+SHED = Counter("hps_connections_shed", "Connections refused with 503 at the connection cap.",
+               registry=REGISTRY)
+ABORTED = Counter("hps_responses_aborted", "Connections cut by the server, by reason.",
+                  ["reason"], registry=REGISTRY)
+REFUSED = Counter("hps_requests_refused", "Requests refused before routing, by reason.",
+                  ["reason"], registry=REGISTRY)
+CATALOG = Gauge("hps_catalog_artifacts", "Artifacts in the catalog snapshot being served.",
+                registry=REGISTRY)
+RELOADS = Counter("hps_catalog_reloads", "Catalog rescans that finished and were swapped in.",
+                  registry=REGISTRY)
+RELOAD_ERRORS = Counter("hps_catalog_reload_errors", "Catalog rescans that failed.",
+                        registry=REGISTRY)
+DRAINING = Gauge("hps_draining", "1 while the server drains before exiting, else 0.",
+                 registry=REGISTRY)
+
+
+def observe_response(route: str, status: int, nbytes: int) -> None:
+    """Count one finished response of ``nbytes`` body bytes."""
+    kind = route if route in ROUTES else "other"
+    REQUESTS.labels(kind, str(status)).inc()
+    if nbytes > 0:
+        SENT.labels(kind).inc(nbytes)
+
+
+def observe_download(name: str, version: str) -> None:
+    """Count one artifact body served; callers pass only catalog names (bounded)."""
+    DOWNLOADS.labels(name, version).inc()
+
+
+def observe_catalog(size: int) -> None:
+    CATALOG.set(size)
+
+
+def observe_reload(ok: bool) -> None:
+    (RELOADS if ok else RELOAD_ERRORS).inc()
+
+
+def observe_draining(draining: bool) -> None:
+    DRAINING.set(1 if draining else 0)
+
+
+def observe_abort(reason: str) -> None:
+    ABORTED.labels(reason).inc()
+
+
+def observe_refused(reason: str) -> None:
+    REFUSED.labels(reason).inc()
+
+
+def observe_shed() -> None:
+    SHED.inc()
+
+
+def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> None:
+    """Read the live gauges from the site's own counters at scrape time."""
+    IN_FLIGHT.set_function(in_flight)
+    CONNECTIONS.set_function(connections)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The scrape body and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
