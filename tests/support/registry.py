@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from hps.guard import hidden_or_temporary
+from hps.pull.cli import main
 
 BINARY = "docker-registry"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -223,7 +227,77 @@ def _wait_ready(process: subprocess.Popen, port: int, log: Path) -> None:
     pytest.fail(f"{BINARY} did not answer /v2/ on port {port} within 15 s")
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+# Named ``*_fixture`` so a test module can import them (no conftest needed) while its
+# test functions still take ``registry`` / ``workspace`` without shadowing an import.
+@pytest.fixture(scope="module", name="registry")
+def registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     with running_registry(tmp_path_factory.mktemp("registry")) as running:
         yield running
+
+
+# -- running hps pull in a temp workspace ----------------------------------------------
+
+
+@dataclass
+class Result:
+    code: int
+    err: str
+
+    def failures(self) -> list[str]:
+        return [line for line in self.err.splitlines() if "FAILED" in line]
+
+
+class Workspace:
+    """``plugins.properties`` and the lock live in ``root``; the tree is ``root/out``."""
+
+    def __init__(self, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.root = root
+        self.out = root / "out"
+        self.properties = root / "plugins.properties"
+        self.lock = root / "plugins.lock.json"
+        self.manifest = root / "manifest.yaml"
+        self.capsys = capsys
+
+    def pull(
+        self, entries: dict[str, str] | None, manifest: str | None = None, *flags: str
+    ) -> Result:
+        if entries is not None:
+            self.properties.write_text("".join(f"{n}={r}\n" for n, r in entries.items()))
+        argv = ["--properties", str(self.properties), "--output", str(self.out)]
+        argv += ["--plain-http", "--retries", "1", "--timeout", "5"]
+        if manifest is not None:
+            self.manifest.write_text(manifest)
+            argv += ["--manifest", str(self.manifest)]
+        self.capsys.readouterr()
+        code = main([*argv, *flags])
+        captured = self.capsys.readouterr()
+        assert captured.out == ""
+        return Result(code, captured.err)
+
+    def module(self, name: str, version: str) -> bytes:
+        return (self.out / name / version / "plugin.wasm").read_bytes()
+
+    def locked(self) -> dict:
+        return json.loads(self.lock.read_text())["plugins"]
+
+    def leftovers(self) -> list[str]:
+        """Temp or hidden files anywhere in the tree or beside the lock: must be none."""
+        found = []
+        for base in (self.out, self.root):
+            if not base.exists():
+                continue
+            for directory, _, files in os.walk(base):
+                found += [os.path.join(directory, f) for f in files if hidden_or_temporary(f)]
+        return found
+
+
+@pytest.fixture(name="workspace")
+def workspace_fixture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Workspace:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("DOCKER_CONFIG", "HPS_REGISTRY_USERNAME", "HPS_REGISTRY_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    return Workspace(tmp_path, capsys)
