@@ -36,6 +36,10 @@ def positive(value: float) -> str | None:
     return None if value > 0 else "must be more than zero"
 
 
+def one_of(*choices: str) -> Callable[[str], str | None]:
+    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+
+
 @dataclass(frozen=True)
 class Config:
     """The server's settings. Field name = YAML key; ``_`` → ``-`` = flag."""
@@ -44,6 +48,21 @@ class Config:
     listen: tuple[str, ...] = knob(
         ("tcp:8080",), "Twisted endpoint to listen on (repeatable), e.g. tcp:8080:interface=::"
     )
+    send_timeout: float = knob(30.0, "seconds a response may make no progress before it is cut",
+                               positive)
+    idle_timeout: float = knob(60.0, "seconds an idle keep-alive connection is kept", positive)
+    header_timeout: float = knob(10.0, "seconds a client has to send a complete request head",
+                                 positive)
+    drain_delay: float = knob(5.0, "seconds between SIGTERM (readyz 503) and closing the ports",
+                              non_negative)
+    drain_timeout: float = knob(25.0, "seconds downloads in flight may take to finish on SIGTERM",
+                                non_negative)
+    max_connections: int = knob(4096, "open connections above which new ones get 503", positive)
+    access_log: str = knob("combined", "access log format: combined, json or off", one_of(
+        "combined", "json", "off"))
+    trust_forwarded: bool = knob(False, "log the client from X-Forwarded-For (behind a proxy)")
+    rescan_interval: float = knob(30.0, "seconds between full rescans of the tree (inotify is a "
+                                  "hint, this is the fallback)", positive)
 
     def describe(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
