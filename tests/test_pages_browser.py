@@ -1,0 +1,62 @@
+"""The HTML pages in a real browser: links resolve, names are text, pages render."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+from tests.support.browser import dump_dom, screenshot
+from tests.support.server import REPO, serve, tree  # noqa: F401
+
+
+class Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "a":
+            self.hrefs += [v for k, v in attrs if k == "href"]
+        assert tag != "script", "no script may appear in our pages"
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(dom: str) -> Links:
+    links = Links()
+    links.feed(dom)
+    return links
+
+
+def test_every_link_on_every_page_works(serve) -> None:  # noqa: F811
+    server = serve("--root", str(REPO / "plugins"))
+    seen: set[str] = set()
+    queue = ["/"]
+    while queue:
+        path = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        reply = server.get(path)
+        assert reply.status == 200, path
+        if (reply.header("Content-Type") or "").startswith("text/html"):
+            links = parse(dump_dom(server.url(path)))
+            queue += [h for h in links.hrefs if h.startswith("/")]
+    modules = {p for p in seen if p.endswith("/plugin.wasm")}
+    assert "/plugins/key-rate-limit/1.0.0/plugin.wasm" in modules
+    assert len(modules) >= 5 and "/plugins/index.json" in seen
+
+
+def test_landing_page_shows_the_console_lines(serve, tmp_path: Path) -> None:  # noqa: F811
+    server = serve("--root", str(REPO / "plugins"))
+    text = "".join(parse(dump_dom(server.url("/"))).text)
+    base = f"http://127.0.0.1:{server.port}"
+    assert f"HIGRESS_ADMIN_WASM_PLUGIN_CUSTOM_IMAGE_URL_PATTERN={base}/plugins/" \
+        "${name}/${version}/plugin.wasm" in text
+    assert f"MCP_SERVER_WASM_IMAGE_URL={base}/plugins/mcp-server/1.0.0/plugin.wasm" in text
+    assert re.search(r"Serving \d+ plugins", text)
+    shot = screenshot(server.url("/plugins/"), tmp_path / "plugins.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
