@@ -38,13 +38,7 @@ class Outcome:
 
 def run(plan: Plan, settings: Settings, previous: dict[str, Record], progress: Progress) -> Outcome:
     outcome = Outcome()
-    with ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="pull") as pool:
-        futures = {
-            name: pool.submit(_guarded, entry, previous.get(name), settings, progress)
-            for name, entry in plan.entries.items()
-        }
-    for name, future in futures.items():
-        record, failure = future.result()
+    for name, (record, failure) in _pull_all(plan, settings, previous, progress).items():
         if record:
             outcome.records[name] = record
         else:
@@ -54,6 +48,21 @@ def run(plan: Plan, settings: Settings, previous: dict[str, Record], progress: P
         kept = {n: r for n, r in previous.items() if n in outcome.failures and n in plan.entries}
         write_lock(settings.lock, {**kept, **outcome.records})
     return outcome
+
+
+def _pull_all(
+    plan: Plan, settings: Settings, previous: dict[str, Record], progress: Progress
+) -> dict[str, tuple[Record | None, str]]:
+    pool = ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="pull")
+    try:
+        futures = {
+            name: pool.submit(_guarded, entry, previous.get(name), settings, progress)
+            for name, entry in plan.entries.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
+    finally:
+        # On Ctrl-C, start nothing new; pulls under way finish or clean up their temp file.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _guarded(
