@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hps.catalog import scan
 from tests.support.registry import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -297,3 +298,28 @@ def test_bad_input_is_one_line_and_exit_2(workspace: Workspace) -> None:
     result = workspace.pull(None, "plugins: [")
     assert (result.code, len(result.err.splitlines())) == (2, 1)
     assert "malformed YAML" in result.err
+
+
+def test_the_catalog_serves_what_pull_wrote(registry: Registry, workspace: Workspace) -> None:
+    registry.push_wasm("cat/key-auth", "2.0.0", wasm("cat-key"))
+    registry.push_image("cat/jsonrpc-converter", "1.0.0", {"plugin.wasm": wasm("cat-rpc")})
+    result = workspace.pull(
+        {
+            "key-auth": registry.ref("cat/key-auth", "2.0.0"),
+            "jsonrpc-converter": registry.ref("cat/jsonrpc-converter", "1.0.0"),
+        },
+        "plugins:\n  key-auth: {aliases: ['1.0.0']}\n"
+        "  json-converter: {from: jsonrpc-converter, versions: ['1.0.0']}\n",
+    )
+    assert result.code == 0, result.err
+    catalog = scan(str(workspace.out))
+    assert catalog.skipped == frozenset()
+    served = {(a.name, a.version): a.alias_of for a in catalog}
+    assert served == {
+        ("key-auth", "2.0.0"): None,
+        ("key-auth", "1.0.0"): "key-auth/2.0.0",
+        ("jsonrpc-converter", "1.0.0"): None,
+        ("json-converter", "1.0.0"): "jsonrpc-converter/1.0.0",
+    }
+    lock = workspace.locked()
+    assert catalog.get("key-auth", "1.0.0").sha256 == lock["key-auth"]["wasmSha256"]
