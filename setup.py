@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.10",
     # twisted/plugins has no __init__.py on purpose: it is Twisted's plugin
     # namespace, and the dropin file must land inside the installed Twisted.
-    packages=find_packages(include=["hps", "hps.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["hps", "hps.*"]), "twisted.plugins"],
     package_data={"twisted.plugins": ["hps_plugin.py"]},
     install_requires=[
         "twisted[tls]>=26.10",
