@@ -25,8 +25,10 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -201,9 +203,21 @@ def write_twistd_script(venv: Path) -> None:
     script.chmod(0o755)
 
 
+def require_offline_build_backend() -> None:
+    """``--no-build-isolation`` builds with the installed setuptools, which before 70.1
+    needs the ``wheel`` package for bdist_wheel: say so instead of a pip traceback."""
+    import importlib.metadata
+    import importlib.util
+
+    version = importlib.metadata.version("setuptools").split(".")
+    if (int(version[0]), int(version[1])) < (70, 1) and importlib.util.find_spec("wheel") is None:
+        pytest.fail("building hps offline needs `wheel` (or setuptools >= 70.1): pip install wheel")
+
+
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with hps installed the way the builder stage installs it."""
+    require_offline_build_backend()
     base = tmp_path_factory.mktemp("image")
     copy_build_context(base / "src")
     venv = base / "venv"
@@ -315,7 +329,8 @@ def test_image_command_serves_and_stops(replayed_image: Replay) -> None:
     assert wait_for(f"{base}/healthz", 200, replay.process, deadline).strip() == b"ok"
     wait_for(f"{base}/readyz", 200, replay.process, deadline)
     status, body = fetch(f"{base}/plugins/{SAMPLE}")
-    assert (status, body) == (200, (REPO / "plugins" / SAMPLE).read_bytes())
+    assert status == 200, replay.log.read_text(errors="replace")
+    assert body == (REPO / "plugins" / SAMPLE).read_bytes()
 
     # The image's HEALTHCHECK, pointed at this port, passes.
     check = [part.replace(f":{IMAGE_PORT}/", f":{replay.port}/") for part in healthcheck_command()]
@@ -342,3 +357,218 @@ def test_image_healthcheck_fails_when_nothing_listens(image_venv: Path) -> None:
     check[0] = shutil.which(check[0], path=env["PATH"]) or check[0]
     result = subprocess.run(check, env=env, timeout=30, capture_output=True, check=False)
     assert result.returncode != 0
+
+
+# --- deploy/: the Kubernetes manifests ----------------------------------------------------------
+
+NAMESPACE = "higress-system"
+SERVER_ROUTES = {"/healthz", "/readyz"}
+# Patches and Helm values are fragments, not objects: checked by hand below.
+FRAGMENT_SUFFIXES = (".patch.yaml", ".snippet.yaml")
+WASMPLUGIN_SPEC_KEYS = {
+    "defaultConfig", "defaultConfigDisable", "failStrategy", "imagePullPolicy", "imagePullSecret",
+    "matchRules", "phase", "pluginConfig", "pluginName", "priority", "sha256", "url",
+    "verificationKey", "vmConfig",
+}  # fmt: skip
+SVC_HOST = "higress-plugin-server.higress-system.svc"
+PHASES = ("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS")
+
+
+def yaml_docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+def manifest_files() -> list[Path]:
+    return sorted(
+        path
+        for path in DEPLOY.rglob("*.yaml")
+        if path.name != "kustomization.yaml" and not path.name.endswith(FRAGMENT_SUFFIXES)
+    )
+
+
+def objects() -> dict[str, dict[str, Any]]:
+    """Every whole object under deploy/, keyed ``Kind/name``."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in manifest_files():
+        for doc in yaml_docs(path):
+            key = f"{doc['kind']}/{doc['metadata']['name']}"
+            assert key not in found, f"{key} defined twice"
+            found[key] = doc
+    return found
+
+
+def kubernetes_validate_module() -> Any:
+    try:
+        import kubernetes_validate
+    except ImportError as exc:  # pragma: no cover - only when misinstalled
+        pytest.fail(f"kubernetes-validate is required (pip install 'hps[test]'): {exc}")
+    return kubernetes_validate
+
+
+def check_wasmplugin(doc: dict[str, Any]) -> None:
+    """No schema ships for Higress's CRD: its required shape, by hand."""
+    assert doc["apiVersion"] == "extensions.higress.io/v1alpha1"
+    assert doc["metadata"]["name"] and doc["metadata"]["namespace"] == NAMESPACE
+    spec = doc["spec"]
+    assert set(spec) <= WASMPLUGIN_SPEC_KEYS, set(spec) - WASMPLUGIN_SPEC_KEYS
+    assert spec["url"].startswith(("http://", "https://", "oci://"))
+    assert len(spec["sha256"]) == 64 and int(spec["sha256"], 16) >= 0
+    assert spec.get("phase", "UNSPECIFIED_PHASE") in (
+        "UNSPECIFIED_PHASE",
+        "AUTHN",
+        "AUTHZ",
+        "STATS",
+    )
+    assert isinstance(spec.get("priority", 0), int)
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_manifest_is_valid_for_kubernetes_1_30(path: Path) -> None:
+    validator = kubernetes_validate_module()
+    docs = yaml_docs(path)
+    assert docs, f"{path} holds no object"
+    for doc in docs:
+        if doc.get("kind") == "WasmPlugin":
+            check_wasmplugin(doc)
+            continue
+        try:
+            validator.validate(doc, K8S_VERSION, strict=True)
+        except validator.ValidationError as err:
+            pytest.fail(f"{path.name}: {doc['kind']}: {err.message} at {list(err.path)}")
+        assert doc["metadata"].get("namespace") == NAMESPACE
+
+
+def test_kustomization_lists_every_resource() -> None:
+    kustomization = yaml_docs(DEPLOY / "kustomization.yaml")[0]
+    assert kustomization["kind"] == "Kustomization"
+    assert kustomization["namespace"] == NAMESPACE
+    top_level = {path.name for path in manifest_files() if path.parent == DEPLOY}
+    assert sorted(kustomization["resources"]) == sorted(top_level)
+    image = the_container()["image"].rsplit(":", 1)[0]
+    assert [entry["name"] for entry in kustomization.get("images", [])] == [image]
+
+
+def the_deployment() -> dict[str, Any]:
+    return objects()["Deployment/higress-plugin-server"]
+
+
+def the_container() -> dict[str, Any]:
+    containers = the_deployment()["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """A probe or Service port, by number or by the container port's name."""
+    if isinstance(port, int):
+        return port
+    by_name = {p["name"]: p["containerPort"] for p in container["ports"] if "name" in p}
+    assert port in by_name, f"no container port named {port!r}"
+    return int(by_name[port])
+
+
+def server_config() -> dict[str, Any]:
+    """The hps settings the Deployment starts with: its --config file, through the ConfigMap."""
+    container, pod = the_container(), the_deployment()["spec"]["template"]["spec"]
+    args = container.get("args", [])
+    assert "--config" in args, "the Deployment passes the ConfigMap's file as --config"
+    path = Path(option_value(args, "--config"))
+    mount = next(m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    configmap = objects()[f"ConfigMap/{volume['configMap']['name']}"]
+    return yaml.safe_load(configmap["data"][path.name])
+
+
+def test_config_map_holds_settings_the_server_knows(tmp_path: Path) -> None:
+    from hps.config import read_yaml
+
+    settings = tmp_path / "hps.yaml"
+    settings.write_text(yaml.safe_dump(server_config()), encoding="utf-8")
+    values = read_yaml(str(settings))  # unknown keys or wrong types raise ConfigError
+    assert values["root"] == IMAGE_ROOT
+
+
+def test_probes_and_ports_are_ones_the_server_answers() -> None:
+    """The replay above proves /healthz and /readyz answer 200 on the --listen port."""
+    container = the_container()
+    probes = {kind: container[kind]["httpGet"] for kind in
+              ("startupProbe", "livenessProbe", "readinessProbe")}  # fmt: skip
+    assert probes["livenessProbe"]["path"] == "/healthz"
+    assert probes["readinessProbe"]["path"] == "/readyz"
+    assert {probe["path"] for probe in probes.values()} <= SERVER_ROUTES
+    listen = server_config()["listen"]
+    assert listen == [f"tcp:{IMAGE_PORT}"]
+    assert [p["containerPort"] for p in container["ports"]] == [IMAGE_PORT]
+    for probe in probes.values():
+        assert container_port(container, probe["port"]) == IMAGE_PORT
+    service = objects()["Service/higress-plugin-server"]["spec"]
+    assert service["type"] == "ClusterIP"
+    assert [(p["port"], container_port(container, p["targetPort"])) for p in service["ports"]] == [
+        (80, IMAGE_PORT)
+    ]
+
+
+def test_everything_selects_the_same_pods() -> None:
+    found = objects()
+    labels = {"app": "higress-plugin-server", "higress": "higress-plugin-server"}
+    deployment = the_deployment()["spec"]
+    assert deployment["selector"]["matchLabels"] == labels
+    assert deployment["template"]["metadata"]["labels"] == labels
+    assert found["Service/higress-plugin-server"]["spec"]["selector"] == labels
+    pdb = found["PodDisruptionBudget/higress-plugin-server"]["spec"]
+    assert pdb["selector"]["matchLabels"] == labels and pdb["minAvailable"] == 1
+    hpa = found["HorizontalPodAutoscaler/higress-plugin-server"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "name": "higress-plugin-server"}  # fmt: skip
+    assert hpa["minReplicas"] >= 2 and hpa["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_deployment_is_hardened_and_outlives_the_drain() -> None:
+    from hps.config import Config
+
+    pod = the_deployment()["spec"]["template"]["spec"]
+    container = the_container()
+    uid = int((runtime_stage().last("USER") or "").split(":")[0])
+    for context in (pod["securityContext"], container["securityContext"]):
+        assert context["runAsNonRoot"] is True and context["runAsUser"] == uid
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"] == {"requests": {"cpu": "200m", "memory": "128Mi"},
+                                      "limits": {"cpu": "500m", "memory": "256Mi"}}  # fmt: skip
+    settings = server_config()
+    drain = sum(
+        float(settings.get(key, getattr(Config, key, 0.0)))
+        for key in ("drain_delay", "drain_timeout")
+    )
+    assert pod["terminationGracePeriodSeconds"] > drain
+    keys = {c["topologyKey"] for c in pod.get("topologySpreadConstraints", [])}
+    assert "kubernetes.io/hostname" in keys
+    deployment = the_deployment()["spec"]
+    assert deployment["replicas"] == 2
+    assert deployment["strategy"]["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": "25%"}
+
+
+def fragment_env(path: Path, container: str) -> dict[str, str]:
+    patch = yaml_docs(path)[0]
+    containers = patch["spec"]["template"]["spec"]["containers"]
+    (target,) = (c for c in containers if c["name"] == container)
+    return {e["name"]: e["value"] for e in target["env"]}
+
+
+def test_higress_wiring_points_at_the_service() -> None:
+    """The URLs the Console and Controller get resolve to this Service's port 80 and to
+    routes the server has; the Helm snippet says the same as the patches."""
+    console = fragment_env(DEPLOY / "higress/console.patch.yaml", "higress-console")
+    controller = fragment_env(DEPLOY / "higress/controller.patch.yaml", "higress-core")
+    pattern = console["HIGRESS_ADMIN_WASM_PLUGIN_CUSTOM_IMAGE_URL_PATTERN"]
+    mcp = controller["MCP_SERVER_WASM_IMAGE_URL"]
+    assert pattern == f"http://{SVC_HOST}/plugins/${{name}}/${{version}}/plugin.wasm"
+    assert mcp == f"http://{SVC_HOST}/plugins/mcp-server/1.0.0/plugin.wasm"
+    # The bundled tree serves the Controller's URL out of the box.
+    assert (REPO / "plugins/mcp-server/1.0.0/plugin.wasm").is_file()
+    values = yaml_docs(DEPLOY / "higress/helm-values.snippet.yaml")[0]
+    assert values["higress-console"]["podEnvs"] == console
+    assert values["higress-core"]["controller"]["env"] == controller
