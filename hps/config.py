@@ -63,6 +63,13 @@ class Config:
     trust_forwarded: bool = knob(False, "log the client from X-Forwarded-For (behind a proxy)")
     rescan_interval: float = knob(30.0, "seconds between full rescans of the tree (inotify is a "
                                   "hint, this is the fallback)", positive)
+    memory_budget: int = knob(128, "MiB of artifact bytes (identity + gzip) kept in memory; "
+                              "the rest is read from disk", non_negative)
+    cache_max_age: int = knob(300, "seconds clients and caches may reuse an artifact "
+                              "(Cache-Control max-age)", non_negative)
+    immutable: bool = knob(False, "declare that a name/version never changes its bytes "
+                           "(Cache-Control immutable)")
+    gzip: bool = knob(True, "serve a precompressed gzip variant to clients that accept it")
 
     def describe(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))

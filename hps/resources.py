@@ -17,9 +17,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from hps import pages
+from hps.bodies import BodyCache
 from hps.guard import MODULE_FILE, Verdict, judge_path
 from hps.state import ServerState
-from hps.transfer import ArtifactFile
+from hps.transfer import ArtifactFile, Policy
 
 ALLOWED = b"GET, HEAD"
 NO_STORE = "no-store"
@@ -69,6 +70,8 @@ class Root(Resource):
 
     isLeaf = True
     log = Logger()
+    bodies: BodyCache | None = None
+    policy = Policy.from_config(300, immutable=False, gzip=True)
 
     def __init__(self, state: ServerState) -> None:
         super().__init__()
@@ -126,7 +129,7 @@ class Root(Resource):
                 return lambda request: reply(request, http.OK, body,
                                              "text/plain; charset=utf-8", SHORT)
             case [file] if file == MODULE_FILE:
-                return ArtifactFile(artifact, "public, max-age=300").render
+                return ArtifactFile(artifact, self.policy, self.bodies).render
         return None
 
     def landing(self, request: Request) -> bytes:

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from hps import catalog
+from hps import catalog, fastpath
 from hps.config import Config, ConfigError, fail
 from hps.resources import Root
 from hps.site import PluginSite
@@ -92,6 +92,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor
     state = ServerState(config=config, catalog=catalog.unloaded(config.root))
     site = PluginSite(Root(state))
+    fastpath.install(state, site)
     top = MultiService()
     CatalogLoader(state).setServiceParent(top)
     for description in config.listen:

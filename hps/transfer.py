@@ -1,28 +1,55 @@
-"""Sending one artifact's bytes: ``static.File`` pinned to a catalog snapshot.
+"""Sending one artifact through twisted.web: validators, ranges, gzip, bytes out.
 
-Stock ``static.File`` restats and reopens the path for every request, so a file
-replaced between the scan and the request would be sent under the old
-snapshot's headers. Here the opened file must be the very file the catalog
-hashed (same identity); otherwise the request gets a retryable 503 instead of
-mismatched bytes.
+``ArtifactFile`` stays a ``static.File`` (its range producers read the file
+when the body is not in memory), but every decision is made by the pure
+functions in :mod:`hps.negotiate`, shared with :mod:`hps.fastpath`.
+
+The body always matches the headers: in-memory bodies are immutable
+snapshots keyed by SHA-256, and an opened file must be the very file the
+catalog hashed (same identity), else the client gets a retryable 503.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import BinaryIO
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import http, static
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
+from hps.bodies import BodyCache
 from hps.catalog import Artifact
+from hps.negotiate import (
+    UNSATISFIABLE,
+    Span,
+    Variant,
+    accepts_gzip,
+    not_modified,
+    pick_range,
+    range_applies,
+)
 
-WASM_TYPE = "application/wasm"
+WASM_TYPE = b"application/wasm"
+CHUNK = 256 * 1024
+"""Bytes handed to the transport per write: big enough for few syscalls, small
+enough that a thousand stalled clients hold at most a chunk each."""
 
+@dataclass(frozen=True)
+class Policy:
+    """How artifacts are served; derived once from the config."""
 
-class Replaced(Exception):
-    """The file on disk is no longer the one the catalog describes."""
+    cache_control: bytes
+    gzip: bool
+
+    @classmethod
+    def from_config(cls, max_age: int, immutable: bool, gzip: bool) -> Policy:
+        value = f"public, max-age={max_age}" + (", immutable" if immutable else "")
+        return cls(value.encode(), gzip)
 
 
 def identity_of(handle: BinaryIO) -> tuple[int, int, int, int]:
@@ -30,16 +57,81 @@ def identity_of(handle: BinaryIO) -> tuple[int, int, int, int]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
+def choose_variant(artifact: Artifact, cache: BodyCache | None, policy: Policy,
+                   accept_encoding: bytes | None) -> Variant:
+    """gzip when the client takes it and a smaller copy exists; identity otherwise."""
+    body = cache.get(artifact) if cache is not None else None
+    if body is None:
+        return Variant(artifact.etag.encode(), None, artifact.size, None)
+    if policy.gzip and body.gzipped is not None and accepts_gzip(accept_encoding):
+        return body.gzipped
+    return body.identity
+
+
+def variant_headers(artifact: Artifact, variant: Variant,
+                    policy: Policy) -> list[tuple[bytes, bytes]]:
+    """Headers shared by 200, 206, 304 and 416 of one variant (both paths use these)."""
+    headers = [
+        (b"Content-Type", WASM_TYPE),
+        (b"ETag", variant.etag),
+        (b"Last-Modified", http.datetimeToString(int(artifact.mtime))),
+        (b"Cache-Control", policy.cache_control),
+        (b"Accept-Ranges", b"bytes"),
+    ]
+    if variant.encoding:
+        headers.append((b"Content-Encoding", variant.encoding))
+    if policy.gzip:
+        headers.append((b"Vary", b"Accept-Encoding"))
+    return headers
+
+
+@implementer(IPushProducer)
+class SliceProducer:
+    """Feed ``body[start:end]`` to ``write`` a CHUNK at a time, honouring back-pressure.
+
+    Slicing copies only the chunk; the body is shared by every client.
+    """
+
+    def __init__(self, write: Callable[[bytes], None], body: bytes, span: Span,
+                 finished: Callable[[], None], progress: Callable[[], None]) -> None:
+        self.write, self.body, self.finished, self.progress = write, body, finished, progress
+        self.pos, self.end = span[0], span[1] + 1
+        self.paused = self.stopped = False
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and not self.stopped and self.pos < self.end:
+            stop = min(self.pos + CHUNK, self.end)
+            whole = self.pos == 0 and stop == len(self.body)
+            chunk = self.body if whole else self.body[self.pos:stop]  # whole body: no copy
+            self.pos = stop
+            self.write(chunk)
+            self.progress()
+        if self.pos >= self.end and not self.stopped:
+            self.stopped = True
+            self.finished()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class Replaced(Exception):
+    """The file on disk is no longer the one the catalog describes."""
+
+
 class ArtifactFile(static.File):
-    """One artifact, with a content-derived ETag and caching headers."""
+    """One artifact through twisted.web: conditionals, ranges, gzip, memory or file."""
 
     log = Logger()
 
-    def __init__(self, artifact: Artifact, cache_control: str) -> None:
+    def __init__(self, artifact: Artifact, policy: Policy,
+                 cache: BodyCache | None = None) -> None:
         super().__init__(artifact.path, defaultType="application/octet-stream")
-        self.type, self.encoding = WASM_TYPE, None
-        self.artifact = artifact
-        self.cache_control = cache_control
+        self.type, self.encoding = WASM_TYPE.decode(), None
+        self.artifact, self.policy, self.cache = artifact, policy, cache
 
     def getFileSize(self) -> int:
         return self.artifact.size
@@ -55,18 +147,80 @@ class ArtifactFile(static.File):
         return handle
 
     def render_GET(self, request: Request) -> bytes | int:
-        request.setHeader(b"etag", self.artifact.etag.encode())
-        request.setHeader(b"cache-control", self.cache_control.encode())
-        if request.setETag(self.artifact.etag.encode()) is http.CACHED:
-            return b""
-        try:
-            return super().render_GET(request)
-        except (Replaced, FileNotFoundError):
-            self.log.info("{path} changed since the last scan; asking the client to retry",
-                          path=self.artifact.path)
-            request.setResponseCode(http.SERVICE_UNAVAILABLE)
-            request.setHeader(b"retry-after", b"1")
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"plugin is being replaced, retry\n"
+        variant = choose_variant(self.artifact, self.cache, self.policy,
+                                 request.getHeader(b"accept-encoding"))
+        handle = None
+        if variant.body is None:
+            try:
+                handle = self.openForReading()
+            except (Replaced, OSError):
+                return self.replaced(request)
+        for name, value in variant_headers(self.artifact, variant, self.policy):
+            request.setHeader(name, value)
+        span = self.decide(request, variant)
+        if span is None or request.method == b"HEAD":
+            return self.finish_early(request, handle)
+        return self.send(request, variant, span, handle)
 
     render_HEAD = render_GET
+
+    def decide(self, request: Request, variant: Variant) -> Span | None:
+        """Set the status and length; return the span to send (None: no body)."""
+        mtime = self.artifact.mtime
+        if not_modified(request.getHeader(b"if-none-match"),
+                        request.getHeader(b"if-modified-since"), variant.etag, mtime):
+            request.setResponseCode(http.NOT_MODIFIED)
+            return None
+        wanted = None
+        if range_applies(request.getHeader(b"if-range"), variant.etag, mtime):
+            wanted = pick_range(request.getHeader(b"range"), variant.size)
+        if wanted is UNSATISFIABLE:
+            request.setResponseCode(http.REQUESTED_RANGE_NOT_SATISFIABLE)
+            request.setHeader(b"content-range", b"bytes */%d" % variant.size)
+            request.setHeader(b"content-length", b"0")
+            return None
+        if isinstance(wanted, tuple):
+            request.setResponseCode(http.PARTIAL_CONTENT)
+            request.setHeader(b"content-range",
+                              b"bytes %d-%d/%d" % (wanted[0], wanted[1], variant.size))
+            span = wanted
+        else:
+            span = (0, variant.size - 1)
+        request.setHeader(b"content-length", b"%d" % (span[1] - span[0] + 1))
+        return span
+
+    def finish_early(self, request: Request, handle: BinaryIO | None) -> int:
+        """No body (HEAD, 304, 416): headers only, then done."""
+        if handle is not None:
+            handle.close()
+        request.write(b"")
+        request.finish()
+        return NOT_DONE_YET
+
+    def send(self, request: Request, variant: Variant, span: Span,
+             handle: BinaryIO | None) -> int:
+        if variant.body is None:
+            assert handle is not None
+            size = span[1] - span[0] + 1
+            static.SingleRangeStaticProducer(request, handle, span[0], size).start()
+            return NOT_DONE_YET
+
+        def finished() -> None:
+            request.unregisterProducer()
+            request.finish()
+
+        channel = request.channel
+        progress = getattr(channel, "progress", None) or (lambda: None)
+        producer = SliceProducer(request.write, variant.body, span, finished, progress)
+        request.registerProducer(producer, True)
+        producer.resumeProducing()
+        return NOT_DONE_YET
+
+    def replaced(self, request: Request) -> bytes:
+        self.log.info("{path} changed since the last scan; asking the client to retry",
+                      path=self.artifact.path)
+        request.setResponseCode(http.SERVICE_UNAVAILABLE)
+        request.setHeader(b"retry-after", b"1")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"plugin is being replaced, retry\n"

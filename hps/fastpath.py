@@ -1,0 +1,289 @@
+"""A fast path for the plainest artifact downloads, in front of twisted.web's parser.
+
+twisted.web spends ~130 µs of per-request machinery on every download (see
+NOTES.md); a gateway's ``GET /plugins/<name>/<version>/plugin.wasm`` needs
+none of it. This module answers exactly that request, from a prebuilt header
+block and the shared in-memory body, and hands *everything else* back to
+twisted.web untouched.
+
+The accepted subset is deliberately strict, so the two parsers can never
+disagree on where a request ends (the root of request smuggling):
+
+- ``data`` is one whole request: it ends at its first blank line, no body, no
+  pipelined second request, at most MAX_REQUEST bytes and MAX_HEADERS lines;
+- ``GET`` or ``HEAD``, ``HTTP/1.1``, target exactly
+  ``/plugins/<name>/<version>/plugin.wasm`` in characters needing no decoding
+  (no ``%``, no ``?``, no dot-first segments);
+- every header line is ``token: value`` with visible ASCII/obs-text and tabs
+  (no obs-fold, no bare CR or LF, no NUL); exactly one Host;
+- none of Content-Length, Transfer-Encoding, Range, Expect, Upgrade,
+  HTTP2-Settings or any ``If-*`` header (ranges and conditionals live in one
+  place, :mod:`hps.transfer`); at most one Accept-Encoding and one Connection,
+  the latter only ``keep-alive`` or ``close``;
+- the channel is idle over a plain TCP transport, the server is not draining,
+  and the artifact's body is in the memory cache.
+
+Unknown but well-formed headers (User-Agent, Accept, Cookie…) are accepted:
+they change nothing in an artifact response.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+from twisted.web import http
+
+from hps.bodies import BodyCache
+from hps.catalog import Artifact, Catalog
+from hps.negotiate import Variant
+from hps.site import SERVER_NAME, PluginChannel
+from hps.state import ServerState
+from hps.transfer import Policy, SliceProducer, choose_variant, variant_headers
+
+MAX_REQUEST = 8192
+MAX_HEADERS = 64
+SEND_LIMIT = 1 << 20
+"""Per-transport send size: Twisted's default 128 KiB costs a reactor turn per 128 KiB."""
+PAUSE_READING_AT = 16384
+REPLY_ATTR = "_hps_fast_reply"
+
+_TARGET = re.compile(
+    rb"/plugins/([a-z0-9][a-z0-9._-]{0,127})/([0-9A-Za-z][0-9A-Za-z.+-]{0,127})/plugin\.wasm\Z"
+)
+_FIELD = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
+    rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*\Z"
+)
+_REFUSED = frozenset({
+    b"content-length", b"transfer-encoding", b"range", b"expect", b"upgrade",
+    b"http2-settings", b"te", b"trailer",
+})
+_SINGLE = (b"host", b"accept-encoding", b"connection")
+_PREFIXES = (b"GET /plugins/", b"HEAD /plugins/")
+
+
+@dataclass
+class Parsed:
+    """What the fast path needs of one request; anything else it refused."""
+
+    method: bytes
+    target: bytes
+    name: str
+    version: str
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+
+    @property
+    def close(self) -> bool:
+        return self.headers.get(b"connection", b"").lower() == b"close"
+
+
+def parse_request(data: bytes) -> Parsed | None:
+    """Parse ``data`` if it is one request of the strict subset, else None."""
+    if len(data) > MAX_REQUEST or not data.startswith(_PREFIXES):
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end != len(data) - 4:
+        return None  # incomplete, or more bytes after the head: twisted.web frames it
+    lines = data[:end].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or len(lines) > MAX_HEADERS:
+        return None
+    target = _TARGET.match(parts[1])
+    if target is None:
+        return None
+    headers = _parse_fields(lines[1:])
+    if headers is None:
+        return None
+    return Parsed(parts[0], parts[1], target.group(1).decode(), target.group(2).decode(),
+                  headers)
+
+
+def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
+    """Header lines to {lower name: value} for the few names used; None to refuse."""
+    seen: dict[bytes, bytes] = {}
+    hosts = 0
+    for line in lines:
+        match = _FIELD.match(line)
+        if match is None:
+            return None
+        name = match.group(1).lower()
+        if name in _REFUSED or name.startswith(b"if-"):
+            return None
+        if name in _SINGLE:
+            if name in seen:
+                return None
+            seen[name] = match.group(2)
+            hosts += name == b"host"
+        elif name in (b"user-agent", b"referer", b"x-forwarded-for"):
+            seen[name] = match.group(2)
+    connection = seen.get(b"connection")
+    if hosts != 1 or (connection is not None and connection.lower() not in (
+            b"keep-alive", b"close")):
+        return None
+    return seen
+
+
+def channel_idle(channel: Any) -> bool:
+    """No request parsed, buffered or answering, on a plain TCP transport."""
+    transport = channel.transport
+    return (
+        # TLS encrypts a whole write at once: bounded chunks need the plain transport.
+        not ISSLTransport.providedBy(transport)
+        and not getattr(transport, "TLS", False)
+        and not transport.disconnecting
+        and not channel.requests
+        and not channel._handlingRequest
+        and channel._requestProducer is None
+        and not channel._dataBuffer
+        and channel._transferDecoder is None
+        and not channel._buffer
+        and channel.line_mode
+        and getattr(channel, "_HTTPChannel__first_line", 1)
+        and not getattr(channel, "_HTTPChannel__header", b"")
+    )
+
+
+class Clock:
+    """The ``Date`` value, formatted at most once a second."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+    def now(self) -> bytes:
+        second = int(time.time())
+        if second != self.second:
+            self.second, self.value = second, http.datetimeToString(second)
+        return self.value
+
+
+class ArtifactFastPath:
+    """Implements ``hps.site.FastPath`` for cached artifacts."""
+
+    log = Logger()
+
+    def __init__(self, state: ServerState, cache: BodyCache, policy: Policy) -> None:
+        self.state, self.cache, self.policy = state, cache, policy
+        self.clock = Clock()
+        self.blocks: dict[bytes, bytes] = {}
+
+    def on_swap(self, old: Catalog, new: Catalog) -> None:
+        self.blocks.clear()
+
+    def handle(self, channel: PluginChannel, data: bytes) -> bool:
+        reply = getattr(channel, REPLY_ATTR, None)
+        if reply is not None:
+            reply.hold(data)  # a request behind ours: replayed when ours is done
+            return True
+        parsed = parse_request(data)
+        if parsed is None or self.state.draining or not channel_idle(channel):
+            return False
+        artifact = self.state.catalog.get(parsed.name, parsed.version)
+        if artifact is None or self.cache.get(artifact) is None:
+            return False
+        variant = choose_variant(artifact, self.cache, self.policy,
+                                 parsed.headers.get(b"accept-encoding"))
+        Reply(self, channel, parsed, artifact, variant).start()
+        return True
+
+    def head_block(self, artifact: Artifact, variant: Variant, close: bool) -> bytes:
+        fixed = self.blocks.get(variant.etag)
+        if fixed is None:
+            pairs = variant_headers(artifact, variant, self.policy)
+            lines = [b"%s: %s\r\n" % pair for pair in pairs]
+            lines.append(b"X-Content-Type-Options: nosniff\r\n")
+            lines.append(b"Content-Length: %d\r\n" % variant.size)
+            fixed = self.blocks[variant.etag] = b"".join(lines)
+        return b"".join((
+            b"HTTP/1.1 200 OK\r\nServer: ", SERVER_NAME, b"\r\nDate: ", self.clock.now(), b"\r\n",
+            fixed, b"Connection: close\r\n\r\n" if close else b"\r\n",
+        ))
+
+
+class Reply:
+    """One fast-path response in flight on one channel."""
+
+    def __init__(self, path: ArtifactFastPath, channel: PluginChannel, parsed: Parsed,
+                 artifact: Artifact, variant: Variant) -> None:
+        self.path, self.channel, self.parsed = path, channel, parsed
+        self.artifact, self.variant = artifact, variant
+        self.pending: list[bytes] = []
+        self.paused_reading = False
+        self.saved_timeout: Any = None
+
+    def start(self) -> None:
+        channel, transport = self.channel, self.channel.transport
+        transport.SEND_LIMIT = SEND_LIMIT
+        # Like twisted.web, no idle timeout while answering; the send watchdog guards progress.
+        self.saved_timeout = channel.setTimeout(None)
+        setattr(channel, REPLY_ATTR, self)
+        channel.response_began()
+        transport.write(self.path.head_block(self.artifact, self.variant, self.parsed.close))
+        if self.parsed.method == b"HEAD":
+            self.finished()
+            return
+        assert self.variant.body is not None
+        producer = SliceProducer(transport.write, self.variant.body, (0, self.variant.size - 1),
+                                 self.finished, channel.progress)
+        channel.registerProducer(producer, True)
+        producer.resumeProducing()
+
+    def hold(self, data: bytes) -> None:
+        self.pending.append(data)
+        if not self.paused_reading and sum(map(len, self.pending)) > PAUSE_READING_AT:
+            self.paused_reading = True
+            self.channel.transport.pauseProducing()
+
+    def finished(self) -> None:
+        channel = self.channel
+        setattr(channel, REPLY_ATTR, None)
+        if channel._requestProducer is not None:
+            channel.unregisterProducer()
+        channel.response_ended()
+        self.account()
+        # A drain that began meanwhile wants the connection closed once this response is out.
+        if self.parsed.close or self.path.state.draining or not channel.persistent:
+            channel.transport.loseConnection()
+            return
+        channel.setTimeout(self.saved_timeout)
+        channel.resetTimeout()
+        if self.paused_reading:
+            channel.transport.resumeProducing()
+        if self.pending:
+            channel.dataReceived(b"".join(self.pending))
+
+    def account(self) -> None:
+        """Log and count through the site, exactly as twisted.web's responses are."""
+        sent = 0 if self.parsed.method == b"HEAD" else self.variant.size
+        headers = self.parsed.headers
+        peer = self.channel.transport.getPeer()
+        self.channel.site.finished_response(
+            route="artifact", status=200, nbytes=sent, method=self.parsed.method,
+            uri=self.parsed.target, proto=b"HTTP/1.1", peer=getattr(peer, "host", "-"),
+            forwarded=headers.get(b"x-forwarded-for"), referer=headers.get(b"referer"),
+            agent=headers.get(b"user-agent"))
+
+
+def install(state: ServerState, site: Any) -> ArtifactFastPath:
+    """Wire the body cache, the transfer policy and the fast path into one Site."""
+    config = state.config
+    policy = Policy.from_config(config.cache_max_age, config.immutable, config.gzip)
+    cache = BodyCache(config.memory_budget << 20, config.gzip)
+    fast = ArtifactFastPath(state, cache, policy)
+    state.on_swap.extend((cache.on_swap, fast.on_swap))
+    site.resource.bodies, site.resource.policy = cache, policy
+    build = site.protocol
+
+    def protocol() -> Any:
+        # Per site (an instance attribute), so two services in one process never share one.
+        wrapper = build()
+        wrapper._channel.fast_path = fast
+        return wrapper
+
+    site.protocol = protocol
+    return fast

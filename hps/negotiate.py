@@ -1,0 +1,182 @@
+"""Pure HTTP decisions about one artifact: validators, ranges, encodings.
+
+No Twisted here: every function takes header bytes and plain values, so the
+twisted.web path (``transfer``) and the fast path (``fastpath``) share one
+definition of "matches", "satisfiable" and "accepts gzip" and cannot disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+MAX_RANGES = 64
+"""More range specs than this is abuse, not a download manager: the header is ignored."""
+
+_ETAGS = re.compile(rb'\s*(\*|(?:W/)?"[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|\Z)')
+_SPEC = re.compile(rb"\s*(\d*)\s*-\s*(\d*)\s*\Z")
+_CODING = re.compile(
+    rb"\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*(?:;\s*[qQ]\s*=\s*(0(?:\.\d{0,3})?|1(?:\.0{0,3})?))?\s*\Z"
+)
+
+
+class Unsatisfiable:
+    """Marker: a Range header none of whose specs falls inside the body (→ 416)."""
+
+
+UNSATISFIABLE = Unsatisfiable()
+Span = tuple[int, int]
+"""(first, last) byte positions, inclusive, as in Content-Range."""
+
+
+def etag_list(header: bytes) -> list[bytes] | None:
+    """The entity tags in an If-None-Match / If-Match value, or None when malformed."""
+    tags, pos = [], 0
+    while pos < len(header):
+        match = _ETAGS.match(header, pos)
+        if match is None or match.end() == pos:
+            return None
+        tags.append(match.group(1))
+        pos = match.end()
+    return tags
+
+
+def _opaque(tag: bytes) -> bytes:
+    return tag[2:] if tag.startswith(b"W/") else tag
+
+
+def none_match(header: bytes, etag: bytes) -> bool:
+    """True when If-None-Match names this representation (weak comparison, RFC 9110 13.1.2)."""
+    tags = etag_list(header)
+    if not tags:
+        return False  # malformed: evaluate as if absent, so the client gets the full body
+    return any(tag == b"*" or _opaque(tag) == _opaque(etag) for tag in tags)
+
+
+def parse_date(value: bytes) -> int | None:
+    """An HTTP-date as seconds since the epoch, or None when it is not one."""
+    try:
+        moment = parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return int(moment.timestamp())
+
+
+def not_modified(if_none_match: bytes | None, if_modified_since: bytes | None,
+                 etag: bytes, mtime: float) -> bool:
+    """Should a GET/HEAD get 304? If-None-Match wins over If-Modified-Since (13.2.2)."""
+    if if_none_match is not None:
+        return none_match(if_none_match, etag)
+    if if_modified_since is not None:
+        since = parse_date(if_modified_since)
+        return since is not None and int(mtime) <= since
+    return False
+
+
+def range_applies(if_range: bytes | None, etag: bytes, mtime: float) -> bool:
+    """If-Range: honour Range only when the validator still names these bytes (13.1.5)."""
+    if if_range is None:
+        return True
+    value = if_range.strip()
+    if value.startswith((b'"', b"W/")):
+        return value == etag  # strong comparison; a weak tag never matches
+    return parse_date(value) == int(mtime)
+
+
+def _spec_span(spec: bytes, size: int) -> Span | Unsatisfiable | None:
+    """One ``first-last`` / ``first-`` / ``-suffix``; None when malformed."""
+    match = _SPEC.match(spec)
+    if match is None or match.group(1) == match.group(2) == b"":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == b"":
+        suffix = int(last)
+        return (max(0, size - suffix), size - 1) if suffix and size else UNSATISFIABLE
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        return UNSATISFIABLE
+    return (start, min(end, size - 1))
+
+
+def coalesce(spans: list[Span]) -> list[Span]:
+    """Merge overlapping and adjacent spans, in order."""
+    merged: list[Span] = []
+    for first, last in sorted(spans):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def pick_range(header: bytes | None, size: int) -> Span | Unsatisfiable | None:
+    """Decide a Range header: a single span (206), UNSATISFIABLE (416) or None (200).
+
+    Malformed headers, other units, more than MAX_RANGES specs and ranges that
+    stay several after coalescing are all ignored (RFC 9110 14.2 lets a server
+    ignore Range): no request can make the server announce more than the body.
+    """
+    if header is None:
+        return None
+    unit, sep, specs = header.partition(b"=")
+    if not sep or unit.strip().lower() != b"bytes":
+        return None
+    parts = specs.split(b",")
+    if len(parts) > MAX_RANGES:
+        return None
+    spans: list[Span] = []
+    for part in parts:
+        span = _spec_span(part, size)
+        if span is None:
+            return None
+        if isinstance(span, tuple):
+            spans.append(span)
+    if not spans:
+        return UNSATISFIABLE
+    merged = coalesce(spans)
+    return merged[0] if len(merged) == 1 else None
+
+
+def accepts_gzip(header: bytes | None) -> bool:
+    """Does Accept-Encoding allow gzip? ``gzip;q=0`` says no; ``*`` counts unless gzip is named."""
+    if not header:
+        return False
+    named: float | None = None
+    star: float | None = None
+    for item in header.split(b","):
+        if not item.strip():
+            continue
+        match = _CODING.match(item)
+        if match is None:
+            continue  # an element we cannot read grants nothing
+        coding = match.group(1).lower()
+        q = float(match.group(2)) if match.group(2) else 1.0
+        if coding in (b"gzip", b"x-gzip"):
+            named = q if named is None else max(named, q)
+        elif coding == b"*":
+            star = q
+    if named is not None:
+        return named > 0
+    return star is not None and star > 0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One representation of an artifact: identity or gzip, in memory or on disk."""
+
+    etag: bytes
+    encoding: bytes | None
+    size: int
+    body: bytes | None
+    """The bytes when held in memory; None means read the artifact's file."""
+
+
+def gzip_etag(etag: str) -> str:
+    """The gzip variant's own strong tag: ``"<sha>-gz"`` for ``"<sha>"``."""
+    return etag[:-1] + '-gz"'
