@@ -15,6 +15,7 @@ fast path's alike, so both count the same way:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -60,6 +61,41 @@ RELOAD_ERRORS = Counter("hps_catalog_reload_errors", "Catalog rescans that faile
                         registry=REGISTRY)
 DRAINING = Gauge("hps_draining", "1 while the server drains before exiting, else 0.",
                  registry=REGISTRY)
+
+
+def route_kind(path: str, status: int) -> str:
+    """The route label for a request path (without query) and its status."""
+    if status == 404:
+        return "notfound"
+    if status in (301, 302, 307, 308):
+        return "redirect"
+    match path:
+        case "/":
+            return "landing"
+        case "/healthz":
+            return "health"
+        case "/readyz":
+            return "ready"
+        case "/metrics":
+            return "metrics"
+    if path.startswith("/plugins/"):
+        for suffix, kind in _SUFFIXES:
+            if path.endswith(suffix):
+                return kind
+        return "listing"
+    return "other"
+
+
+_SUFFIXES = (("/plugin.wasm", "artifact"), ("/metadata.txt", "metadata"),
+             ("/index.json", "index"))
+
+
+def artifact_of(uri: bytes) -> tuple[str, str]:
+    """``(name, version)`` from ``/plugins/<name>/<version>/plugin.wasm[?query]``."""
+    parts = uri.split(b"?", 1)[0].decode("latin-1").split("/")
+    if len(parts) == 5 and parts[1] == "plugins":
+        return parts[2], parts[3]
+    return "", ""
 
 
 def observe_response(route: str, status: int, nbytes: int) -> None:
@@ -108,3 +144,12 @@ def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> N
 def exposition() -> tuple[bytes, str]:
     """The scrape body and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def page(request: Any) -> bytes:
+    """The ``/metrics`` resource body (a twisted.web Request in, bytes out)."""
+    body, content_type = exposition()
+    request.setHeader(b"content-type", content_type.encode())
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"content-length", str(len(body)).encode())
+    return body

@@ -16,7 +16,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from hps import pages
+from hps import metrics, pages
 from hps.bodies import BodyCache
 from hps.guard import MODULE_FILE, Verdict, judge_path
 from hps.state import ServerState
@@ -97,6 +97,8 @@ class Root(Resource):
                 return lambda request: text(request, http.OK, "ok\n")
             case ["readyz"]:
                 return self.readiness
+            case ["metrics"]:
+                return metrics.page
             case ["plugins"]:
                 return redirect("/plugins/")
             case ["plugins", ""]:

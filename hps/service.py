@@ -17,11 +17,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from hps import catalog, fastpath
+from hps import catalog, fastpath, metrics
+from hps.access import AccessLog
 from hps.config import Config, ConfigError, fail
+from hps.drain import Drain
 from hps.resources import Root
-from hps.site import PluginSite
+from hps.site import Limits, PluginSite
 from hps.state import ServerState
+from hps.watch import Watcher
 
 
 class Listener(Service):
@@ -84,6 +87,7 @@ class CatalogLoader(Service):
         return fresh
 
     def failed(self, failure: Failure) -> None:
+        metrics.observe_reload(False)
         self.log.failure("catalog scan failed", failure)
 
 
@@ -91,15 +95,24 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     state = ServerState(config=config, catalog=catalog.unloaded(config.root))
-    site = PluginSite(Root(state))
+    site = PluginSite(Root(state), state=state, limits=Limits.from_config(config),
+                      access=AccessLog(config.access_log, config.trust_forwarded),
+                      reactor=reactor)
+    state.on_swap.append(lambda old, new: metrics.observe_catalog(len(new)))
+    state.on_swap.append(lambda old, new: metrics.observe_reload(True))
     fastpath.install(state, site)
     top = MultiService()
-    CatalogLoader(state).setServiceParent(top)
+    # The watcher owns every scan, the first included, so two never race.
+    Watcher(config.root, CatalogLoader(state).rescan, config.rescan_interval, reactor,
+            hangup=True).setServiceParent(top)
+    # Listeners are children of the drain, which decides when they stop (see hps.drain).
+    front = Drain(state, site, config.drain_delay, config.drain_timeout, reactor)
+    front.setServiceParent(top)
     for description in config.listen:
         try:
             endpoint = serverFromString(reactor, description)
         except Exception as err:  # endpoint parsers raise many types; all mean "bad string"
             fail(ConfigError(f"cannot use listen endpoint {description!r}: {err}"))
-        Listener(description, endpoint, site).setServiceParent(top)
+        Listener(description, endpoint, site).setServiceParent(front)
     top.state = state  # type: ignore[attr-defined]
     return top

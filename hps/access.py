@@ -1,0 +1,89 @@
+"""The access log: one line per response, combined format or JSON lines.
+
+Both twisted.web responses (via :mod:`hps.site`) and the fast path call
+:meth:`AccessLog.record`, so every response is logged the same way.
+
+The client is the TCP peer. ``X-Forwarded-For`` is a header any client can
+send, so it is used only with ``trust_forwarded``, and then only its
+*rightmost* entry: that is the address our own proxy appended, the one hop we
+trust. Entries to its left were written by parties we cannot vouch for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import time
+from typing import TextIO
+
+STYLES = ("combined", "json", "off")
+
+
+def client_address(peer: str, forwarded: bytes | None, trust_forwarded: bool) -> str:
+    """Who to name in the log: the peer, or the proxy's rightmost X-Forwarded-For entry."""
+    if not trust_forwarded or not forwarded:
+        return peer
+    candidate = forwarded.split(b",")[-1].strip().decode("latin-1")
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return peer  # a garbled header must not let text into the log's first field
+
+
+def _quoted(value: bytes | None) -> str:
+    """Header text made safe for a quoted log field (no quotes, controls, non-ASCII)."""
+    if not value:
+        return "-"
+    return json.dumps(value.decode("latin-1"))[1:-1]
+
+
+class AccessLog:
+    """Formats and writes access lines; ``style`` is combined, json or off."""
+
+    def __init__(self, style: str = "combined", trust_forwarded: bool = False,
+                 stream: TextIO | None = None) -> None:
+        self.style = style
+        self.trust_forwarded = trust_forwarded
+        # twistd swaps sys.stdout for a logging file; access lines go to the real one.
+        self.stream = stream or sys.__stdout__ or sys.stdout
+        self._second = -1
+        self._stamp = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.style != "off"
+
+    def record(self, *, peer: str, forwarded: bytes | None, method: bytes, uri: bytes,
+               proto: bytes, status: int, nbytes: int, referer: bytes | None = None,
+               agent: bytes | None = None, aborted: bool = False) -> None:
+        """Log one response. Call it once the response is finished or cut."""
+        if not self.enabled:
+            return
+        client = client_address(peer, forwarded, self.trust_forwarded)
+        now = time.time()
+        if self.style == "json":
+            line = json.dumps({
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + "Z",
+                "client": client, "peer": peer, "method": method.decode("latin-1"),
+                "uri": uri.decode("latin-1"), "proto": proto.decode("latin-1"),
+                "status": status, "bytes": nbytes, "referer": (referer or b"").decode("latin-1"),
+                "user_agent": (agent or b"").decode("latin-1"), "aborted": aborted,
+            })
+        else:
+            line = (f'{client} - - [{self._clf_time(now)}] '
+                    f'"{_quoted(method)} {_quoted(uri)} {_quoted(proto)}" {status} '
+                    f'{nbytes or "-"} "{_quoted(referer)}" "{_quoted(agent)}"')
+        self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        if self.enabled:
+            self.stream.flush()
+
+    def _clf_time(self, now: float) -> str:
+        # Formatting a date per request is measurable at high rates; once a second is enough.
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
+        return self._stamp

@@ -1,0 +1,172 @@
+"""Keep the catalog fresh: inotify as a hint, a periodic rescan as the truth.
+
+inotify drops events when its queue overflows, and Twisted's notifier closes
+itself when any watched directory is deleted, so events only *hint* that
+something changed. Every hint, the periodic timer and ``SIGHUP`` all end in
+the same :meth:`Rescanner.request`, which:
+
+- debounces: a burst of events (a copy, an unpacked release) costs one scan;
+- coalesces: one scan at a time; requests during a scan cause exactly one more.
+
+The scan itself (``CatalogLoader.rescan``) runs in a thread and swaps in an
+immutable snapshot, reusing digests of unchanged files.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+
+from hps.guard import hidden_or_temporary
+
+DEBOUNCE = 0.25
+RETRY_NOTIFIER = 5.0
+
+Scan = Callable[[], defer.Deferred]
+
+
+class Rescanner:
+    """Debounced, coalesced calls of ``scan``: never two at once, never a lost request."""
+
+    def __init__(self, scan: Scan, clock: Any, debounce: float = DEBOUNCE) -> None:
+        self.scan = scan
+        self.clock = clock
+        self.debounce = debounce
+        self.pending: IDelayedCall | None = None
+        self.running: defer.Deferred | None = None
+        self.again = False
+        self.scans = 0
+
+    def request(self, delay: float | None = None) -> None:
+        """Ask for a scan ``delay`` seconds from now (default: the debounce)."""
+        if self.running is not None:
+            self.again = True  # the scan in progress may have missed this change
+            return
+        if self.pending is not None and self.pending.active():
+            return  # a scan is already due soon; a burst costs one scan
+        self.pending = self.clock.callLater(self.debounce if delay is None else delay, self.run)
+
+    def run(self) -> defer.Deferred:
+        self.pending = None
+        self.again = False
+        self.scans += 1
+        self.running = defer.maybeDeferred(self.scan)
+        self.running.addBoth(self.done)
+        return self.running
+
+    def done(self, result: object) -> object:
+        self.running = None
+        if self.again:
+            self.again = False
+            self.request()
+        return None  # the loader logs its own failures
+
+    def stop(self) -> None:
+        if self.pending is not None and self.pending.active():
+            self.pending.cancel()
+        self.pending = None
+
+
+class Watcher(Service):
+    """The tree's watcher: inotify hints, a periodic rescan and SIGHUP."""
+
+    log = Logger()
+
+    def __init__(self, root: str, scan: Scan, interval: float, clock: Any,
+                 use_inotify: bool = True, hangup: bool = False) -> None:
+        self.root = root
+        self.rescanner = Rescanner(scan, clock)
+        self.interval = interval
+        self.clock = clock
+        self.use_inotify = use_inotify
+        self.hangup = hangup
+        self.notifier: Any = None
+        self.periodic = LoopingCall(self.rescanner.request, 0)
+        self.periodic.clock = clock
+        self._retry: IDelayedCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.rescanner.request(0)  # the first scan: readiness waits for it
+        self.periodic.start(self.interval, now=False)
+        if self.use_inotify:
+            self.start_notifier()
+        if self.hangup:
+            signal.signal(signal.SIGHUP, self.on_sighup)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.periodic.running:
+            self.periodic.stop()
+        self.rescanner.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        notifier, self.notifier = self.notifier, None
+        if notifier is not None:
+            notifier.loseConnection()
+
+    def on_sighup(self, signum: int, frame: object) -> None:
+        # A signal handler runs between bytecodes, possibly mid-reactor; hand over safely.
+        self.clock.callFromThread(self.sighup)
+
+    def sighup(self) -> None:
+        self.log.info("SIGHUP: rescanning {root}", root=self.root)
+        self.rescanner.request(0)
+
+    def start_notifier(self) -> None:
+        """Watch the whole tree; new directories are added as they appear."""
+        from twisted.internet import inotify  # Linux only; imported late on purpose
+
+        self._retry = None
+        try:
+            notifier = _Notifier(self.clock, self.notifier_died)
+            notifier.startReading()
+            notifier.watch(FilePath(self.root), mask=_mask(inotify), autoAdd=True,
+                           recursive=True, callbacks=[self.notified])
+        except Exception as err:  # no inotify, too many watches, root gone: all mean "poll"
+            self.log.warn("inotify unavailable ({err}); rescanning every {interval}s only",
+                          err=err, interval=self.interval)
+            self._retry = self.clock.callLater(RETRY_NOTIFIER, self.start_notifier)
+            return
+        self.notifier = notifier
+
+    def notified(self, watch: object, path: FilePath, mask: int) -> None:
+        name = os.fsdecode(path.basename())
+        if hidden_or_temporary(name):
+            return  # a file still being written; its final rename will be seen
+        self.rescanner.request()
+
+    def notifier_died(self, notifier: Any) -> None:
+        """A watched directory went away and took the notifier with it: rebuild it."""
+        if notifier is not self.notifier or not self.running:
+            return
+        self.notifier = None
+        self.rescanner.request()
+        self._retry = self.clock.callLater(DEBOUNCE, self.start_notifier)
+
+
+def _mask(inotify: Any) -> int:
+    return (inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO
+            | inotify.IN_CLOSE_WRITE | inotify.IN_ATTRIB | inotify.IN_DELETE_SELF
+            | inotify.IN_MOVE_SELF)
+
+
+def _Notifier(reactor: Any, on_lost: Callable[[Any], None]) -> Any:
+    """An ``INotify`` that says when it closes itself."""
+    from twisted.internet import inotify
+
+    class Notifier(inotify.INotify):
+        def connectionLost(self, reason: object) -> None:
+            super().connectionLost(reason)
+            on_lost(self)
+
+    return Notifier(reactor)
