@@ -48,7 +48,14 @@ class Drain(MultiService):
         d = task.deferLater(self.clock, self.delay, lambda: None)
         d.addCallback(lambda _: MultiService.stopService(self))
         d.addCallback(lambda _: self.wait_for_responses())
+        d.addCallback(self.exit_cleanly)
         return d
+
+    def exit_cleanly(self, _: object) -> None:
+        # twistd re-raises the stopping signal at exit (status 143). A drain that ran its
+        # course is a clean stop, and Kubernetes and systemd read 0 as exactly that.
+        if hasattr(self.clock, "_exitSignal"):
+            self.clock._exitSignal = None
 
     def wait_for_responses(self) -> defer.Deferred:
         started = self.clock.seconds()

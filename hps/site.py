@@ -28,11 +28,13 @@ twisted.web parses anything), the contract is:
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.server import Request, Site
@@ -47,6 +49,7 @@ MAX_BODY = 1024
 """Only GET and HEAD exist here; a body bigger than this is a mistake or an attack."""
 
 SWEEP_SECONDS = 0.5
+_log = Logger()
 
 
 def canned(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
@@ -72,7 +75,33 @@ class Limits:
     @classmethod
     def from_config(cls, config: Any) -> Limits:
         return cls(config.send_timeout, config.header_timeout, config.idle_timeout,
-                   config.max_connections)
+                   connection_cap(config.max_connections))
+
+
+FD_RESERVE = 64
+"""Descriptors kept for the listening sockets, files being sent, inotify and logs."""
+
+
+def connection_cap(requested: int) -> int:
+    """``requested``, lowered to what the descriptor limit allows (raised to its hard cap).
+
+    Running out of descriptors makes accept() fail silently in a loop; shedding
+    with a 503 just below the limit is the orderly alternative.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = requested + FD_RESERVE
+        if soft != resource.RLIM_INFINITY and soft < want:
+            soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    except (OSError, ValueError):
+        return requested
+    if soft == resource.RLIM_INFINITY or soft >= requested + FD_RESERVE:
+        return requested
+    allowed = max(1, soft - FD_RESERVE)
+    _log.warn("max-connections {requested} exceeds the descriptor limit {soft}; using {allowed}",
+              requested=requested, soft=soft, allowed=allowed)
+    return allowed
 
 
 class FastPath(Protocol):
