@@ -1,0 +1,101 @@
+"""Hostile and careless clients: slowloris, bodies, too many connections, huge heads."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+from tests.support.server import Server, Tree, serve, tree  # noqa: F401
+
+
+def raw(server: Server, data: bytes, timeout: float = 5) -> bytes:
+    """Send ``data``, then read until the server closes."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        got = b""
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+        except ConnectionResetError:
+            pass
+        return got
+
+
+def slowloris(server: Server, count: int, stop: threading.Event, cut: list[int]) -> None:
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        socks.append(sock)
+    while not stop.wait(0.5):
+        for sock in socks:
+            with contextlib.suppress(OSError):  # already cut by the header timeout
+                sock.sendall(b"X-a: b\r\n")
+    for sock in socks:
+        sock.settimeout(0.5)
+        try:
+            if sock.recv(100).startswith(b"HTTP/1.1 408"):
+                cut[0] += 1
+        except OSError:
+            pass
+        sock.close()
+
+
+def test_slowloris_does_not_stop_a_normal_download(tree: Tree, serve) -> None:  # noqa: F811
+    body = tree.add("key-auth", "1.0.0", size=1 << 20)
+    server = serve("--root", str(tree.root), "--header-timeout", "3")
+    stop, cut = threading.Event(), [0]
+    attack = threading.Thread(target=slowloris, args=(server, 300, stop, cut))
+    attack.start()
+    time.sleep(1.5)  # all 300 connected and trickling
+    began = time.monotonic()
+    reply = server.get("/plugins/key-auth/1.0.0/plugin.wasm")
+    took = time.monotonic() - began
+    assert reply.status == 200 and reply.body == body
+    assert took < 1.0, f"download took {took:.2f}s under slowloris"
+    time.sleep(2.5)  # past the header timeout
+    stop.set()
+    attack.join(30)
+    assert cut[0] == 300, "every trickling head is cut with 408"
+    print(f"1 MiB download under 300 slowloris sockets: {took * 1000:.0f} ms")
+
+
+def test_request_bodies_are_refused_early(tree: Tree, serve) -> None:  # noqa: F811
+    tree.add("key-auth", "1.0.0")
+    server = serve("--root", str(tree.root))
+    path = "/plugins/key-auth/1.0.0/plugin.wasm"
+    assert server.request(path, body=b"hello").status == 413
+    huge = raw(server, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+    assert huge.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in huge
+    chunked = raw(server, b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 413 ")
+    assert server.request("/", method="POST", body=b"x").status == 405  # small: reaches routing
+    assert server.get(path).status == 200
+
+
+def test_connection_cap_sheds_with_503(tree: Tree, serve) -> None:  # noqa: F811
+    tree.add("key-auth", "1.0.0")
+    server = serve("--root", str(tree.root), "--max-connections", "5")
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+    time.sleep(0.3)
+    shed = raw(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert shed.startswith(b"HTTP/1.1 503 ")
+    assert b"Retry-After: 1\r\n" in shed and b"Connection: close\r\n" in shed
+    for sock in held:
+        sock.close()
+    time.sleep(0.3)
+    assert server.get("/healthz").status == 200
+
+
+def test_header_limits(tree: Tree, serve) -> None:  # noqa: F811
+    tree.add("key-auth", "1.0.0")
+    server = serve("--root", str(tree.root))
+    many = b"".join(b"X-%d: y\r\n" % i for i in range(150))
+    assert raw(server, b"GET / HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n").startswith(
+        b"HTTP/1.1 400 ")
+    long_line = b"X-Big: " + b"a" * 20000 + b"\r\n"
+    assert raw(server, b"GET / HTTP/1.1\r\nHost: x\r\n" + long_line + b"\r\n").startswith(
+        b"HTTP/1.1 431 ")
+    assert server.get("/healthz").status == 200
