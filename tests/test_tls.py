@@ -1,0 +1,98 @@
+"""TLS endpoints (ssl: and the tls: SNI directory form) and HTTP/2 over ALPN, with curl."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.support.server import Server, Tree, serve, tree  # noqa: F401
+
+PATH = "/plugins/key-auth/1.0.0/plugin.wasm"
+
+
+def self_signed(where: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .sign(key, hashes.SHA256()))
+    key_pem, cert_pem = where / "key.pem", where / "cert.pem"
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_pem, cert_pem
+
+
+def curl(*args: str) -> tuple[str, bytes]:
+    """Run curl; returns (``<http version> <status>``, body)."""
+    if shutil.which("curl") is None:
+        pytest.fail("curl is needed for the TLS tests")
+    out = subprocess.run(["curl", "-sk", "--max-time", "10", "-w", "\n%{http_version} %{http_code}",
+                          *args], capture_output=True, timeout=20, check=True).stdout
+    body, _, status = out.rpartition(b"\n")
+    return status.decode(), body
+
+
+def ready(server: Server, host: str = "127.0.0.1", *extra: str) -> str:
+    """Wait for /readyz over TLS (the fixture's own wait speaks plain HTTP); returns the base."""
+    base = f"https://{host}:{server.port}"
+    for _ in range(100):
+        if curl(*extra, f"{base}/readyz")[0].endswith(" 200"):
+            return base
+        time.sleep(0.05)
+    pytest.fail(f"never ready:\n{server.log()}")
+
+
+@pytest.fixture(scope="module")
+def curl_speaks_http2() -> None:
+    features = subprocess.run(["curl", "-V"], capture_output=True, text=True).stdout
+    if "HTTP2" not in features:
+        pytest.fail("this curl lacks HTTP2; install a curl built with nghttp2")
+
+
+def test_ssl_endpoint_serves_http2_and_http1(tree: Tree, serve, tmp_path: Path,  # noqa: F811
+                                              curl_speaks_http2) -> None:
+    body = tree.add("key-auth", "1.0.0", size=3_000_000)
+    key, cert = self_signed(tmp_path)
+    server: Server = serve("--root", str(tree.root),
+                           listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                           ready=False)
+    base = ready(server)
+    url = f"{base}{PATH}"
+    status, got = curl("--http2", url)
+    assert status == "2 200"
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(body).hexdigest()
+    status, got = curl("--http1.1", url)
+    assert status == "1.1 200" and got == body
+    status, text = curl("--http2", f"{base}/readyz")
+    assert status == "2 200" and text == b"ready\n"
+
+
+def test_tls_endpoint_reads_a_directory_of_pems_by_sni(tree: Tree, serve,  # noqa: F811
+                                                       tmp_path: Path, curl_speaks_http2) -> None:
+    body = tree.add("key-auth", "1.0.0", size=100_000)
+    key, cert = self_signed(tmp_path)
+    pems = tmp_path / "sni"
+    pems.mkdir()
+    (pems / "localhost.pem").write_bytes(key.read_bytes() + cert.read_bytes())
+    server: Server = serve("--root", str(tree.root),
+                           listen=f"tls:{pems}:port=0:interface=127.0.0.1", ready=False)
+    resolve = ("--resolve", f"localhost:{server.port}:127.0.0.1")
+    base = ready(server, "localhost", *resolve)
+    status, got = curl("--http2", *resolve, f"{base}{PATH}")
+    assert status == "2 200" and got == body
