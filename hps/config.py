@@ -169,7 +169,9 @@ class Options(usage.Options):
         if f.type not in ("bool", "tuple[str, ...]")
     ]
     optFlags: ClassVar[list[list[Any]]] = [
-        [flag_name(k) if not f.default else f"no-{flag_name(k)}", None, f.metadata["help"]]
+        [flag_name(k), None, f.metadata["help"]]
+        if not f.default
+        else [f"no-{flag_name(k)}", None, f"turn off (on by default): {f.metadata['help']}"]
         for k, f in FIELDS.items()
         if f.type == "bool"
     ]
