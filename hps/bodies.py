@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from hps.catalog import Artifact, Catalog
-from hps.negotiate import Variant, gzip_etag
+from hps.negotiate import Variant, gzip_etag, split
 
 GZIP_LEVEL = 6
 """Compressed once per content: level 9 costs ~3× the CPU for ~1 % fewer bytes."""
@@ -60,12 +60,13 @@ def read_verified(artifact: Artifact) -> bytes | None:
 
 def build_body(artifact: Artifact, data: bytes, with_gzip: bool) -> Body:
     """Wrap verified bytes; keep a gzip variant only when it is smaller."""
-    identity = Variant(artifact.etag.encode(), None, len(data), data)
+    identity = Variant(artifact.etag.encode(), None, len(data), split(data))
     gzipped = None
     if with_gzip:
         packed = gzip.compress(data, GZIP_LEVEL, mtime=0)  # mtime=0: same bytes on every replica
         if len(packed) < len(data):
-            gzipped = Variant(gzip_etag(artifact.etag).encode(), b"gzip", len(packed), packed)
+            gzipped = Variant(gzip_etag(artifact.etag).encode(), b"gzip", len(packed),
+                              split(packed))
     return Body(identity, gzipped)
 
 

@@ -171,9 +171,11 @@ class ArtifactFastPath:
         self.state, self.cache, self.policy = state, cache, policy
         self.clock = Clock()
         self.blocks: dict[bytes, bytes] = {}
+        self.openings: dict[tuple[bytes, bool, bool], tuple[bytes, bytes]] = {}
 
     def on_swap(self, old: Catalog, new: Catalog) -> None:
         self.blocks.clear()
+        self.openings.clear()
 
     def handle(self, channel: PluginChannel, data: bytes) -> bool:
         reply = getattr(channel, REPLY_ATTR, None)
@@ -191,7 +193,7 @@ class ArtifactFastPath:
         Reply(self, channel, parsed, artifact, variant).start()
         return True
 
-    def head_block(self, artifact: Artifact, variant: Variant, close: bool) -> bytes:
+    def fixed_headers(self, artifact: Artifact, variant: Variant) -> bytes:
         fixed = self.blocks.get(variant.etag)
         if fixed is None:
             pairs = variant_headers(artifact, variant, self.policy)
@@ -199,10 +201,28 @@ class ArtifactFastPath:
             lines.append(b"X-Content-Type-Options: nosniff\r\n")
             lines.append(b"Content-Length: %d\r\n" % variant.size)
             fixed = self.blocks[variant.etag] = b"".join(lines)
-        return b"".join((
-            b"HTTP/1.1 200 OK\r\nServer: ", SERVER_NAME, b"\r\nDate: ", self.clock.now(), b"\r\n",
-            fixed, b"Connection: close\r\n\r\n" if close else b"\r\n",
+        return fixed
+
+    def opening(self, artifact: Artifact, variant: Variant, close: bool, head: bool) -> bytes:
+        """Status line, headers and (for GET) the first chunk, built once a second.
+
+        Shared by every response of that second: a client that never reads pins
+        this object, not a copy of it.
+        """
+        date = self.clock.now()
+        key = (variant.etag, close, head)
+        cached = self.openings.get(key)
+        if cached is not None and cached[0] is date:
+            return cached[1]
+        assert variant.chunks is not None
+        block = b"".join((
+            b"HTTP/1.1 200 OK\r\nServer: ", SERVER_NAME, b"\r\nDate: ", date, b"\r\n",
+            self.fixed_headers(artifact, variant),
+            b"Connection: close\r\n\r\n" if close else b"\r\n",
+            b"" if head else variant.chunks[0],
         ))
+        self.openings[key] = (date, block)
+        return block
 
 
 class Reply:
@@ -223,12 +243,15 @@ class Reply:
         self.saved_timeout = channel.setTimeout(None)
         setattr(channel, REPLY_ATTR, self)
         channel.response_began()
-        transport.write(self.path.head_block(self.artifact, self.variant, self.parsed.close))
-        if self.parsed.method == b"HEAD":
+        head = self.parsed.method == b"HEAD"
+        variant = self.variant
+        transport.write(self.path.opening(self.artifact, variant, self.parsed.close, head))
+        assert variant.chunks is not None
+        if head or len(variant.chunks) == 1:
             self.finished()
             return
-        assert self.variant.body is not None
-        producer = SliceProducer(transport.write, self.variant.body, (0, self.variant.size - 1),
+        producer = SliceProducer(transport.write, variant.chunks,
+                                 (len(variant.chunks[0]), variant.size - 1),
                                  self.finished, channel.progress)
         channel.registerProducer(producer, True)
         producer.resumeProducing()

@@ -25,6 +25,7 @@ from zope.interface import implementer
 from hps.bodies import BodyCache
 from hps.catalog import Artifact
 from hps.negotiate import (
+    CHUNK,
     UNSATISFIABLE,
     Span,
     Variant,
@@ -35,9 +36,6 @@ from hps.negotiate import (
 )
 
 WASM_TYPE = b"application/wasm"
-CHUNK = 256 * 1024
-"""Bytes handed to the transport per write: big enough for few syscalls, small
-enough that a thousand stalled clients hold at most a chunk each."""
 
 @dataclass(frozen=True)
 class Policy:
@@ -87,25 +85,29 @@ def variant_headers(artifact: Artifact, variant: Variant,
 
 @implementer(IPushProducer)
 class SliceProducer:
-    """Feed ``body[start:end]`` to ``write`` a CHUNK at a time, honouring back-pressure.
+    """Feed ``span`` of a chunked body to ``write``, a chunk at a time, honouring back-pressure.
 
-    Slicing copies only the chunk; the body is shared by every client.
+    Whole chunks are handed over as they are, shared by every client; only the
+    ends of a range are sliced (copied).
     """
 
-    def __init__(self, write: Callable[[bytes], None], body: bytes, span: Span,
+    def __init__(self, write: Callable[[bytes], None], chunks: tuple[bytes, ...], span: Span,
                  finished: Callable[[], None], progress: Callable[[], None]) -> None:
-        self.write, self.body, self.finished, self.progress = write, body, finished, progress
+        self.write, self.chunks, self.finished, self.progress = write, chunks, finished, progress
         self.pos, self.end = span[0], span[1] + 1
         self.paused = self.stopped = False
+
+    def next_piece(self) -> bytes:
+        index, offset = divmod(self.pos, CHUNK)
+        chunk = self.chunks[index]
+        stop = min(len(chunk), self.end - index * CHUNK)
+        self.pos += stop - offset
+        return chunk if offset == 0 and stop == len(chunk) else chunk[offset:stop]
 
     def resumeProducing(self) -> None:
         self.paused = False
         while not self.paused and not self.stopped and self.pos < self.end:
-            stop = min(self.pos + CHUNK, self.end)
-            whole = self.pos == 0 and stop == len(self.body)
-            chunk = self.body if whole else self.body[self.pos:stop]  # whole body: no copy
-            self.pos = stop
-            self.write(chunk)
+            self.write(self.next_piece())
             self.progress()
         if self.pos >= self.end and not self.stopped:
             self.stopped = True
@@ -150,7 +152,7 @@ class ArtifactFile(static.File):
         variant = choose_variant(self.artifact, self.cache, self.policy,
                                  request.getHeader(b"accept-encoding"))
         handle = None
-        if variant.body is None:
+        if variant.chunks is None:
             try:
                 handle = self.openForReading()
             except (Replaced, OSError):
@@ -199,7 +201,7 @@ class ArtifactFile(static.File):
 
     def send(self, request: Request, variant: Variant, span: Span,
              handle: BinaryIO | None) -> int:
-        if variant.body is None:
+        if variant.chunks is None:
             assert handle is not None
             size = span[1] - span[0] + 1
             static.SingleRangeStaticProducer(request, handle, span[0], size).start()
@@ -211,7 +213,7 @@ class ArtifactFile(static.File):
 
         channel = request.channel
         progress = getattr(channel, "progress", None) or (lambda: None)
-        producer = SliceProducer(request.write, variant.body, span, finished, progress)
+        producer = SliceProducer(request.write, variant.chunks, span, finished, progress)
         request.registerProducer(producer, True)
         producer.resumeProducing()
         return NOT_DONE_YET
