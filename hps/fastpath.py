@@ -271,7 +271,7 @@ class Reply:
         self.account()
         # A drain that began meanwhile wants the connection closed once this response is out.
         if self.parsed.close or self.path.state.draining or not channel.persistent:
-            channel.transport.loseConnection()
+            channel.loseConnection()  # unregisters itself first, else the close waits forever
             return
         channel.setTimeout(self.saved_timeout)
         channel.resetTimeout()
