@@ -38,6 +38,17 @@ def _quoted(value: bytes | None) -> str:
     return json.dumps(value.decode("latin-1"))[1:-1]
 
 
+TAIL_CACHE = 1024
+"""Distinct request/response tails remembered (see ``AccessLog.record``)."""
+TAIL_KEY_LIMIT = 512
+"""Only tails whose header bytes total less than this are remembered: the cache's memory
+stays bounded whatever clients send."""
+
+
+BATCH_LINES = 512
+"""Lines buffered before a write even between flushes, so a burst cannot pile up memory."""
+
+
 class AccessLog:
     """Formats and writes access lines; ``style`` is combined, json or off."""
 
@@ -49,6 +60,11 @@ class AccessLog:
         self.stream = stream or sys.__stdout__ or sys.stdout
         self._second = -1
         self._stamp = ""
+        # Lines wait here until the site's sweep (or a full batch) writes them in one call:
+        # under PYTHONUNBUFFERED a write per line is a syscall per response.
+        self._lines: list[str] = []
+        self._tails: dict[tuple[bytes, bytes, bytes, int, int, bytes | None, bytes | None],
+                          str] = {}
 
     @property
     def enabled(self) -> bool:
@@ -69,16 +85,38 @@ class AccessLog:
                 "uri": uri.decode("latin-1"), "proto": proto.decode("latin-1"),
                 "status": status, "bytes": nbytes, "referer": (referer or b"").decode("latin-1"),
                 "user_agent": (agent or b"").decode("latin-1"), "aborted": aborted,
-            })
+            }) + "\n"
         else:
-            line = (f'{client} - - [{self._clf_time(now)}] '
-                    f'"{_quoted(method)} {_quoted(uri)} {_quoted(proto)}" {status} '
-                    f'{nbytes or "-"} "{_quoted(referer)}" "{_quoted(agent)}"')
-        self.stream.write(line + "\n")
+            tail = self._tail(method, uri, proto, status, nbytes, referer, agent)
+            line = f"{client} - - [{self._clf_time(now)}] {tail}"
+        lines = self._lines
+        lines.append(line)
+        if len(lines) >= BATCH_LINES:
+            self.flush()
 
     def flush(self) -> None:
-        if self.enabled:
-            self.stream.flush()
+        """Write what is buffered; the site calls this every sweep and at shutdown."""
+        if not self._lines:
+            return
+        text = "".join(self._lines)
+        self._lines = []
+        self.stream.write(text)
+        self.stream.flush()
+
+    def _tail(self, method: bytes, uri: bytes, proto: bytes, status: int, nbytes: int,
+              referer: bytes | None, agent: bytes | None) -> str:
+        """Everything after the timestamp. Gateways repeat the same request and get the
+        same response, so the escaped text is remembered rather than json-escaped again."""
+        key = (method, uri, proto, status, nbytes, referer, agent)
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = (f'"{_quoted(method)} {_quoted(uri)} {_quoted(proto)}" {status} '
+                    f'{nbytes or "-"} "{_quoted(referer)}" "{_quoted(agent)}"\n')
+            if len(uri) + len(referer or b"") + len(agent or b"") < TAIL_KEY_LIMIT:
+                if len(self._tails) >= TAIL_CACHE:
+                    self._tails.clear()
+                self._tails[key] = tail
+        return tail
 
     def _clf_time(self, now: float) -> str:
         # Formatting a date per request is measurable at high rates; once a second is enough.

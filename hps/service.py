@@ -26,6 +26,60 @@ from hps.site import Limits, PluginSite
 from hps.state import ServerState
 from hps.watch import Watcher
 
+LISTEN_BACKLOG = 1024
+"""Twisted's default of 50 overflows when many gateways connect at once (a rollout, a
+benchmark's 1,000 connections): dropped SYNs retry after 1 s, which is the p99. The
+kernel caps it at ``net.core.somaxconn`` (4096 on current kernels)."""
+
+_BACKLOG_POSITION = {"tcp": 2, "tcp6": 1, "ssl": 5, "tls": 2}
+"""Index of ``backlog`` among each endpoint type's positional arguments (after the type)."""
+
+
+def _fields(description: str) -> list[tuple[str, bool]]:
+    """Each ``:``-separated field as (its text before any ``=``, unescaped; has ``=``).
+
+    Follows Twisted's endpoint syntax: ``\\`` escapes the next character, so ``\\:`` and
+    ``\\=`` are literal.
+    """
+    fields: list[tuple[str, bool]] = []
+    head, assigned, chars = "", False, iter(description)
+    for char in chars:
+        if char == "\\":
+            if not assigned:
+                head += next(chars, "")
+            else:
+                next(chars, "")
+        elif char == ":":
+            fields.append((head, assigned))
+            head, assigned = "", False
+        elif char == "=" and not assigned:
+            assigned = True
+        elif not assigned:
+            head += char
+    fields.append((head, assigned))
+    return fields
+
+
+def with_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """``description`` with ``:backlog=N`` added to TCP-based endpoints that do not set one.
+
+    The operator's own ``backlog`` (by name or by position) always wins; other endpoint
+    types (unix, systemd, plugins) are returned unchanged.
+    """
+    fields = _fields(description)
+    position = _BACKLOG_POSITION.get(fields[0][0])
+    if position is None or fields[0][1]:
+        return description
+    positional = 0
+    for key, assigned in fields[1:]:
+        if not assigned:
+            positional += 1
+        elif key == "backlog":
+            return description
+    if positional > position:
+        return description
+    return f"{description}:backlog={backlog}"
+
 
 class Listener(Service):
     """Listen on one endpoint; a port that cannot be bound ends the process."""
@@ -101,6 +155,9 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     state.on_swap.append(lambda old, new: metrics.observe_catalog(len(new)))
     state.on_swap.append(lambda old, new: metrics.observe_reload(True))
     fastpath.install(state, site)
+    # Access lines are batched between sweeps; the last ones (drain, disconnectAll) go
+    # out after every connection is closed.
+    reactor.addSystemEventTrigger("after", "shutdown", site.access.flush)
     top = MultiService()
     # The watcher owns every scan, the first included, so two never race.
     Watcher(config.root, CatalogLoader(state).rescan, config.rescan_interval, reactor,
@@ -110,7 +167,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     front.setServiceParent(top)
     for description in config.listen:
         try:
-            endpoint = serverFromString(reactor, description)
+            endpoint = serverFromString(reactor, with_backlog(description))
         except Exception as err:  # endpoint parsers raise many types; all mean "bad string"
             fail(ConfigError(f"cannot use listen endpoint {description!r}: {err}"))
         Listener(description, endpoint, site).setServiceParent(front)

@@ -1,0 +1,40 @@
+"""Unit: the listen backlog hps adds to endpoint strings that do not set one."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+from hps.service import LISTEN_BACKLOG, with_backlog
+
+
+@pytest.mark.parametrize(("description", "expected"), [
+    ("tcp:8080", "tcp:8080:backlog=1024"),
+    ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=1024"),
+    ("tcp:port=8080:interface=\\:\\:", "tcp:port=8080:interface=\\:\\::backlog=1024"),
+    ("tcp6:8080", "tcp6:8080:backlog=1024"),
+    ("ssl:8443:privateKey=key.pem", "ssl:8443:privateKey=key.pem:backlog=1024"),
+    ("tls:/etc/hps/certs:port=8443", "tls:/etc/hps/certs:port=8443:backlog=1024"),
+])
+def test_tcp_endpoints_get_the_default(description: str, expected: str) -> None:
+    assert with_backlog(description) == expected
+
+
+@pytest.mark.parametrize("description", [
+    "tcp:8080:backlog=5",  # the operator's value wins
+    "tcp:8080:0.0.0.0:5",  # ... also given by position
+    "tcp6:8080:5",
+    "ssl:8443:key.pem:cert.pem:SSLv23_METHOD:0.0.0.0:5",
+    "unix:/run/hps.sock",  # not TCP: left alone
+    "systemd:domain=INET:index=0",
+])
+def test_other_descriptions_are_unchanged(description: str) -> None:
+    assert with_backlog(description) == description
+
+
+def test_twisted_reads_the_result() -> None:
+    endpoint = serverFromString(MemoryReactor(), with_backlog("tcp:0:interface=127.0.0.1"))
+    assert endpoint._backlog == LISTEN_BACKLOG  # type: ignore[attr-defined]
+    endpoint = serverFromString(MemoryReactor(), with_backlog("tcp:0:backlog=7"))
+    assert endpoint._backlog == 7  # type: ignore[attr-defined]
