@@ -38,6 +38,17 @@ class Body:
     identity: Variant
     gzipped: Variant | None
 
+    def variant(self, gzip_enabled: bool, wants_gzip: bool) -> Variant:
+        """gzip when enabled, kept (smaller) and accepted; else identity.
+
+        The same rule as ``transfer.choose_variant`` for an in-memory body, with the
+        Accept-Encoding decision already made (the fast path makes it once per request
+        text, not once per request).
+        """
+        if gzip_enabled and wants_gzip and self.gzipped is not None:
+            return self.gzipped
+        return self.identity
+
     @property
     def cost(self) -> int:
         return self.identity.size + (self.gzipped.size if self.gzipped else 0)

@@ -34,22 +34,28 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.web import http
 
 from hps.bodies import BodyCache
 from hps.catalog import Artifact, Catalog
-from hps.negotiate import Variant
+from hps.negotiate import Variant, accepts_gzip
 from hps.site import SERVER_NAME, PluginChannel
 from hps.state import ServerState
-from hps.transfer import Policy, SliceProducer, choose_variant, variant_headers
+from hps.transfer import Policy, SliceProducer, variant_headers
 
 MAX_REQUEST = 8192
 MAX_HEADERS = 64
 SEND_LIMIT = 1 << 20
 """Per-transport send size: Twisted's default 128 KiB costs a reactor turn per 128 KiB."""
 PAUSE_READING_AT = 16384
+PARSED_CACHE = 256
+PARSED_KEY_LIMIT = 1024
+"""A gateway sends the very same bytes for every download of a URL, so parse results
+are remembered by request bytes: at most PARSED_CACHE requests of under
+PARSED_KEY_LIMIT bytes each (a Go client's request is ~150 bytes), so well under 1 MiB."""
 REPLY_ATTR = "_hps_fast_reply"
 
 _TARGET = re.compile(
@@ -67,19 +73,21 @@ _SINGLE = (b"host", b"accept-encoding", b"connection")
 _PREFIXES = (b"GET /plugins/", b"HEAD /plugins/")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Parsed:
-    """What the fast path needs of one request; anything else it refused."""
+    """What the fast path needs of one request; anything else it refused.
+
+    Shared by every request with the same bytes (see ``ArtifactFastPath.parse``), so
+    nothing may change it after parsing.
+    """
 
     method: bytes
     target: bytes
     name: str
     version: str
     headers: dict[bytes, bytes] = field(default_factory=dict)
-
-    @property
-    def close(self) -> bool:
-        return self.headers.get(b"connection", b"").lower() == b"close"
+    close: bool = False
+    wants_gzip: bool = False
 
 
 def parse_request(data: bytes) -> Parsed | None:
@@ -100,7 +108,8 @@ def parse_request(data: bytes) -> Parsed | None:
     if headers is None:
         return None
     return Parsed(parts[0], parts[1], target.group(1).decode(), target.group(2).decode(),
-                  headers)
+                  headers, headers.get(b"connection", b"").lower() == b"close",
+                  accepts_gzip(headers.get(b"accept-encoding")))
 
 
 def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
@@ -148,6 +157,32 @@ def channel_idle(channel: Any) -> bool:
     )
 
 
+def send_now(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, but try the socket at once when nothing is queued.
+
+    ``write`` only queues: the bytes go out on the next reactor turn, after an epoll
+    register, a write event, ``doWrite`` and an unregister, which cost as much per
+    response as everything else the fast path does. When the transport is a plain TCP
+    connection with an empty buffer, its own ``writeSomeData`` (the very call ``doWrite``
+    makes, on the transport's socket) sends now; only a remainder is queued. A partial
+    send leaves the transport exactly as ``doWrite`` leaves it after one: the same
+    ``bytes`` object plus an offset, so a client that stops reading pins the shared
+    block, not a copy of its tail.
+    """
+    if (type(transport) is not tcp.Server or transport.dataBuffer
+            or transport._tempDataBuffer or not transport.connected
+            or transport._writeDisconnected or transport.disconnecting):
+        transport.write(data)
+        return
+    sent = transport.writeSomeData(data)
+    if isinstance(sent, Exception) or sent <= 0:
+        transport.write(data)  # full kernel buffer or a lost connection: doWrite will see it
+        return
+    if sent < len(data):
+        transport.dataBuffer, transport.offset = data, sent
+        transport.startWriting()
+
+
 class Clock:
     """The ``Date`` value, formatted at most once a second."""
 
@@ -172,6 +207,20 @@ class ArtifactFastPath:
         self.clock = Clock()
         self.blocks: dict[bytes, bytes] = {}
         self.openings: dict[tuple[bytes, bool, bool], tuple[bytes, bytes]] = {}
+        self.parsed: dict[bytes, Parsed | None] = {}
+
+    def parse(self, data: bytes) -> Parsed | None:
+        """``parse_request(data)``, remembered: it depends on nothing but ``data``."""
+        try:
+            return self.parsed[data]
+        except KeyError:
+            pass
+        parsed = parse_request(data)
+        if len(data) < PARSED_KEY_LIMIT:
+            if len(self.parsed) >= PARSED_CACHE:
+                self.parsed.clear()
+            self.parsed[data] = parsed
+        return parsed
 
     def on_swap(self, old: Catalog, new: Catalog) -> None:
         self.blocks.clear()
@@ -182,14 +231,16 @@ class ArtifactFastPath:
         if reply is not None:
             reply.hold(data)  # a request behind ours: replayed when ours is done
             return True
-        parsed = parse_request(data)
+        parsed = self.parse(data)
         if parsed is None or self.state.draining or not channel_idle(channel):
             return False
         artifact = self.state.catalog.get(parsed.name, parsed.version)
-        if artifact is None or self.cache.get(artifact) is None:
+        if artifact is None:
             return False
-        variant = choose_variant(artifact, self.cache, self.policy,
-                                 parsed.headers.get(b"accept-encoding"))
+        body = self.cache.get(artifact)
+        if body is None:
+            return False
+        variant = body.variant(self.policy.gzip, parsed.wants_gzip)
         Reply(self, channel, parsed, artifact, variant).start()
         return True
 
@@ -235,21 +286,25 @@ class Reply:
         self.pending: list[bytes] = []
         self.paused_reading = False
         self.saved_timeout: Any = None
+        self.timer_off = False
 
     def start(self) -> None:
         channel, transport = self.channel, self.channel.transport
         transport.SEND_LIMIT = SEND_LIMIT
-        # Like twisted.web, no idle timeout while answering; the send watchdog guards progress.
-        self.saved_timeout = channel.setTimeout(None)
         setattr(channel, REPLY_ATTR, self)
         channel.response_began()
         head = self.parsed.method == b"HEAD"
         variant = self.variant
-        transport.write(self.path.opening(self.artifact, variant, self.parsed.close, head))
+        send_now(transport, self.path.opening(self.artifact, variant, self.parsed.close, head))
         assert variant.chunks is not None
         if head or len(variant.chunks) == 1:
+            # Handed over whole in this call: the idle timer can stay armed (finished()
+            # pushes it back), which saves a cancel and a callLater per response.
             self.finished()
             return
+        # Like twisted.web, no idle timeout while answering; the send watchdog guards progress.
+        self.saved_timeout = channel.setTimeout(None)
+        self.timer_off = True
         producer = SliceProducer(transport.write, variant.chunks,
                                  (len(variant.chunks[0]), variant.size - 1),
                                  self.finished, channel.progress)
@@ -273,7 +328,8 @@ class Reply:
         if self.parsed.close or self.path.state.draining or not channel.persistent:
             channel.loseConnection()  # unregisters itself first, else the close waits forever
             return
-        channel.setTimeout(self.saved_timeout)
+        if self.timer_off:
+            channel.setTimeout(self.saved_timeout)
         channel.resetTimeout()
         if self.paused_reading:
             channel.transport.resumeProducing()
@@ -282,14 +338,19 @@ class Reply:
 
     def account(self) -> None:
         """Log and count through the site, exactly as twisted.web's responses are."""
-        sent = 0 if self.parsed.method == b"HEAD" else self.variant.size
-        headers = self.parsed.headers
-        peer = self.channel.transport.getPeer()
-        self.channel.site.finished_response(
-            route="artifact", status=200, nbytes=sent, method=self.parsed.method,
-            uri=self.parsed.target, proto=b"HTTP/1.1", peer=getattr(peer, "host", "-"),
+        parsed, channel = self.parsed, self.channel
+        head = parsed.method == b"HEAD"
+        headers = parsed.headers
+        peer = channel.peer_host
+        if peer is None:
+            # getPeer() builds an address object per call; the peer of a connection is fixed.
+            peer = channel.peer_host = getattr(channel.transport.getPeer(), "host", "-")
+        channel.site.finished_response(
+            route="artifact", status=200, nbytes=0 if head else self.variant.size,
+            method=parsed.method, uri=parsed.target, proto=b"HTTP/1.1", peer=peer,
             forwarded=headers.get(b"x-forwarded-for"), referer=headers.get(b"referer"),
-            agent=headers.get(b"user-agent"))
+            agent=headers.get(b"user-agent"),
+            artifact=None if head else (parsed.name, parsed.version))
 
 
 def install(state: ServerState, site: Any) -> ArtifactFastPath:

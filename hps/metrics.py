@@ -14,7 +14,7 @@ fast path's alike, so both count the same way:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -25,6 +25,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # ``*_created`` series double the scrape for no use here; the setting is process-wide.
 disable_created_metrics()
@@ -37,12 +39,51 @@ ROUTES = frozenset({
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-REQUESTS = Counter("hps_requests", "Responses finished, by route kind and status code.",
-                   ["route", "status"], registry=REGISTRY)
-SENT = Counter("hps_sent_bytes", "Response body bytes handed to clients, by route kind.",
-               ["route"], registry=REGISTRY)
-DOWNLOADS = Counter("hps_downloads", "Artifact bodies served (200 or 206), by plugin and version.",
-                    ["plugin", "version"], registry=REGISTRY)
+
+
+class ResponseCounts(Collector):
+    """The per-response counters, kept as plain ints and exposed at scrape time.
+
+    Every response bumps three of these. ``Counter.labels(...).inc()`` costs a label
+    lookup, a lock and a float per call (~0.3 s per 12,000 responses in a profile of
+    the fast path); a dict increment costs almost nothing, and a scrape is rare. Only
+    the reactor thread touches them, as it does every response. Names, labels and
+    values are exactly what the ``Counter`` versions exposed.
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, int], int] = {}
+        self.sent: dict[str, int] = {}
+        self.downloads: dict[tuple[str, str], int] = {}
+
+    def families(self, with_samples: bool) -> list[Metric]:
+        requests = CounterMetricFamily(
+            "hps_requests", "Responses finished, by route kind and status code.",
+            labels=["route", "status"])
+        sent = CounterMetricFamily(
+            "hps_sent_bytes", "Response body bytes handed to clients, by route kind.",
+            labels=["route"])
+        downloads = CounterMetricFamily(
+            "hps_downloads", "Artifact bodies served (200 or 206), by plugin and version.",
+            labels=["plugin", "version"])
+        if with_samples:
+            for (route, status), count in list(self.requests.items()):
+                requests.add_metric([route, str(status)], count)
+            for route, total in list(self.sent.items()):
+                sent.add_metric([route], total)
+            for (name, version), count in list(self.downloads.items()):
+                downloads.add_metric([name, version], count)
+        return [requests, sent, downloads]
+
+    def describe(self) -> Iterable[Metric]:
+        return self.families(False)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families(True)
+
+
+COUNTS = ResponseCounts()
+REGISTRY.register(COUNTS)
 IN_FLIGHT = Gauge("hps_responses_in_flight", "Responses started and not yet finished.",
                   registry=REGISTRY)
 CONNECTIONS = Gauge("hps_connections_open", "Client connections currently open.",
@@ -101,14 +142,18 @@ def artifact_of(uri: bytes) -> tuple[str, str]:
 def observe_response(route: str, status: int, nbytes: int) -> None:
     """Count one finished response of ``nbytes`` body bytes."""
     kind = route if route in ROUTES else "other"
-    REQUESTS.labels(kind, str(status)).inc()
+    key = (kind, status)
+    requests = COUNTS.requests
+    requests[key] = requests.get(key, 0) + 1
     if nbytes > 0:
-        SENT.labels(kind).inc(nbytes)
+        COUNTS.sent[kind] = COUNTS.sent.get(kind, 0) + nbytes
 
 
 def observe_download(name: str, version: str) -> None:
     """Count one artifact body served; callers pass only catalog names (bounded)."""
-    DOWNLOADS.labels(name, version).inc()
+    key = (name, version)
+    downloads = COUNTS.downloads
+    downloads[key] = downloads.get(key, 0) + 1
 
 
 def observe_catalog(size: int) -> None:

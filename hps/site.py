@@ -149,6 +149,7 @@ class PluginChannel(HTTPChannel):
         self.last_progress = 0.0
         self.fast_responses = 0
         self.cut = False
+        self.peer_host: str | None = None
 
     def now(self) -> float:
         return self.site.reactor.seconds()
@@ -407,10 +408,17 @@ class PluginSite(Site):
     def finished_response(self, *, route: str, status: int, nbytes: int, method: bytes,
                           uri: bytes, proto: bytes, peer: str, forwarded: bytes | None,
                           referer: bytes | None, agent: bytes | None,
-                          aborted: bool = False) -> None:
-        """Count and log one response; the fast path calls this too."""
+                          aborted: bool = False,
+                          artifact: tuple[str, str] | None = None) -> None:
+        """Count and log one response; the fast path calls this too.
+
+        ``artifact`` is (name, version) when the caller already parsed them from ``uri``
+        (the fast path has) and the body was sent: it spares parsing the target again.
+        """
         metrics.observe_response(route, status, nbytes)
-        if route == "artifact" and status in (200, 206) and method == b"GET" and not aborted:
+        if artifact is not None:
+            metrics.observe_download(*artifact)
+        elif route == "artifact" and status in (200, 206) and method == b"GET" and not aborted:
             name, version = metrics.artifact_of(uri)
             if name:
                 metrics.observe_download(name, version)
