@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from tests.support.server import Server, Tree, serve, tree  # noqa: F401
+from tests.support.server import Server, Tree
 
 
 def raw(server: Server, data: bytes, timeout: float = 5) -> bytes:
@@ -45,7 +45,7 @@ def slowloris(server: Server, count: int, stop: threading.Event, cut: list[int])
         sock.close()
 
 
-def test_slowloris_does_not_stop_a_normal_download(tree: Tree, serve) -> None:  # noqa: F811
+def test_slowloris_does_not_stop_a_normal_download(tree: Tree, serve) -> None:
     body = tree.add("key-auth", "1.0.0", size=1 << 20)
     server = serve("--root", str(tree.root), "--header-timeout", "3")
     stop, cut = threading.Event(), [0]
@@ -64,7 +64,7 @@ def test_slowloris_does_not_stop_a_normal_download(tree: Tree, serve) -> None:  
     print(f"1 MiB download under 300 slowloris sockets: {took * 1000:.0f} ms")
 
 
-def test_request_bodies_are_refused_early(tree: Tree, serve) -> None:  # noqa: F811
+def test_request_bodies_are_refused_early(tree: Tree, serve) -> None:
     tree.add("key-auth", "1.0.0")
     server = serve("--root", str(tree.root))
     path = "/plugins/key-auth/1.0.0/plugin.wasm"
@@ -77,7 +77,7 @@ def test_request_bodies_are_refused_early(tree: Tree, serve) -> None:  # noqa: F
     assert server.get(path).status == 200
 
 
-def test_connection_cap_sheds_with_503(tree: Tree, serve) -> None:  # noqa: F811
+def test_connection_cap_sheds_with_503(tree: Tree, serve) -> None:
     tree.add("key-auth", "1.0.0")
     server = serve("--root", str(tree.root), "--max-connections", "5")
     held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
@@ -91,7 +91,7 @@ def test_connection_cap_sheds_with_503(tree: Tree, serve) -> None:  # noqa: F811
     assert server.get("/healthz").status == 200
 
 
-def test_header_limits(tree: Tree, serve) -> None:  # noqa: F811
+def test_header_limits(tree: Tree, serve) -> None:
     tree.add("key-auth", "1.0.0")
     server = serve("--root", str(tree.root))
     many = b"".join(b"X-%d: y\r\n" % i for i in range(150))

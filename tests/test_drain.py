@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from tests.support.server import Server, Tree, serve, tree  # noqa: F401
+from tests.support.server import Server, Tree
 
 SIZE = 8 << 20
 RATE = 1 << 20  # bytes/s each slow client reads
@@ -52,7 +52,7 @@ def read_all(sock: socket.socket) -> int:
     return got
 
 
-def test_sigterm_lets_twenty_slow_downloads_finish(tree: Tree, serve) -> None:  # noqa: F811
+def test_sigterm_lets_twenty_slow_downloads_finish(tree: Tree, serve) -> None:
     body = tree.add("big", "1.0.0", size=SIZE)
     server = serve("--root", str(tree.root), "--drain-delay", "1", "--drain-timeout", "20")
     results: list = []
@@ -77,7 +77,7 @@ def test_sigterm_lets_twenty_slow_downloads_finish(tree: Tree, serve) -> None:  
     print(f"drain with 20 slow 8 MB downloads took {took:.1f}s")
 
 
-def test_stalled_reader_is_cut_after_the_send_timeout(tree: Tree, serve) -> None:  # noqa: F811
+def test_stalled_reader_is_cut_after_the_send_timeout(tree: Tree, serve) -> None:
     tree.add("big", "1.0.0", size=SIZE)
     server = serve("--root", str(tree.root), "--send-timeout", "2")
     sock = stalled_socket(server, "/plugins/big/1.0.0/plugin.wasm")
@@ -91,7 +91,7 @@ def test_stalled_reader_is_cut_after_the_send_timeout(tree: Tree, serve) -> None
     assert server.get("/healthz").status == 200
 
 
-def test_drain_timeout_aborts_stuck_clients_and_exits_zero(tree: Tree, serve) -> None:  # noqa: F811
+def test_drain_timeout_aborts_stuck_clients_and_exits_zero(tree: Tree, serve) -> None:
     tree.add("big", "1.0.0", size=SIZE)
     server = serve("--root", str(tree.root), "--drain-delay", "0", "--drain-timeout", "1")
     sock = stalled_socket(server, "/plugins/big/1.0.0/plugin.wasm")

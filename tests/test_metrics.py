@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tests.support.server import Tree, serve, tree  # noqa: F401
+from tests.support.server import Tree
 
 
-def test_metrics_after_some_requests(tree: Tree, serve) -> None:  # noqa: F811
+def test_metrics_after_some_requests(tree: Tree, serve) -> None:
     body = tree.add("key-auth", "1.0.0", size=10_000)
     tree.add("basic-auth", "2.0.0")
     server = serve("--root", str(tree.root))
@@ -38,7 +38,7 @@ def test_metrics_after_some_requests(tree: Tree, serve) -> None:  # noqa: F811
     assert names and all(name.startswith("hps_") for name in names)
 
 
-def test_access_log_json_ignores_forwarded_unless_trusted(tree: Tree, serve) -> None:  # noqa: F811
+def test_access_log_json_ignores_forwarded_unless_trusted(tree: Tree, serve) -> None:
     tree.add("key-auth", "1.0.0")
     plain = serve("--root", str(tree.root), "--access-log", "json")
     plain.get("/healthz", X_Forwarded_For="203.0.113.9")

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from tests.support.browser import dump_dom, screenshot
-from tests.support.server import REPO, serve, tree  # noqa: F401
+from tests.support.server import REPO
 
 
 class Links(HTMLParser):
@@ -31,7 +31,7 @@ def parse(dom: str) -> Links:
     return links
 
 
-def test_every_link_on_every_page_works(serve) -> None:  # noqa: F811
+def test_every_link_on_every_page_works(serve) -> None:
     server = serve("--root", str(REPO / "plugins"))
     seen: set[str] = set()
     queue = ["/"]
@@ -50,7 +50,7 @@ def test_every_link_on_every_page_works(serve) -> None:  # noqa: F811
     assert len(modules) >= 5 and "/plugins/index.json" in seen
 
 
-def test_landing_page_shows_the_console_lines(serve, tmp_path: Path) -> None:  # noqa: F811
+def test_landing_page_shows_the_console_lines(serve, tmp_path: Path) -> None:
     server = serve("--root", str(REPO / "plugins"))
     text = "".join(parse(dump_dom(server.url("/"))).text)
     base = f"http://127.0.0.1:{server.port}"

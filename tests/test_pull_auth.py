@@ -17,10 +17,8 @@ import pytest
 from tests.support.registry import (
     Registry,
     Workspace,
-    registry_fixture,  # noqa: F401 - the ``registry`` fixture
     running_registry,
     wasm,
-    workspace_fixture,  # noqa: F401 - the ``workspace`` fixture
 )
 
 USER, PASSWORD = "hps", "s3cret"

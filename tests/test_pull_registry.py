@@ -15,10 +15,8 @@ from tests.support.registry import (
     Registry,
     Workspace,
     free_port,
-    registry_fixture,  # noqa: F401 - the ``registry`` fixture
     sha256,
     wasm,
-    workspace_fixture,  # noqa: F401 - the ``workspace`` fixture
 )
 
 ROOT = Path(__file__).resolve().parent.parent

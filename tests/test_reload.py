@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 
-from tests.support.server import Server, Tree, serve, tree  # noqa: F401
+from tests.support.server import Server, Tree
 
 PATH = "/plugins/hot/1.0.0/plugin.wasm"
 
@@ -45,7 +45,7 @@ def etag_of(server: Server, path: str = PATH) -> str | None:
     return reply.header("ETag").strip('"') if reply.status == 200 else None
 
 
-def test_add_replace_remove_under_load(tree: Tree, serve) -> None:  # noqa: F811
+def test_add_replace_remove_under_load(tree: Tree, serve) -> None:
     tree.add("hot", "1.0.0", size=2 << 20)
     server = serve("--root", str(tree.root), "--rescan-interval", "300")
     stop, seen, bad = threading.Event(), {}, []
@@ -80,7 +80,7 @@ def test_add_replace_remove_under_load(tree: Tree, serve) -> None:  # noqa: F811
     print(f"reload delays (s): {', '.join(f'{d:.2f}' for d in delays)}; etags seen: {seen}")
 
 
-def test_files_being_written_are_never_served(tree: Tree, serve) -> None:  # noqa: F811
+def test_files_being_written_are_never_served(tree: Tree, serve) -> None:
     tree.add("hot", "1.0.0")
     server = serve("--root", str(tree.root), "--rescan-interval", "300")
     (tree.root / "cold" / "1.0.0").mkdir(parents=True)
@@ -100,7 +100,7 @@ def reloads(server: Server) -> float:
     return float(found.group(1))
 
 
-def test_sighup_forces_a_rescan(tree: Tree, serve) -> None:  # noqa: F811
+def test_sighup_forces_a_rescan(tree: Tree, serve) -> None:
     tree.add("hot", "1.0.0")
     server = serve("--root", str(tree.root), "--rescan-interval", "300")
     before = reloads(server)

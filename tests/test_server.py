@@ -9,11 +9,11 @@ import socket
 
 import pytest
 
-from tests.support.server import Tree, run_twistd, serve, tree  # noqa: F401
+from tests.support.server import Tree, run_twistd
 
 
 @pytest.fixture
-def populated(tree: Tree, serve):  # noqa: F811
+def populated(tree: Tree, serve):
     bodies = {
         ("key-rate-limit", "1.0.0"): tree.add("key-rate-limit", "1.0.0", size=400_000),
         ("key-rate-limit", "2.0.1"): tree.add("key-rate-limit", "2.0.1", size=1000),
@@ -54,7 +54,7 @@ def test_metadata_lines(populated) -> None:
     assert lines[5] == f"SHA256: {hashlib.sha256(body).hexdigest()}"
 
 
-def test_stale_metadata_file_never_wins(tree: Tree, serve) -> None:  # noqa: F811
+def test_stale_metadata_file_never_wins(tree: Tree, serve) -> None:
     body = tree.add("ai-proxy", "1.0.0", size=1234)
     (tree.root / "ai-proxy" / "1.0.0" / "metadata.txt").write_text("Plugin Name: lies\n")
     server = serve("--root", str(tree.root))
@@ -117,7 +117,7 @@ def test_health_and_readiness(populated) -> None:
     assert server.get("/readyz").status == 200
 
 
-def test_not_ready_without_artifacts(tree: Tree, serve) -> None:  # noqa: F811
+def test_not_ready_without_artifacts(tree: Tree, serve) -> None:
     (tree.root / "README.md").write_text("nothing here")
     server = serve("--root", str(tree.root), ready=False)
     server.wait_log("catalog holds 0 artifacts")
@@ -161,7 +161,7 @@ HOSTILE_400 = [
 
 
 @pytest.fixture
-def hostile_tree(tree: Tree, tmp_path, serve):  # noqa: F811
+def hostile_tree(tree: Tree, tmp_path, serve):
     tree.add("basic-auth", "1.0.0", size=100)
     (tree.root / "basic-auth" / "1.0.0" / "README.md").write_text("hi")
     (tree.root / "basic-auth" / "1.0.0" / ".plugin.wasm.tmp").write_bytes(b"\0asm partial")
@@ -207,7 +207,7 @@ def test_raw_request_targets_never_500(hostile_tree) -> None:
     assert "Traceback" not in hostile_tree.log()
 
 
-def test_alias_symlink_inside_root(tree: Tree, serve) -> None:  # noqa: F811
+def test_alias_symlink_inside_root(tree: Tree, serve) -> None:
     body = tree.add("jsonrpc-converter", "1.0.0", size=500)
     (tree.root / "json-converter").mkdir()
     os.symlink("../jsonrpc-converter/1.0.0", tree.root / "json-converter" / "1.0.0")
@@ -217,7 +217,7 @@ def test_alias_symlink_inside_root(tree: Tree, serve) -> None:  # noqa: F811
     assert entry["plugins"][0]["versions"][0]["aliasOf"] == "jsonrpc-converter/1.0.0"
 
 
-def test_config_file_and_flags(tree: Tree, tmp_path, serve) -> None:  # noqa: F811
+def test_config_file_and_flags(tree: Tree, tmp_path, serve) -> None:
     tree.add("basic-auth", "1.0.0")
     config = tmp_path / "hps.yaml"
     config.write_text(f"root: {tmp_path}/nowhere\nlisten: ['tcp:1:interface=127.0.0.1']\n")
@@ -237,7 +237,7 @@ CONFIG_ERRORS = [
 
 
 @pytest.mark.parametrize(("yaml_text", "flags", "message"), CONFIG_ERRORS)
-def test_bad_config_is_one_line(tree: Tree, tmp_path, yaml_text, flags, message) -> None:  # noqa: F811
+def test_bad_config_is_one_line(tree: Tree, tmp_path, yaml_text, flags, message) -> None:
     config = tmp_path / "hps.yaml"
     config.write_text(yaml_text.format(tmp=tmp_path))
     args = ["--config", str(config)]
@@ -250,7 +250,7 @@ def test_bad_config_is_one_line(tree: Tree, tmp_path, yaml_text, flags, message)
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_unreadable_config_and_port_in_use(tree: Tree, tmp_path) -> None:  # noqa: F811
+def test_unreadable_config_and_port_in_use(tree: Tree, tmp_path) -> None:
     result = run_twistd("--config", str(tmp_path / "absent.yaml"), "--root", str(tree.root))
     assert result.returncode != 0 and "cannot read config" in result.stderr
     with socket.socket() as busy:

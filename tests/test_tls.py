@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.server import Server, Tree, serve, tree  # noqa: F401
+from tests.support.server import Server, Tree
 
 PATH = "/plugins/key-auth/1.0.0/plugin.wasm"
 
@@ -65,7 +65,7 @@ def curl_speaks_http2() -> None:
         pytest.fail("this curl lacks HTTP2; install a curl built with nghttp2")
 
 
-def test_ssl_endpoint_serves_http2_and_http1(tree: Tree, serve, tmp_path: Path,  # noqa: F811
+def test_ssl_endpoint_serves_http2_and_http1(tree: Tree, serve, tmp_path: Path,
                                               curl_speaks_http2) -> None:
     body = tree.add("key-auth", "1.0.0", size=3_000_000)
     key, cert = self_signed(tmp_path)
@@ -83,7 +83,7 @@ def test_ssl_endpoint_serves_http2_and_http1(tree: Tree, serve, tmp_path: Path, 
     assert status == "2 200" and text == b"ready\n"
 
 
-def test_tls_endpoint_reads_a_directory_of_pems_by_sni(tree: Tree, serve,  # noqa: F811
+def test_tls_endpoint_reads_a_directory_of_pems_by_sni(tree: Tree, serve,
                                                        tmp_path: Path, curl_speaks_http2) -> None:
     body = tree.add("key-auth", "1.0.0", size=100_000)
     key, cert = self_signed(tmp_path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import Server, Tree, serve, tree, wasm_bytes  # noqa: F401
+from tests.support.server import Server, Tree, wasm_bytes
 
 URL = "/plugins/demo/1.0.0/plugin.wasm"
 DATE_FREE = ("Date",)
@@ -36,7 +36,7 @@ def headers_of(reply) -> dict[str, str]:
 
 
 @pytest.fixture
-def demo(tree: Tree, serve):  # noqa: F811
+def demo(tree: Tree, serve):
     body = tree.add("demo", "1.0.0", size=300_000)
     server = serve("--root", str(tree.root))
     warm(server)
@@ -117,7 +117,7 @@ def test_gzip_negotiation(demo) -> None:
     assert reply.status == 304 and reply.header("ETag") == packed.header("ETag")
 
 
-def test_cache_control_per_route(tree: Tree, serve) -> None:  # noqa: F811
+def test_cache_control_per_route(tree: Tree, serve) -> None:
     tree.add("demo", "1.0.0", size=5000)
     server = serve("--root", str(tree.root), "--cache-max-age", "60", "--immutable")
     expected = {
@@ -160,7 +160,7 @@ def read_all(sock: socket.socket, first: bytes = b"") -> bytes:
 
 
 @pytest.mark.parametrize("budget", ["0", "64"])
-def test_body_matches_headers_when_the_file_is_replaced(tree: Tree, serve, budget) -> None:  # noqa: F811
+def test_body_matches_headers_when_the_file_is_replaced(tree: Tree, serve, budget) -> None:
     old = tree.add("demo", "1.0.0", size=3_000_000)
     server = serve("--root", str(tree.root), "--memory-budget", budget)
     if budget != "0":
@@ -182,7 +182,7 @@ def vm_rss(pid: int) -> int:
 
 
 @pytest.mark.parametrize("budget", ["0", "64"])
-def test_stalled_readers_do_not_copy_the_body(tree: Tree, serve, budget) -> None:  # noqa: F811
+def test_stalled_readers_do_not_copy_the_body(tree: Tree, serve, budget) -> None:
     size = 8_000_000
     tree.add("demo", "1.0.0", size=size)
     server = serve("--root", str(tree.root), "--memory-budget", budget)
