@@ -41,9 +41,8 @@ class Body:
     def variant(self, gzip_enabled: bool, wants_gzip: bool) -> Variant:
         """gzip when enabled, kept (smaller) and accepted; else identity.
 
-        The same rule as ``transfer.choose_variant`` for an in-memory body, with the
-        Accept-Encoding decision already made (the fast path makes it once per request
-        text, not once per request).
+        The one rule for both paths; the caller has already read Accept-Encoding (the
+        fast path does so once per distinct request text, not once per request).
         """
         if gzip_enabled and wants_gzip and self.gzipped is not None:
             return self.gzipped

@@ -46,7 +46,7 @@ class Config:
 
     root: str = knob("plugins", "directory holding <name>/<version>/plugin.wasm")
     listen: tuple[str, ...] = knob(
-        ("tcp:8080",), "Twisted endpoint to listen on (repeatable), e.g. tcp:8080:interface=::"
+        ("tcp:8080",), "Twisted endpoint (repeatable), e.g. tcp:8080:interface=127.0.0.1"
     )
     send_timeout: float = knob(30.0, "seconds a response may make no progress before it is cut",
                                positive)

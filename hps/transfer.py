@@ -61,9 +61,7 @@ def choose_variant(artifact: Artifact, cache: BodyCache | None, policy: Policy,
     body = cache.get(artifact) if cache is not None else None
     if body is None:
         return Variant(artifact.etag.encode(), None, artifact.size, None)
-    if policy.gzip and body.gzipped is not None and accepts_gzip(accept_encoding):
-        return body.gzipped
-    return body.identity
+    return body.variant(policy.gzip, accepts_gzip(accept_encoding))
 
 
 def variant_headers(artifact: Artifact, variant: Variant,
