@@ -80,9 +80,20 @@ class Catalog:
     artifacts: Mapping[tuple[str, str], Artifact] = field(default_factory=dict)
     skipped: frozenset[str] = frozenset()
     loaded: bool = True
+    _by_name: Mapping[str, tuple[Artifact, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "artifacts", MappingProxyType(dict(self.artifacts)))
+        # Routing asks "which versions of this name?" on every request: answer from an index
+        # built once per snapshot, not by walking every artifact.
+        by_name: dict[str, list[Artifact]] = {}
+        for (name, _), artifact in self.artifacts.items():
+            by_name.setdefault(name, []).append(artifact)
+        index = {n: tuple(sorted(a, key=lambda x: version_key(x.version)))
+                 for n, a in sorted(by_name.items())}
+        object.__setattr__(self, "_by_name", MappingProxyType(index))
 
     def __len__(self) -> int:
         return len(self.artifacts)
@@ -95,11 +106,10 @@ class Catalog:
         return self.artifacts.get((name, version))
 
     def names(self) -> list[str]:
-        return sorted({name for name, _ in self.artifacts})
+        return list(self._by_name)
 
     def versions(self, name: str) -> list[Artifact]:
-        found = [a for (n, _), a in self.artifacts.items() if n == name]
-        return sorted(found, key=lambda a: version_key(a.version))
+        return list(self._by_name.get(name, ()))
 
 
 def unloaded(root: str) -> Catalog:
