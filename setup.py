@@ -29,6 +29,7 @@ setup(
             "kubernetes-validate",
             "twisted[http2]>=26.10",
             "wheel",  # the image replay test builds hps without build isolation
+            "bcrypt",  # htpasswd for the auth-requiring test registry
         ],
     },
     entry_points={"console_scripts": ["hps = hps.cli:main"]},
