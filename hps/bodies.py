@@ -24,7 +24,7 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from hps.catalog import Artifact, Catalog
+from hps.catalog import Artifact, Catalog, identity_of
 from hps.negotiate import Variant, gzip_etag, split
 
 GZIP_LEVEL = 6
@@ -57,8 +57,7 @@ def read_verified(artifact: Artifact) -> bytes | None:
     """The file's bytes if they are still the ones the catalog hashed, else None."""
     try:
         with open(artifact.path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != artifact.identity:
+            if identity_of(os.fstat(handle.fileno())) != artifact.identity:
                 return None
             data = handle.read()
     except OSError:

@@ -31,6 +31,12 @@ Identity = tuple[int, int, int, int]
 """(device, inode, size, mtime in ns): changes whenever the file is replaced."""
 
 
+def identity_of(info: os.stat_result) -> Identity:
+    """The :data:`Identity` of a stat result; the scan, the body cache and the file
+    transfer all compare against the one the catalog recorded."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
 @dataclass(frozen=True)
 class Artifact:
     """One servable module, as it was when the scan hashed it."""
@@ -191,7 +197,7 @@ def _examine(root: str, name: str, version: str, path: str, known: dict) -> Arti
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise Skip("not a regular file")
-        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        identity = identity_of(info)
         alias = _alias(rel_real, name, version)
         cached = known.get(identity)
         if cached is not None:

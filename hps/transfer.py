@@ -23,7 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from hps.bodies import BodyCache
-from hps.catalog import Artifact
+from hps.catalog import Artifact, identity_of
 from hps.negotiate import (
     CHUNK,
     UNSATISFIABLE,
@@ -37,6 +37,7 @@ from hps.negotiate import (
 
 WASM_TYPE = b"application/wasm"
 
+
 @dataclass(frozen=True)
 class Policy:
     """How artifacts are served; derived once from the config."""
@@ -48,11 +49,6 @@ class Policy:
     def from_config(cls, max_age: int, immutable: bool, gzip: bool) -> Policy:
         value = f"public, max-age={max_age}" + (", immutable" if immutable else "")
         return cls(value.encode(), gzip)
-
-
-def identity_of(handle: BinaryIO) -> tuple[int, int, int, int]:
-    info = os.fstat(handle.fileno())
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def choose_variant(artifact: Artifact, cache: BodyCache | None, policy: Policy,
@@ -141,7 +137,7 @@ class ArtifactFile(static.File):
 
     def openForReading(self) -> BinaryIO:
         handle = super().openForReading()
-        if identity_of(handle) != self.artifact.identity:
+        if identity_of(os.fstat(handle.fileno())) != self.artifact.identity:
             handle.close()
             raise Replaced(self.artifact.path)
         return handle
