@@ -15,7 +15,6 @@ fast path's alike, so both count the same way:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -38,7 +37,6 @@ ROUTES = frozenset({
 """Route kinds; anything else is counted as ``other`` so labels stay bounded."""
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-
 
 
 class ResponseCounts(Collector):
@@ -189,12 +187,3 @@ def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> N
 def exposition() -> tuple[bytes, str]:
     """The scrape body and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-
-
-def page(request: Any) -> bytes:
-    """The ``/metrics`` resource body (a twisted.web Request in, bytes out)."""
-    body, content_type = exposition()
-    request.setHeader(b"content-type", content_type.encode())
-    request.setHeader(b"cache-control", b"no-store")
-    request.setHeader(b"content-length", str(len(body)).encode())
-    return body

@@ -98,7 +98,7 @@ class Root(Resource):
             case ["readyz"]:
                 return self.readiness
             case ["metrics"]:
-                return metrics.page
+                return lambda request: reply(request, http.OK, *metrics.exposition())
             case ["plugins"]:
                 return redirect("/plugins/")
             case ["plugins", ""]:
