@@ -1,7 +1,9 @@
-"""Wiring: endpoints, the Site, the first catalog scan, all in one place.
+"""Wiring: state, Site, fast path, watcher, drain and listeners, all in one place.
 
 ``make_service`` returns a plain ``MultiService`` so twistd owns start-up and
-shutdown; the reactor is a parameter so tests can pass a fake one.
+shutdown; the reactor is a parameter so tests can pass a fake one. The watcher
+owns every catalog scan, the first included; :class:`CatalogLoader` runs one
+off the reactor thread and swaps the snapshot in.
 """
 
 from __future__ import annotations
@@ -111,17 +113,13 @@ class Listener(Service):
         return self.port.stopListening() if self.port else None
 
 
-class CatalogLoader(Service):
-    """Scan the tree off the reactor thread and swap the snapshot in."""
+class CatalogLoader:
+    """Scan the tree off the reactor thread and swap the snapshot in (the watcher calls it)."""
 
     log = Logger()
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-
-    def startService(self) -> None:
-        super().startService()
-        self.rescan()
 
     def rescan(self) -> Deferred:
         previous = self.state.catalog
@@ -171,5 +169,4 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         except Exception as err:  # endpoint parsers raise many types; all mean "bad string"
             fail(ConfigError(f"cannot use listen endpoint {description!r}: {err}"))
         Listener(description, endpoint, site).setServiceParent(front)
-    top.state = state  # type: ignore[attr-defined]
     return top
