@@ -122,9 +122,8 @@ class CatalogLoader:
         self.state = state
 
     def rescan(self) -> Deferred:
-        previous = self.state.catalog
-        root = self.state.config.root
-        d = threads.deferToThread(catalog.scan, root, previous if previous.loaded else None)
+        # The unloaded snapshot holds no artifacts, so passing it reuses nothing, as None would.
+        d = threads.deferToThread(catalog.scan, self.state.config.root, self.state.catalog)
         d.addCallbacks(self.swap, self.failed)
         return d
 
@@ -133,6 +132,8 @@ class CatalogLoader:
         for reason in sorted(fresh.skipped - old.skipped):
             self.log.warn("skipped {reason}", reason=reason)
         self.state.swap(fresh)
+        metrics.observe_reload(True)
+        metrics.observe_catalog(len(fresh))
         if len(fresh) != len(old) or not old.loaded:
             self.log.info("catalog holds {count} artifacts from {root}",
                           count=len(fresh), root=fresh.root)
@@ -150,8 +151,6 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     site = PluginSite(Root(state), state=state, limits=Limits.from_config(config),
                       access=AccessLog(config.access_log, config.trust_forwarded),
                       reactor=reactor)
-    state.on_swap.append(lambda old, new: metrics.observe_catalog(len(new)))
-    state.on_swap.append(lambda old, new: metrics.observe_reload(True))
     fastpath.install(state, site)
     # Access lines are batched between sweeps; the last ones (drain, disconnectAll) go
     # out after every connection is closed.
