@@ -17,8 +17,6 @@ import sys
 import time
 from typing import TextIO
 
-STYLES = ("combined", "json", "off")
-
 
 def client_address(peer: str, forwarded: bytes | None, trust_forwarded: bool) -> str:
     """Who to name in the log: the peer, or the proxy's rightmost X-Forwarded-For entry."""

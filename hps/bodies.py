@@ -112,10 +112,6 @@ class BodyCache:
         self.entries.move_to_end(artifact.sha256)
         return body
 
-    def peek(self, artifact: Artifact) -> Body | None:
-        """The cached body, without touching LRU order or starting a load."""
-        return self.entries.get(artifact.sha256)
-
     def want(self, artifact: Artifact) -> None:
         key = artifact.sha256
         if key in self.loading or key in self.entries or artifact.size > self.budget:

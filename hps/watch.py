@@ -44,7 +44,6 @@ class Rescanner:
         self.pending: IDelayedCall | None = None
         self.running: defer.Deferred | None = None
         self.again = False
-        self.scans = 0
 
     def request(self, delay: float | None = None) -> None:
         """Ask for a scan ``delay`` seconds from now (default: the debounce)."""
@@ -58,7 +57,6 @@ class Rescanner:
     def run(self) -> defer.Deferred:
         self.pending = None
         self.again = False
-        self.scans += 1
         self.running = defer.maybeDeferred(self.scan)
         self.running.addBoth(self.done)
         return self.running
