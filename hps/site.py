@@ -4,7 +4,9 @@ Limits, timeouts and drain belong here; the resources only route.
 
 Every connection is a :class:`TrackedProtocol` (Twisted's HTTP/1.1-or-HTTP/2
 switch) around a :class:`PluginChannel`. The site keeps the set of them, and
-one sweep a second enforces the per-connection deadlines:
+a sweep every ``SWEEP_SECONDS`` enforces the per-connection deadlines (it also
+writes the buffered access lines and, once the ports are closed in a drain,
+closes connections that went idle):
 
 - **header timeout**: a request head that is not complete in time is cut with
   408 (slowloris keeps resetting Twisted's idle timer with every byte);
