@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import resource
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
@@ -43,6 +43,10 @@ from twisted.web.server import Request, Site
 
 from hps import metrics
 from hps.access import AccessLog
+
+if TYPE_CHECKING:
+    from hps.config import Config
+    from hps.state import ServerState
 
 SERVER_NAME = b"hps"
 MAX_HEADERS = 100
@@ -75,7 +79,7 @@ class Limits:
     max_connections: int = 4096
 
     @classmethod
-    def from_config(cls, config: Any) -> Limits:
+    def from_config(cls, config: Config) -> Limits:
         return cls(config.send_timeout, config.header_timeout, config.idle_timeout,
                    connection_cap(config.max_connections))
 
@@ -311,8 +315,9 @@ class PluginSite(Site):
     noisy = False
     connections_accepting = True
 
-    def __init__(self, resource: Any, state: Any = None, limits: Limits | None = None,
-                 access: AccessLog | None = None, reactor: Any = None) -> None:
+    def __init__(self, resource: Any, state: ServerState | None = None,
+                 limits: Limits | None = None, access: AccessLog | None = None,
+                 reactor: Any = None) -> None:
         self.limits = limits or Limits()
         super().__init__(resource, timeout=self.limits.idle_timeout, reactor=reactor)
         self.state = state

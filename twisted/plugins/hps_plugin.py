@@ -6,9 +6,16 @@ namespace, and the reactor must not be imported here.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from twisted.application.service import MultiService
+
+    from hps.config import Options
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -16,12 +23,12 @@ class PluginServerMaker:
     tapname = "hps"
     description = "Higress plugin server: serve WebAssembly plugins to Higress gateways."
 
-    def options(self):
+    def options(self) -> Options:
         from hps.config import Options
 
         return Options()
 
-    def makeService(self, options):
+    def makeService(self, options: Options) -> MultiService:
         from hps.service import make_service
 
         return make_service(options.config)
