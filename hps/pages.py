@@ -37,11 +37,10 @@ def render_html(title: str, body: Iterable[Tag]) -> bytes:
 
 
 def human_size(size: int) -> str:
-    for unit in ("bytes", "KiB", "MiB"):
-        if size < 1024 or unit == "MiB":
-            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
+    if size < 1024:
+        return f"{size} bytes"
+    kib = size / 1024
+    return f"{kib:.1f} KiB" if kib < 1024 else f"{kib / 1024:.1f} MiB"
 
 
 def _crumbs(*parts: str) -> Tag:
