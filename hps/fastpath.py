@@ -353,14 +353,10 @@ class Reply:
             artifact=None if head else (parsed.name, parsed.version))
 
 
-def install(state: ServerState, site: Any) -> ArtifactFastPath:
-    """Wire the body cache, the transfer policy and the fast path into one Site."""
-    config = state.config
-    policy = Policy.from_config(config.cache_max_age, config.immutable, config.gzip)
-    cache = BodyCache(config.memory_budget << 20, config.gzip)
+def install(state: ServerState, site: Any, cache: BodyCache, policy: Policy) -> ArtifactFastPath:
+    """Put a fast path, sharing the site's body cache and policy, in front of every channel."""
     fast = ArtifactFastPath(state, cache, policy)
-    state.on_swap.extend((cache.on_swap, fast.on_swap))
-    site.resource.bodies, site.resource.policy = cache, policy
+    state.on_swap.append(fast.on_swap)
     build = site.protocol
 
     def protocol() -> Any:

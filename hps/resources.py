@@ -70,12 +70,14 @@ class Root(Resource):
 
     isLeaf = True
     log = Logger()
-    bodies: BodyCache | None = None
-    policy = Policy.from_config(300, immutable=False, gzip=True)
-
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, bodies: BodyCache | None = None,
+                 policy: Policy | None = None) -> None:
         super().__init__()
         self.state = state
+        self.bodies = bodies
+        config = state.config
+        self.policy = policy or Policy.from_config(config.cache_max_age, config.immutable,
+                                                   config.gzip)
 
     def render(self, request: Request) -> bytes | int:
         request.setHeader(b"x-content-type-options", b"nosniff")

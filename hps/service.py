@@ -21,11 +21,13 @@ from twisted.web.server import Site
 
 from hps import catalog, fastpath, metrics
 from hps.access import AccessLog
+from hps.bodies import BodyCache
 from hps.config import Config, ConfigError, fail
 from hps.drain import Drain
 from hps.resources import Root
 from hps.site import Limits, PluginSite
 from hps.state import ServerState
+from hps.transfer import Policy
 from hps.watch import Watcher
 
 LISTEN_BACKLOG = 1024
@@ -148,10 +150,15 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     state = ServerState(config=config, catalog=catalog.unloaded(config.root))
-    site = PluginSite(Root(state), state=state, limits=Limits.from_config(config),
+    # One body cache and one policy, shared by twisted.web's responses and the fast path.
+    policy = Policy.from_config(config.cache_max_age, config.immutable, config.gzip)
+    bodies = BodyCache(config.memory_budget << 20, config.gzip)
+    state.on_swap.append(bodies.on_swap)
+    site = PluginSite(Root(state, bodies, policy), state=state,
+                      limits=Limits.from_config(config),
                       access=AccessLog(config.access_log, config.trust_forwarded),
                       reactor=reactor)
-    fastpath.install(state, site)
+    fastpath.install(state, site, bodies, policy)
     # Access lines are batched between sweeps; the last ones (drain, disconnectAll) go
     # out after every connection is closed.
     reactor.addSystemEventTrigger("after", "shutdown", site.access.flush)

@@ -9,13 +9,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from hps import fastpath
-from hps.bodies import build_body
+from hps.bodies import BodyCache, build_body
 from hps.catalog import scan
 from hps.config import Config
 from hps.fastpath import parse_request
 from hps.resources import Root
 from hps.site import PluginSite
 from hps.state import ServerState
+from hps.transfer import Policy
 from tests.support.server import wasm_bytes
 
 GET = b"GET /plugins/demo/1.0.0/plugin.wasm HTTP/1.1\r\nHost: x\r\n"
@@ -68,8 +69,10 @@ def site(tmp_path: Path) -> tuple[PluginSite, bytes]:
     target.parent.mkdir(parents=True)
     target.write_bytes(body)
     state = ServerState(config=Config(root=str(tmp_path)), catalog=scan(str(tmp_path)))
-    site = PluginSite(Root(state), state=state)
-    fast = fastpath.install(state, site)
+    policy = Policy.from_config(300, immutable=False, gzip=True)
+    cache = BodyCache(128 << 20, with_gzip=True)
+    site = PluginSite(Root(state, cache, policy), state=state)
+    fast = fastpath.install(state, site, cache, policy)
     artifact = state.catalog.get("demo", "1.0.0")
     fast.cache.entries[artifact.sha256] = build_body(artifact, body, with_gzip=True)
     return site, body
