@@ -283,8 +283,11 @@ def main() -> None:
         readme = REPO / "bench" / "README.md"
         old = readme.read_text() if readme.exists() else "<!-- results -->\n"
         head = old.split("<!-- results -->")[0]
+        # Only the figures are replaced: the analysis after the end marker is written by hand.
+        tail = old.split("<!-- /results -->")[1] if "<!-- /results -->" in old else "\n"
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        readme.write_text(f"{head}<!-- results -->\n\nLatest run ({stamp}):\n\n{text}")
+        readme.write_text(f"{head}<!-- results -->\n\nLatest run ({stamp}):\n\n{text}\n"
+                          f"<!-- /results -->{tail}")
 
 
 if __name__ == "__main__":
