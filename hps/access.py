@@ -72,10 +72,20 @@ class AccessLog:
                proto: bytes, status: int, nbytes: int, referer: bytes | None = None,
                agent: bytes | None = None, aborted: bool = False) -> None:
         """Log one response. Call it once the response is finished or cut."""
+        line = self.line(peer=peer, forwarded=forwarded, method=method, uri=uri, proto=proto,
+                         status=status, nbytes=nbytes, referer=referer, agent=agent,
+                         aborted=aborted, now=time.time())
+        if line is not None:
+            self.add(line)
+
+    def line(self, *, peer: str, forwarded: bytes | None, method: bytes, uri: bytes,
+             proto: bytes, status: int, nbytes: int, referer: bytes | None = None,
+             agent: bytes | None = None, aborted: bool = False,
+             now: float) -> str | None:
+        """The line :meth:`record` would log at ``now`` (only its second counts), or None."""
         if not self.enabled:
-            return
+            return None
         client = client_address(peer, forwarded, self.trust_forwarded)
-        now = time.time()
         if self.style == "json":
             line = json.dumps({
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + "Z",
@@ -87,6 +97,10 @@ class AccessLog:
         else:
             tail = self._tail(method, uri, proto, status, nbytes, referer, agent)
             line = f"{client} - - [{self._clf_time(now)}] {tail}"
+        return line
+
+    def add(self, line: str) -> None:
+        """Buffer one line made by :meth:`line`."""
         lines = self._lines
         lines.append(line)
         if len(lines) >= BATCH_LINES:

@@ -56,7 +56,6 @@ PARSED_KEY_LIMIT = 1024
 """A gateway sends the very same bytes for every download of a URL, so parse results
 are remembered by request bytes: at most PARSED_CACHE requests of under
 PARSED_KEY_LIMIT bytes each (a Go client's request is ~150 bytes), so well under 1 MiB."""
-REPLY_ATTR = "_hps_fast_reply"
 
 _TARGET = re.compile(
     rb"/plugins/([a-z0-9][a-z0-9._-]{0,127})/([0-9A-Za-z][0-9A-Za-z.+-]{0,127})/plugin\.wasm\Z"
@@ -88,6 +87,7 @@ class Parsed:
     headers: dict[bytes, bytes] = field(default_factory=dict)
     close: bool = False
     wants_gzip: bool = False
+    head: bool = False
 
 
 def parse_request(data: bytes) -> Parsed | None:
@@ -109,7 +109,7 @@ def parse_request(data: bytes) -> Parsed | None:
         return None
     return Parsed(parts[0], parts[1], target.group(1).decode(), target.group(2).decode(),
                   headers, headers.get(b"connection", b"").lower() == b"close",
-                  accepts_gzip(headers.get(b"accept-encoding")))
+                  accepts_gzip(headers.get(b"accept-encoding")), parts[0] == b"HEAD")
 
 
 def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
@@ -191,7 +191,10 @@ class Clock:
         self.value = b""
 
     def now(self) -> bytes:
-        second = int(time.time())
+        return self.at(int(time.time()))
+
+    def at(self, second: int) -> bytes:
+        """The ``Date`` value for ``second`` (seconds since the epoch)."""
         if second != self.second:
             self.second, self.value = second, http.datetimeToString(second)
         return self.value
@@ -227,7 +230,7 @@ class ArtifactFastPath:
         self.openings.clear()
 
     def handle(self, channel: PluginChannel, data: bytes) -> bool:
-        reply = getattr(channel, REPLY_ATTR, None)
+        reply = channel.fast_reply
         if reply is not None:
             reply.hold(data)  # a request behind ours: replayed when ours is done
             return True
@@ -241,8 +244,55 @@ class ArtifactFastPath:
         if body is None:
             return False
         variant = body.variant(self.policy.gzip, parsed.wants_gzip)
-        Reply(self, channel, parsed, artifact, variant).start()
+        chunks = variant.chunks
+        assert chunks is not None
+        if not parsed.head and len(chunks) != 1:
+            Reply(self, channel, parsed, artifact, variant).start()
+            return True
+        # Handed over whole in this call. This is Reply.start() then Reply.finished(),
+        # minus what nothing can observe in between (no callback runs until we return):
+        # the in-flight counts that would rise and fall again, the reply attribute set
+        # and cleared, the send-watchdog stamp (read only while the channel is busy,
+        # and every later response stamps its own), no producer to unregister, and
+        # ``state.draining``, checked above. The idle timer stays armed (pushed back
+        # below), which saves a cancel and a callLater per response.
+        transport = channel.transport
+        transport.SEND_LIMIT = SEND_LIMIT
+        second = int(time.time())
+        send_now(transport, self.opening(artifact, variant, parsed.close, parsed.head, second))
+        self.account(channel, parsed, variant, second)
+        if parsed.close or not channel.persistent:
+            channel.loseConnection()  # unregisters itself first, else the close waits forever
+            return True
+        channel.resetTimeout()
         return True
+
+    def account(self, channel: PluginChannel, parsed: Parsed, variant: Variant,
+                second: int) -> None:
+        """Log and count through the site, exactly as twisted.web's responses are.
+
+        The access line depends only on the request bytes (``parsed``), the variant's
+        size, the peer (fixed per connection) and the second, so a connection that
+        repeats its request within a second reuses the line it built last time.
+        """
+        nbytes = 0 if parsed.head else variant.size
+        download = None if parsed.head else (parsed.name, parsed.version)
+        site = channel.site
+        memo = channel.fast_line
+        if memo is not None and memo[0] is parsed and memo[1] is variant and memo[2] == second:
+            site.finished_fast(nbytes, download, memo[3])
+            return
+        headers = parsed.headers
+        peer = channel.peer_host
+        if peer is None:
+            # getPeer() builds an address object per call; the peer of a connection is fixed.
+            peer = channel.peer_host = getattr(channel.transport.getPeer(), "host", "-")
+        line = site.access.line(
+            peer=peer, forwarded=headers.get(b"x-forwarded-for"), method=parsed.method,
+            uri=parsed.target, proto=b"HTTP/1.1", status=200, nbytes=nbytes,
+            referer=headers.get(b"referer"), agent=headers.get(b"user-agent"), now=second)
+        channel.fast_line = (parsed, variant, second, line)
+        site.finished_fast(nbytes, download, line)
 
     def fixed_headers(self, artifact: Artifact, variant: Variant) -> bytes:
         fixed = self.blocks.get(variant.etag)
@@ -254,13 +304,14 @@ class ArtifactFastPath:
             fixed = self.blocks[variant.etag] = b"".join(lines)
         return fixed
 
-    def opening(self, artifact: Artifact, variant: Variant, close: bool, head: bool) -> bytes:
+    def opening(self, artifact: Artifact, variant: Variant, close: bool, head: bool,
+                second: int) -> bytes:
         """Status line, headers and (for GET) the first chunk, built once a second.
 
         Shared by every response of that second: a client that never reads pins
         this object, not a copy of it.
         """
-        date = self.clock.now()
+        date = self.clock.at(second)
         key = (variant.etag, close, head)
         cached = self.openings.get(key)
         if cached is not None and cached[0] is date:
@@ -291,17 +342,13 @@ class Reply:
     def start(self) -> None:
         channel, transport = self.channel, self.channel.transport
         transport.SEND_LIMIT = SEND_LIMIT
-        setattr(channel, REPLY_ATTR, self)
+        channel.fast_reply = self
         channel.response_began()
-        head = self.parsed.method == b"HEAD"
         variant = self.variant
-        send_now(transport, self.path.opening(self.artifact, variant, self.parsed.close, head))
+        send_now(transport, self.path.opening(self.artifact, variant, self.parsed.close,
+                                              self.parsed.head, int(time.time())))
         assert variant.chunks is not None
-        if head or len(variant.chunks) == 1:
-            # Handed over whole in this call: the idle timer can stay armed (finished()
-            # pushes it back), which saves a cancel and a callLater per response.
-            self.finished()
-            return
+        # Several chunks (a one-call response never gets here: see ArtifactFastPath.handle).
         # Like twisted.web, no idle timeout while answering; the send watchdog guards progress.
         self.saved_timeout = channel.setTimeout(None)
         self.timer_off = True
@@ -319,11 +366,11 @@ class Reply:
 
     def finished(self) -> None:
         channel = self.channel
-        setattr(channel, REPLY_ATTR, None)
+        channel.fast_reply = None
         if channel._requestProducer is not None:
             channel.unregisterProducer()
         channel.response_ended()
-        self.account()
+        self.path.account(channel, self.parsed, self.variant, int(time.time()))
         # A drain that began meanwhile wants the connection closed once this response is out.
         if self.parsed.close or self.path.state.draining or not channel.persistent:
             channel.loseConnection()  # unregisters itself first, else the close waits forever
@@ -335,22 +382,6 @@ class Reply:
             channel.transport.resumeProducing()
         if self.pending:
             channel.dataReceived(b"".join(self.pending))
-
-    def account(self) -> None:
-        """Log and count through the site, exactly as twisted.web's responses are."""
-        parsed, channel = self.parsed, self.channel
-        head = parsed.method == b"HEAD"
-        headers = parsed.headers
-        peer = channel.peer_host
-        if peer is None:
-            # getPeer() builds an address object per call; the peer of a connection is fixed.
-            peer = channel.peer_host = getattr(channel.transport.getPeer(), "host", "-")
-        channel.site.finished_response(
-            route="artifact", status=200, nbytes=0 if head else self.variant.size,
-            method=parsed.method, uri=parsed.target, proto=b"HTTP/1.1", peer=peer,
-            forwarded=headers.get(b"x-forwarded-for"), referer=headers.get(b"referer"),
-            agent=headers.get(b"user-agent"),
-            artifact=None if head else (parsed.name, parsed.version))
 
 
 def install(state: ServerState, site: Any, cache: BodyCache, policy: Policy) -> ArtifactFastPath:

@@ -156,17 +156,22 @@ class PluginChannel(HTTPChannel):
         self.fast_responses = 0
         self.cut = False
         self.peer_host: str | None = None
+        self.fast_reply: Any = None
+        """The fast path's multi-chunk response in flight on this channel, if any."""
+        self.fast_line: Any = None
+        """The fast path's last (request, variant, second, access line), for reuse."""
 
     def now(self) -> float:
         return self.site.reactor.seconds()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.head_since is None and not self._handlingRequest:
-            self.head_since = self.now()
         fast = self.fast_path
         if fast is not None and fast.handle(self, data):
             self.head_since = None
             return
+        # After the fast path (which never reads head_since) it comes to the same.
+        if self.head_since is None and not self._handlingRequest:
+            self.head_since = self.now()
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
@@ -432,6 +437,16 @@ class PluginSite(Site):
         self.access.record(peer=peer, forwarded=forwarded, method=method, uri=uri, proto=proto,
                            status=status, nbytes=nbytes, referer=referer, agent=agent,
                            aborted=aborted)
+
+    def finished_fast(self, nbytes: int, artifact: tuple[str, str] | None,
+                      line: str | None) -> None:
+        """:meth:`finished_response` for a fast-path 200 on route ``artifact``, whose access
+        line (``AccessLog.line``) the caller already has."""
+        metrics.observe_response("artifact", 200, nbytes)
+        if artifact is not None:
+            metrics.observe_download(*artifact)
+        if line is not None:
+            self.access.add(line)
 
     def log(self, request: Request) -> None:
         """Twisted's own access log is replaced by :meth:`finished_response`."""
