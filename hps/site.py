@@ -25,7 +25,8 @@ twisted.web parses anything), the contract is:
   counts it;
 - call ``channel.progress()`` after each chunk handed to the transport;
 - decline while ``state.draining`` (twisted.web then adds ``Connection: close``);
-- log and count via ``channel.site.finished_response(...)`` (see there).
+- log and count via ``channel.site.finished_response(...)``, or ``finished_fast(...)`` for a
+  one-call 200 whose access line the connection already built (same counts, same line).
 """
 
 from __future__ import annotations
