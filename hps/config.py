@@ -70,6 +70,8 @@ class Config:
     immutable: bool = knob(False, "declare that a name/version never changes its bytes "
                            "(Cache-Control immutable)")
     gzip: bool = knob(True, "serve a precompressed gzip variant to clients that accept it")
+    cache_dir: str = knob("/tmp/hps-cache", "writable directory for work the server keeps across "
+                          "restarts (gzip variants, pulled-through modules)")
 
     def describe(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
