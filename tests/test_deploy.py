@@ -209,9 +209,35 @@ def require_offline_build_backend() -> None:
     import importlib.metadata
     import importlib.util
 
-    version = importlib.metadata.version("setuptools").split(".")
+    try:
+        version = importlib.metadata.version("setuptools").split(".")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail("building hps offline needs setuptools: pip install '.[test]'")
     if (int(version[0]), int(version[1])) < (70, 1) and importlib.util.find_spec("wheel") is None:
         pytest.fail("building hps offline needs `wheel` (or setuptools >= 70.1): pip install wheel")
+
+
+def layer_on_this_environment(venv: Path) -> None:
+    """Let ``venv`` import what this interpreter can (Twisted, pip, setuptools, wheel).
+
+    ``venv --system-site-packages`` would not do: run from inside a virtualenv it layers on
+    the *base* interpreter, which lacks what ``pip install '.[test]'`` put in the outer venv.
+    A ``.pth`` file naming this interpreter's site directories works from a venv and from the
+    system Python alike; the new venv's own site-packages still comes first on ``sys.path``.
+    """
+    import site
+    import sysconfig
+
+    dirs = [*site.getsitepackages()]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    query = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", query], capture_output=True,
+                             text=True, check=True, timeout=60).stdout.strip()
+    assert sysconfig.get_path("purelib") != purelib, "the venv must have its own site-packages"
+    (Path(purelib) / "_outer_environment.pth").write_text(
+        "".join(f"{d}\n" for d in dirs if Path(d).is_dir()), encoding="utf-8"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -221,9 +247,10 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("image")
     copy_build_context(base / "src")
     venv = base / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120
-    )
+    # No pip of its own: this environment's pip, setuptools and wheel install hps offline.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    layer_on_this_environment(venv)
     python = str(venv / "bin" / "python")
     subprocess.run(
         [
