@@ -7,11 +7,12 @@ with and its headers and body always describe the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
@@ -117,6 +118,13 @@ class Catalog:
     def versions(self, name: str) -> list[Artifact]:
         return list(self._by_name.get(name, ()))
 
+    def beneath(self, extra: Iterable[Artifact], skipped: Iterable[str] = ()) -> Catalog:
+        """This snapshot plus the ``extra`` artifacts it lacks: on a conflict this one wins
+        (the image's tree over the pull-through cache)."""
+        added = {(a.name, a.version): a for a in extra}
+        return dataclasses.replace(self, artifacts={**added, **self.artifacts},
+                                   skipped=self.skipped | frozenset(skipped))
+
 
 def unloaded(root: str) -> Catalog:
     """The snapshot before the first scan finishes: empty and not ready."""
@@ -148,6 +156,23 @@ def scan(root: str, previous: Catalog | None = None) -> Catalog:
         known[artifact.identity] = artifact
         artifacts[(name, version)] = artifact
     return Catalog(root=root, artifacts=artifacts, skipped=frozenset(skipped))
+
+
+def scan_trees(roots: list[str], previous: Catalog | None = None) -> Catalog:
+    """Scan each root; the first (the served tree) wins a name/version found in several."""
+    first = scan(roots[0], previous)
+    for other in roots[1:]:
+        extra = scan(other, previous)
+        first = first.beneath(extra, extra.skipped)
+    return first
+
+
+def examine(root: str, name: str, version: str) -> Artifact:
+    """The one artifact ``<root>/<name>/<version>/plugin.wasm``, checked and hashed as a scan
+    would; raises :class:`Skip` (or OSError) when it is not one. Runs in a thread."""
+    if not (accept_name(name) and accept_version(version)):
+        raise Skip("not a valid plugin name or version")
+    return _examine(root, name, version, os.path.join(root, name, version, MODULE_FILE), {})
 
 
 def _listdir(path: str) -> list[str]:

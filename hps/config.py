@@ -36,6 +36,24 @@ def positive(value: float) -> str | None:
     return None if value > 0 else "must be more than zero"
 
 
+def upstream_template(value: str) -> str | None:
+    """An ``oci://`` reference once ``${name}`` and ``${version}`` are filled in."""
+    from hps.upstream import expand  # the one place that knows templates
+
+    if "${name}" not in value:
+        return f"{value!r} has no ${{name}}"
+    try:
+        expand(value, "plugin", "1.0.0")
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def each(rule: Callable[[str], str | None]) -> Callable[[tuple[str, ...]], str | None]:
+    """Check every item of a list knob with ``rule``; the first problem wins."""
+    return lambda values: next((p for p in map(rule, values) if p), None)
+
+
 def one_of(*choices: str) -> Callable[[str], str | None]:
     return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
 
@@ -72,12 +90,22 @@ class Config:
     gzip: bool = knob(True, "serve a precompressed gzip variant to clients that accept it")
     cache_dir: str = knob("/tmp/hps-cache", "writable directory for work the server keeps across "
                           "restarts (gzip variants, pulled-through modules)")
+    upstream: tuple[str, ...] = knob(
+        (), "OCI reference template for a module the tree lacks (repeatable, tried in order), "
+        "e.g. oci://registry.example/plugins/${name}:${version}", each(upstream_template))
+    upstream_allow: tuple[str, ...] = knob((), "shell-style pattern of plugin names that may be "
+                                           "pulled through (repeatable; none: pull-through off)")
+    upstream_plain_http: bool = knob(False, "talk HTTP, not HTTPS, to the upstream registries")
+    upstream_wait: float = knob(10.0, "seconds a request waits for a pull-through fetch before "
+                                "it gets 503 + Retry-After", positive)
 
     def describe(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+LIST = "tuple[str, ...]"
+"""The type of repeatable knobs: a YAML list, a flag given once per item."""
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True,
           "false": False, "no": False, "off": False, "0": False}
 
@@ -90,7 +118,7 @@ def _coerce(key: str, value: Any, from_text: bool) -> Any:
     """Turn a YAML value (or flag text) into the field's type, or say why not."""
     kind = FIELDS[key].type
     where = f"--{flag_name(key)}" if from_text else f"'{key}'"
-    if kind == "tuple[str, ...]":
+    if kind == LIST:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
             raise ConfigError(f"{where} must be a list of non-empty strings")
@@ -154,6 +182,11 @@ def check(config: Config) -> None:
         problem = rule(getattr(config, key)) if rule else None
         if problem:
             raise ConfigError(f"{flag_name(key)}: {problem}")
+    if config.upstream_allow and not config.upstream:
+        raise ConfigError("upstream-allow: needs at least one --upstream template")
+    if config.upstream_wait >= config.send_timeout:
+        raise ConfigError("upstream-wait: must be less than send-timeout, which would cut the "
+                          "waiting request first")
     if not os.path.isdir(config.root):
         raise ConfigError(f"root {config.root!r} is not a directory")
     if not os.access(config.root, os.R_OK | os.X_OK):
@@ -168,7 +201,7 @@ class Options(usage.Options):
     ] + [
         [flag_name(k), None, None, f"{f.metadata['help']} [default: {f.default!r}]"]
         for k, f in FIELDS.items()
-        if f.type not in ("bool", "tuple[str, ...]")
+        if f.type not in ("bool", LIST)
     ]
     optFlags: ClassVar[list[list[Any]]] = [
         [flag_name(k), None, f.metadata["help"]]
@@ -181,10 +214,6 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self.lists: dict[str, list[str]] = {}
-
-    def opt_listen(self, endpoint: str) -> None:
-        """Twisted endpoint to listen on (repeatable) [default: tcp:8080]"""
-        self.lists.setdefault("listen", []).append(endpoint)
 
     def flags_given(self) -> dict[str, Any]:
         """Only what the command line set, so the file's values survive."""
@@ -203,6 +232,20 @@ class Options(usage.Options):
             self.config = build(self["config"], self.flags_given())
         except ConfigError as err:
             fail(err)
+
+
+def _list_option(key: str, spec: dataclasses.Field) -> Callable[[Options, str], None]:
+    """The ``opt_<key>`` handler of a repeatable flag: each use adds one item."""
+    def option(self: Options, value: str) -> None:
+        self.lists.setdefault(key, []).append(value)
+    option.__doc__ = f"{spec.metadata['help']} [default: {list(spec.default)!r}]"
+    return option
+
+
+# usage.Options finds repeatable flags as ``opt_*`` methods; one per list knob, from the table.
+for _key, _spec in FIELDS.items():
+    if _spec.type == LIST:
+        setattr(Options, f"opt_{_key}", _list_option(_key, _spec))
 
 
 def fail(err: Exception) -> None:

@@ -80,8 +80,33 @@ class ResponseCounts(Collector):
         return self.families(True)
 
 
+class MissCounts(Collector):
+    """``hps_misses_total{plugin,version}``, read at scrape time from the bounded table of
+    recent misses (:mod:`hps.misses`), so its label sets are as bounded as the table."""
+
+    def __init__(self) -> None:
+        self.table: Callable[[], Iterable[tuple[str, str, int]]] = lambda: ()
+
+    def families(self, with_samples: bool) -> list[Metric]:
+        misses = CounterMetricFamily(
+            "hps_misses", "Requests for a well-formed plugin URL the catalog lacked, by plugin "
+            "and version (the most recent distinct pairs only).", labels=["plugin", "version"])
+        if with_samples:
+            for name, version, count in self.table():
+                misses.add_metric([name, version], count)
+        return [misses]
+
+    def describe(self) -> Iterable[Metric]:
+        return self.families(False)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families(True)
+
+
 COUNTS = ResponseCounts()
 REGISTRY.register(COUNTS)
+MISSES = MissCounts()
+REGISTRY.register(MISSES)
 IN_FLIGHT = Gauge("hps_responses_in_flight", "Responses started and not yet finished.",
                   registry=REGISTRY)
 CONNECTIONS = Gauge("hps_connections_open", "Client connections currently open.",
@@ -182,6 +207,11 @@ def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> N
     """Read the live gauges from the site's own counters at scrape time."""
     IN_FLIGHT.set_function(in_flight)
     CONNECTIONS.set_function(connections)
+
+
+def track_misses(table: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+    """Expose the server's table of recent misses as ``hps_misses_total``."""
+    MISSES.table = table
 
 
 def exposition() -> tuple[bytes, str]:

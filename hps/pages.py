@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 from twisted.web.template import Tag, flattenString, tags
 
-from hps.catalog import Artifact, Catalog
+from hps.catalog import Artifact, Catalog, utc
+from hps.misses import Miss
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; padding: 0 1rem;
@@ -108,16 +109,69 @@ def console_lines(base_url: str) -> list[str]:
     ]
 
 
-def landing_page(catalog: Catalog, base_url: str) -> bytes:
+def landing_page(catalog: Catalog, base_url: str, missing: list[Miss] | None = None,
+                 pull_through: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> bytes:
+    """``pull_through``: (templates, allowed name patterns), or None when it is off."""
     return render_html("Higress plugin server", [
         tags.p(f"Serving {len(catalog.names())} plugins ({len(catalog)} modules). ",
                tags.a(href="/plugins/")("Browse /plugins/"), "."),
+        _pull_through(pull_through),
         tags.h2("Wire Higress to this server"),
         tags.p("Set on the Higress Console (first line) and the Higress Controller (second):"),
         tags.pre(tags.code("\n".join(console_lines(base_url)))),
+        *_missing_table(missing or []),
         tags.p("Health: ", tags.a(href="/healthz")("/healthz"), ", readiness: ",
                tags.a(href="/readyz")("/readyz"), "."),
     ])
+
+
+def _pull_through(source: tuple[tuple[str, ...], tuple[str, ...]] | None) -> Tag:
+    if source is None:
+        return tags.p(class_="pull-through")("Pull-through is off: a version the tree lacks "
+                                             "is a 404.")
+    templates, allow = source
+    return tags.p(class_="pull-through")(
+        "Pull-through is on: a missing version of a plugin named ",
+        *_joined(tags.code(p) for p in allow), " is fetched from ",
+        *_joined(tags.code(t) for t in templates), " (tried in order), verified and kept.")
+
+
+def _joined(items: Iterable[Tag]) -> list[Tag | str]:
+    out: list[Tag | str] = []
+    for item in items:
+        out += [", ", item] if out else [item]
+    return out
+
+
+def _missing_table(missing: list[Miss]) -> list[Tag]:
+    if not missing:
+        return []
+    rows = [tags.tr(tags.td(m.name), tags.td(m.version), tags.td(class_="size")(str(m.count)),
+                    tags.td(_stamp(m.last)))
+            for m in missing]
+    return [
+        tags.h2("Recently asked for but not here"),
+        tags.table(class_="missing")(
+            tags.tr(tags.th("plugin"), tags.th("version"), tags.th("requests"),
+                    tags.th("last asked")), *rows),
+    ]
+
+
+def _stamp(seconds: float) -> str:
+    return utc(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def not_here_text(catalog: Catalog, name: str, version: str) -> str:
+    """The 404 for a well-formed plugin URL: what exists, and the manifest alias that
+    would serve this version (see docs/pull.md)."""
+    lines = [f"not found: {name} {version}"]
+    have = catalog.versions(name)
+    if not have:
+        return "\n".join([*lines, f"no version of {name} is here", ""])
+    lines.append(f"versions here: {', '.join(a.version for a in have)}")
+    lines += ["to serve it, add this to the hps pull manifest (docs/pull.md) and pull again:",
+              "  plugins:", f"    {name}:", *_alias_lines(have, version)]
+    return "\n".join([*lines, ""])
 
 
 def _version_entry(artifact: Artifact) -> dict:
@@ -134,14 +188,30 @@ def _version_entry(artifact: Artifact) -> dict:
     return entry
 
 
-def index_json(catalog: Catalog, names: Iterable[str] | None = None) -> bytes:
-    """``{"plugins": [{"name", "versions": [...]}]}``, names sorted, versions ordered."""
+def _alias_lines(have: list[Artifact], version: str) -> list[str]:
+    """A version alias of the newest real module; for a name alias, one more version."""
+    real = [a for a in have if not a.alias_of or a.alias_of.startswith(f"{a.name}/")]
+    if real:
+        return [f"      aliases: ['{version}']  # served with {real[-1].version}'s module"]
+    target = (have[-1].alias_of or "").split("/")[0]
+    versions = ", ".join(f"'{v}'" for v in [*(a.version for a in have), version])
+    return [f"      from: {target}", f"      versions: [{versions}]"]
+
+
+def index_json(catalog: Catalog, names: Iterable[str] | None = None,
+               missing: list[Miss] | None = None) -> bytes:
+    """``{"plugins": [{"name", "versions": [...]}]}``, names sorted, versions ordered; with
+    ``missing``, also ``"missing": [{"name", "version", "requests", "lastRequested"}]``."""
     chosen = catalog.names() if names is None else names
     plugins = [
         {"name": name, "versions": [_version_entry(a) for a in catalog.versions(name)]}
         for name in chosen
     ]
-    return json.dumps({"plugins": plugins}, indent=2).encode() + b"\n"
+    document: dict = {"plugins": plugins}
+    if missing is not None:
+        document["missing"] = [{"name": m.name, "version": m.version, "requests": m.count,
+                                "lastRequested": _stamp(m.last)} for m in missing]
+    return json.dumps(document, indent=2).encode() + b"\n"
 
 
 def metadata_text(artifact: Artifact) -> bytes:

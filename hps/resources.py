@@ -12,19 +12,25 @@ import re
 from collections.abc import Callable
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from hps import metrics, pages
 from hps.bodies import BodyCache
-from hps.guard import MODULE_FILE, Verdict, judge_path
+from hps.catalog import Artifact
+from hps.guard import MODULE_FILE, Verdict, accept_name, accept_version, judge_path
+from hps.misses import Misses
 from hps.state import ServerState
 from hps.transfer import ArtifactFile, Policy
+from hps.upstream import RETRY_AFTER, Missing, Upstream
 
 ALLOWED = b"GET, HEAD"
 NO_STORE = "no-store"
 SHORT = "public, max-age=10"
+METADATA_FILE = "metadata.txt"
+PLUGIN_FILES = (MODULE_FILE, METADATA_FILE)
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 Page = Callable[[Request], bytes | int]
@@ -71,10 +77,13 @@ class Root(Resource):
     isLeaf = True
     log = Logger()
     def __init__(self, state: ServerState, bodies: BodyCache | None = None,
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, misses: Misses | None = None,
+                 upstream: Upstream | None = None) -> None:
         super().__init__()
         self.state = state
         self.bodies = bodies
+        self.misses = misses
+        self.upstream = upstream
         config = state.config
         self.policy = policy or Policy.from_config(config.cache_max_age, config.immutable,
                                                    config.gzip)
@@ -106,7 +115,11 @@ class Root(Resource):
             case ["plugins", ""]:
                 return self.html(lambda: pages.plugins_page(catalog))
             case ["plugins", "index.json"]:
-                return self.json(lambda: pages.index_json(catalog))
+                return self.json(lambda: pages.index_json(catalog, missing=self.missing()))
+            case ["plugins", name, version, file] if file in PLUGIN_FILES and (
+                    catalog.get(name, version) is None
+                    and accept_name(name) and accept_version(version)):
+                return self.miss(name, version, file)
             case ["plugins", name, *rest] if catalog.versions(name):
                 return self.route_plugin(name, rest)
         return None
@@ -128,16 +141,72 @@ class Root(Resource):
                 return redirect(f"/plugins/{name}/{artifact.version}/")
             case [""]:
                 return self.html(lambda: pages.version_page(artifact))
-            case ["metadata.txt"]:
-                body = pages.metadata_text(artifact)
-                return lambda request: reply(request, http.OK, body,
-                                             "text/plain; charset=utf-8", SHORT)
-            case [file] if file == MODULE_FILE:
-                return ArtifactFile(artifact, self.policy, self.bodies).render
+            case [file] if file in PLUGIN_FILES:
+                return self.file_page(artifact, file)
         return None
 
+    def file_page(self, artifact: Artifact, file: str) -> Page:
+        """``plugin.wasm`` or ``metadata.txt`` of one artifact."""
+        if file == MODULE_FILE:
+            return ArtifactFile(artifact, self.policy, self.bodies).render
+        body = pages.metadata_text(artifact)
+        return lambda request: reply(request, http.OK, body, "text/plain; charset=utf-8", SHORT)
+
+    def miss(self, name: str, version: str, file: str) -> Page:
+        """A well-formed plugin URL the catalog lacks: counted, then pulled through or 404."""
+        def page(request: Request) -> bytes | int:
+            if self.misses is not None:
+                self.misses.record(name, version)
+            if self.upstream is None or not self.upstream.admits(name, version):
+                return self.not_here(request, name, version)
+            return self.pull_through(request, name, version, file)
+        return page
+
+    def pull_through(self, request: Request, name: str, version: str, file: str) -> int:
+        """Wait on the pull-through service's Deferred; never talk to a registry here."""
+        assert self.upstream is not None
+        waiting = self.upstream.wait(name, version)
+        gone: list[bool] = []
+
+        def left(failure: Failure) -> None:
+            gone.append(True)
+            waiting.cancel()  # this waiter only: the fetch goes on for the others
+
+        def answer(outcome: Artifact | Failure) -> None:
+            if gone:
+                return
+            if isinstance(outcome, Artifact):
+                body = self.file_page(outcome, file)(request)
+            elif outcome.check(Missing):
+                body = self.not_here(request, name, version)
+            else:
+                body = self.unavailable(request)
+            if body is not NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+
+        request.notifyFinish().addErrback(left)
+        waiting.addBoth(answer).addErrback(
+            lambda failure: self.log.failure("answering a pull-through wait", failure))
+        return NOT_DONE_YET
+
+    def not_here(self, request: Request, name: str, version: str) -> bytes:
+        body = pages.not_here_text(self.state.catalog, name, version)
+        return text(request, http.NOT_FOUND, body, SHORT)
+
+    @staticmethod
+    def unavailable(request: Request) -> bytes:
+        """The fetch is slow or the registry failed (the log says which): the gateway retries."""
+        request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
+        return text(request, http.SERVICE_UNAVAILABLE, "not available yet, retry\n")
+
+    def missing(self) -> list | None:
+        return self.misses.missing(self.state.catalog) if self.misses is not None else None
+
     def landing(self, request: Request) -> bytes:
-        body = pages.landing_page(self.state.catalog, base_url(request))
+        source = (self.upstream.templates, self.upstream.allow) if self.upstream else None
+        body = pages.landing_page(self.state.catalog, base_url(request),
+                                  missing=self.missing() or [], pull_through=source)
         return reply(request, http.OK, body, "text/html; charset=utf-8", SHORT)
 
     def readiness(self, request: Request) -> bytes:

@@ -24,10 +24,12 @@ from hps.access import AccessLog
 from hps.bodies import BodyCache
 from hps.config import Config, ConfigError, fail
 from hps.drain import Drain
+from hps.misses import Misses
 from hps.resources import Root
 from hps.site import Limits, PluginSite
 from hps.state import ServerState
 from hps.transfer import Policy
+from hps.upstream import cache_tree, make_upstream
 from hps.watch import Watcher
 
 LISTEN_BACKLOG = 1024
@@ -120,12 +122,14 @@ class CatalogLoader:
 
     log = Logger()
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, roots: list[str] | None = None) -> None:
         self.state = state
+        self.roots = roots or [state.config.root]
+        """The served tree first (it wins a conflict), then the pull-through cache tree."""
 
     def rescan(self) -> Deferred:
         # The unloaded snapshot holds no artifacts, so passing it reuses nothing, as None would.
-        d = threads.deferToThread(catalog.scan, self.state.config.root, self.state.catalog)
+        d = threads.deferToThread(catalog.scan_trees, self.roots, self.state.catalog)
         d.addCallbacks(self.swap, self.failed)
         return d
 
@@ -154,7 +158,11 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     policy = Policy.from_config(config.cache_max_age, config.immutable, config.gzip)
     bodies = BodyCache(config.memory_budget << 20, config.gzip)
     state.on_swap.append(bodies.on_swap)
-    site = PluginSite(Root(state, bodies, policy), state=state,
+    misses = Misses(reactor)
+    metrics.track_misses(lambda: [(m.name, m.version, m.count) for m in misses.recent()])
+    upstream = make_upstream(state, reactor)
+    roots = [config.root, cache_tree(config.cache_dir)] if upstream else [config.root]
+    site = PluginSite(Root(state, bodies, policy, misses, upstream), state=state,
                       limits=Limits.from_config(config),
                       access=AccessLog(config.access_log, config.trust_forwarded),
                       reactor=reactor)
@@ -164,7 +172,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     reactor.addSystemEventTrigger("after", "shutdown", site.access.flush)
     top = MultiService()
     # The watcher owns every scan, the first included, so two never race.
-    Watcher(config.root, CatalogLoader(state).rescan, config.rescan_interval, reactor,
+    Watcher(config.root, CatalogLoader(state, roots).rescan, config.rescan_interval, reactor,
             hangup=True).setServiceParent(top)
     # Listeners are children of the drain, which decides when they stop (see hps.drain).
     front = Drain(state, site, config.drain_delay, config.drain_timeout, reactor)

@@ -1,0 +1,291 @@
+"""Pull-through: a module the tree lacks is fetched once from a registry, verified, kept.
+
+Like a Docker registry mirror, but for the plugin URLs the Console builds. Two halves:
+
+- :class:`Upstream` lives on the reactor thread and owns every miss the allow-list
+  admits: one fetch per ``(name, version)`` however many requests wait for it, a bound on
+  how long each waits, a short negative cache for what the registry lacks, and bounds
+  on pending fetches and on cached modules. It swaps the fetched artifact into the
+  catalog and answers each waiter's Deferred. Requests only ever wait on that Deferred;
+  they never talk to a registry.
+- :class:`RegistrySource` does the blocking part on a daemon thread with ``hps pull``'s
+  own client, credentials, digest and Wasm checks and atomic writes: it tries each
+  template in order and writes the module into the cache tree
+  ``<cache_dir>/plugins/<name>/<version>/plugin.wasm``, which the catalog scans after
+  the image's tree (the image's tree wins a conflict) and which survives restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hps.catalog import Artifact, Skip, examine
+from hps.guard import MODULE_FILE, accept_name, accept_version
+from hps.state import ServerState
+
+WAIT = 10.0
+"""Default seconds a request waits for a fetch (the ``upstream_wait`` knob)."""
+RETRY_AFTER = 5
+"""Seconds a 503 asks the client to wait; the gateway retries 5xx for about 30 s."""
+NEGATIVE_SECONDS = 30.0
+"""How long "the registry has no such module" is believed without asking again."""
+MAX_PENDING = 16
+"""Distinct fetches under way at once; more distinct misses get 503 at once."""
+MAX_CACHED = 256
+"""Modules the cache tree may hold; beyond it misses stay 404 (and are counted)."""
+MAX_NEGATIVE = 4096
+"""Remembered "not found" pairs; the oldest are forgotten first."""
+PER_REGISTRY = 4
+"""Fetches talking to one registry at once (``hps pull``'s default ``--jobs``)."""
+TIMEOUT = 15.0
+"""Seconds per registry request; a hung registry frees its slot after this."""
+RETRIES = 1
+
+
+class Missing(Exception):
+    """Nothing to serve: not admitted, or no registry holds a usable module (404)."""
+
+
+class Unavailable(Exception):
+    """Not now: a registry error, a hang, or too many fetches (503 + Retry-After)."""
+
+
+def expand(template: str, name: str, version: str) -> Any:
+    """The ``Reference`` a template names for one plugin version; ValueError when bad."""
+    from hps.pull.properties import parse_reference  # the pull client's own grammar
+
+    ref = parse_reference(template.replace("${name}", name).replace("${version}", version))
+    if ref.tag is None:
+        raise ValueError(f"{template!r} must end in a tag, e.g. :${{version}}")
+    return ref
+
+
+class Source(Protocol):
+    def fetch(self, name: str, version: str) -> Deferred:
+        """Fire with the fetched :class:`Artifact`, or fail with Missing / Unavailable."""
+
+
+class Upstream:
+    """The owner of every admitted miss: coalesced fetches, bounded waits and caches."""
+
+    log = Logger()
+
+    def __init__(self, state: ServerState, source: Source, clock: Any, allow: Iterable[str],
+                 cache_root: str, templates: Iterable[str] = (), wait: float = WAIT,
+                 negative_seconds: float = NEGATIVE_SECONDS, max_pending: int = MAX_PENDING,
+                 max_cached: int = MAX_CACHED) -> None:
+        self.state = state
+        self.source = source
+        self.clock = clock
+        self.allow = tuple(allow)
+        self.cache_root = os.path.realpath(cache_root)
+        self.templates = tuple(templates)
+        self.wait_seconds = wait
+        self.negative_seconds = negative_seconds
+        self.max_pending = max_pending
+        self.max_cached = max_cached
+        self.pending: dict[tuple[str, str], list[Deferred]] = {}
+        self.negative: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def admits(self, name: str, version: str) -> bool:
+        """Only grammatical names and versions the allow-list names ever reach a registry."""
+        return (accept_name(name) and accept_version(version)
+                and any(fnmatchcase(name, pattern) for pattern in self.allow))
+
+    def wait(self, name: str, version: str) -> Deferred:
+        """A Deferred for this request alone: the artifact, or Missing / Unavailable.
+
+        Cancelling it (the client left) abandons only this waiter, never the fetch.
+        """
+        key = (name, version)
+        artifact = self.state.catalog.get(name, version)
+        if artifact is not None:
+            return succeed(artifact)
+        if not self.admits(name, version):
+            return fail(Missing(f"{name} is not pulled through"))
+        if self.negative_until(key) > self.clock.seconds():
+            return fail(Missing(f"{name} {version}: not in the registry (remembered)"))
+        if key not in self.pending:
+            refusal = self.start(key)
+            if refusal is not None:
+                return fail(refusal)
+        waiter = Deferred(lambda d: self.forget(key, d))
+        self.pending[key].append(waiter)
+        waiter.addTimeout(self.wait_seconds, self.clock)
+        return waiter.addErrback(self.timed_out, name, version)
+
+    def start(self, key: tuple[str, str]) -> Exception | None:
+        """Start the one fetch for ``key``, or say why not."""
+        if len(self.pending) >= self.max_pending:
+            return Unavailable("too many pull-through fetches under way")
+        if self.cached_count() >= self.max_cached:
+            self.log.warn("pull-through cache holds {n} modules (the limit); not fetching "
+                          "{name} {version}", n=self.max_cached, name=key[0], version=key[1])
+            return Missing("the pull-through cache is full")
+        self.pending[key] = []
+        self.log.info("pull-through: fetching {name} {version}", name=key[0], version=key[1])
+        self.source.fetch(*key).addBoth(self.settled, key)
+        return None
+
+    def settled(self, result: Artifact | Failure, key: tuple[str, str]) -> None:
+        waiters = self.pending.pop(key, [])
+        outcome: Any = result
+        if isinstance(result, Failure):
+            outcome = self.failed(result, key)
+        else:
+            self.state.swap(self.state.catalog.beneath([result]))
+            # The image's tree wins: if it gained the same name/version meanwhile, serve that.
+            outcome = self.state.catalog.get(*key) or result
+            self.log.info("pull-through: serving {name} {version} ({size} bytes, sha256 {sha})",
+                          name=key[0], version=key[1], size=outcome.size, sha=outcome.sha256)
+        for waiter in waiters:
+            if not waiter.called:
+                (waiter.errback if isinstance(outcome, Exception) else waiter.callback)(outcome)
+
+    def failed(self, failure: Failure, key: tuple[str, str]) -> Exception:
+        if failure.check(Missing):
+            self.negative[key] = self.clock.seconds() + self.negative_seconds
+            self.negative.move_to_end(key)
+            while len(self.negative) > MAX_NEGATIVE:
+                self.negative.popitem(last=False)
+            self.log.info("pull-through: {name} {version}: {why}", name=key[0], version=key[1],
+                          why=failure.value)
+            return failure.value
+        self.log.warn("pull-through: {name} {version} failed: {why}", name=key[0],
+                      version=key[1], why=failure.value)
+        if failure.check(Unavailable):
+            return failure.value
+        return Unavailable(str(failure.value))
+
+    def negative_until(self, key: tuple[str, str]) -> float:
+        until = self.negative.get(key, 0.0)
+        if until and until <= self.clock.seconds():
+            del self.negative[key]
+        return until
+
+    def forget(self, key: tuple[str, str], waiter: Deferred) -> None:
+        waiters = self.pending.get(key)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+
+    def timed_out(self, failure: Failure, name: str, version: str) -> Failure:
+        if failure.check(TimeoutError):
+            raise Unavailable(f"{name} {version}: still fetching after {self.wait_seconds:g} s")
+        return failure
+
+    def cached_count(self) -> int:
+        prefix = self.cache_root + os.sep
+        return sum(1 for a in self.state.catalog if a.path.startswith(prefix))
+
+
+class RegistrySource:
+    """The blocking fetch, on a daemon thread, with ``hps pull``'s client and checks.
+
+    Daemon threads, not the reactor's pool: a hung registry must neither starve the
+    catalog's scans of threads nor hold up the process's exit. Their number is bounded
+    by :data:`MAX_PENDING`; at most :data:`PER_REGISTRY` of them talk to one registry.
+    """
+
+    log = Logger()
+
+    def __init__(self, templates: Iterable[str], cache_root: str, reactor: Any,
+                 plain_http: bool = False, timeout: float = TIMEOUT,
+                 retries: int = RETRIES) -> None:
+        self.templates = tuple(templates)
+        self.cache_root = cache_root
+        self.reactor = reactor
+        self.plain_http = plain_http
+        self.timeout = timeout
+        self.retries = retries
+        self.slots: dict[str, threading.BoundedSemaphore] = {}
+        self.lock = threading.Lock()
+
+    def fetch(self, name: str, version: str) -> Deferred:
+        done: Deferred = Deferred()
+
+        def work() -> None:
+            try:
+                artifact = self.blocking(name, version)
+            except BaseException:  # every failure goes back to the reactor as a Failure
+                self.reactor.callFromThread(done.errback, Failure())
+            else:
+                self.reactor.callFromThread(done.callback, artifact)
+
+        threading.Thread(target=work, name=f"upstream {name} {version}", daemon=True).start()
+        return done
+
+    def blocking(self, name: str, version: str) -> Artifact:
+        """The module in the cache tree (fetched now if absent), examined like a scan does."""
+        if not os.path.lexists(os.path.join(self.cache_root, name, version, MODULE_FILE)):
+            self.pull(name, version)
+        try:
+            return examine(self.cache_root, name, version)
+        except (Skip, OSError) as err:
+            raise Unavailable(f"cached module unusable: {err}") from None
+
+    def pull(self, name: str, version: str) -> None:
+        """Try each template in order; the first module found is written atomically."""
+        from hps.pull.auth import from_docker_config, from_environment
+        from hps.pull.errors import NotFound, NotWasm, PullError
+        from hps.pull.registry import Client
+        from hps.pull.tree import write_module
+
+        errors: list[str] = []
+        for template in self.templates:
+            ref = expand(template, name, version)
+            client = Client(ref.registry, ref.repository, plain_http=self.plain_http,
+                            credentials=from_environment() or from_docker_config(ref.registry),
+                            timeout=self.timeout, retries=self.retries)
+            with self.slot(ref.registry):
+                try:
+                    module = client.fetch_module(ref.tag)
+                except NotFound:
+                    continue
+                except NotWasm as err:  # never served; another template may hold a module
+                    self.log.warn("pull-through: {ref}: {err}", ref=str(ref), err=err)
+                    continue
+                except PullError as err:
+                    errors.append(str(err))
+                    continue
+            with module.file:
+                try:
+                    write_module(Path(self.cache_root), name, version, module.file)
+                except OSError as err:
+                    raise Unavailable(f"cannot write the cache tree: {err}") from None
+            return
+        if errors:
+            raise Unavailable("; ".join(errors))
+        raise Missing(f"no registry holds {name} {version}")
+
+    def slot(self, registry: str) -> AbstractContextManager:
+        with self.lock:
+            return self.slots.setdefault(registry, threading.BoundedSemaphore(PER_REGISTRY))
+
+
+def make_upstream(state: ServerState, reactor: Any,
+                  source_factory: Callable[..., Source] = RegistrySource) -> Upstream | None:
+    """The pull-through service for ``state.config``, or None when it is off."""
+    config = state.config
+    if not (config.upstream and config.upstream_allow):
+        return None
+    cache_root = cache_tree(config.cache_dir)
+    source = source_factory(config.upstream, cache_root, reactor,
+                            plain_http=config.upstream_plain_http)
+    return Upstream(state, source, reactor, config.upstream_allow, cache_root,
+                    config.upstream, wait=config.upstream_wait)
+
+
+def cache_tree(cache_dir: str) -> str:
+    """Where pulled-through modules live: ``<cache_dir>/plugins`` (gzip variants are beside)."""
+    return os.path.join(cache_dir, "plugins")

@@ -1,0 +1,106 @@
+"""A counting reverse proxy on 127.0.0.1 in front of the test registry.
+
+It records every request that would reach the registry, and can play a sick
+registry: ``mode = "fail"`` answers 500, ``mode = "hang"`` holds the request
+until :meth:`CountingProxy.release` (or a bounded wait) and then answers 500.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HANG_LIMIT = 30.0
+"""A hung request gives up by itself after this long, so no test can wait forever."""
+
+
+class CountingProxy(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, target: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.target = target
+        self.mode = "pass"
+        self.seen: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.released = threading.Event()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def record(self, method: str, path: str) -> None:
+        with self.lock:
+            self.seen.append((method, path))
+
+    def count(self, kind: str = "") -> int:
+        """Requests seen whose path holds ``/<kind>/`` (``manifests``, ``blobs``), or all."""
+        with self.lock:
+            return sum(1 for _, path in self.seen if f"/{kind}/" in path or not kind)
+
+    def reset(self, mode: str = "pass") -> None:
+        with self.lock:
+            self.seen.clear()
+        self.mode = mode
+        self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: CountingProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.forward()
+
+    def do_HEAD(self) -> None:
+        self.forward()
+
+    def forward(self) -> None:
+        self.server.record(self.command, self.path)
+        if self.server.mode == "hang":
+            self.server.released.wait(HANG_LIMIT)
+        if self.server.mode in ("fail", "hang"):
+            self.answer(500, {"Content-Type": "text/plain"}, b"sick\n")
+            return
+        upstream = http.client.HTTPConnection(self.server.target, timeout=10)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            upstream.request(self.command, self.path, headers=headers)
+            reply = upstream.getresponse()
+            body = reply.read()
+            keep = {k: v for k, v in reply.getheaders()
+                    if k.lower() not in ("content-length", "connection", "transfer-encoding")}
+            self.answer(reply.status, keep, body)
+        finally:
+            upstream.close()
+
+    def answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+@contextmanager
+def counting_proxy(target: str) -> Iterator[CountingProxy]:
+    proxy = CountingProxy(target)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.release()
+        proxy.shutdown()
+        proxy.server_close()

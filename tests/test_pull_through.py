@@ -1,0 +1,165 @@
+"""Black-box: pull-through and drift with a real ``twistd hps`` and a real OCI registry.
+
+Between the server and Debian's ``docker-registry`` sits a counting proxy
+(tests/support/counting.py), so the tests see exactly which requests reach the
+registry, and can make it answer 500 or hang.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.counting import CountingProxy, counting_proxy
+from tests.support.registry import Registry
+from tests.support.server import Response, Server, Tree, wasm_bytes
+
+MODULE = "/plugins/ai-proxy/{}/plugin.wasm"
+
+
+@pytest.fixture(scope="module")
+def proxy(registry: Registry) -> Iterator[CountingProxy]:
+    with counting_proxy(registry.host) as running:
+        yield running
+
+
+def upstream_args(proxy: CountingProxy, cache: Path, *extra: str) -> list[str]:
+    return ["--upstream", f"oci://{proxy.host}/plugins/${{name}}:${{version}}",
+            "--upstream-allow", "ai-*", "--upstream-allow", "mcp-server",
+            "--upstream-plain-http", "--cache-dir", str(cache), "--drain-delay", "0", *extra]
+
+
+def herd(server: Server, path: str, count: int) -> list[Response]:
+    """``count`` GETs of ``path`` on as many connections, released at once."""
+    gate = threading.Barrier(count)
+    replies: list[Response] = []
+
+    def one() -> None:
+        gate.wait(10)
+        replies.append(server.request(path, timeout=20))
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(replies) == count
+    return replies
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(Path(d, f).relative_to(path)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def test_a_herd_costs_one_fetch_and_the_cache_survives_a_restart(
+        registry: Registry, proxy: CountingProxy, tree: Tree, tmp_path: Path, serve) -> None:
+    module = wasm_bytes(300_000, seed=13)
+    registry.push_wasm("plugins/ai-proxy", "2.0.3", module)
+    tree.add("key-auth", "2.0.0")
+    cache = tmp_path / "cache"
+    proxy.reset()
+    server = serve("--root", str(tree.root), *upstream_args(proxy, cache))
+    replies = herd(server, MODULE.format("2.0.3"), 100)
+    assert [r.status for r in replies] == [200] * 100
+    assert {r.body for r in replies} == {module}
+    assert {r.header("ETag") for r in replies} == {f'"{Tree.sha256(module)[:40]}"'}
+    assert (proxy.count("manifests"), proxy.count("blobs"), proxy.count()) == (1, 1, 2)
+    assert (cache / "plugins" / "ai-proxy" / "2.0.3" / "plugin.wasm").read_bytes() == module
+    assert files_under(cache / "plugins") == ["ai-proxy/2.0.3/plugin.wasm"]
+    metadata = server.get("/plugins/ai-proxy/2.0.3/metadata.txt")
+    assert metadata.status == 200 and Tree.sha256(module).encode() in metadata.body
+    assert proxy.count() == 2  # from the cache tree now
+    server.stop()
+
+    proxy.reset("fail")  # the registry is gone: the cache tree alone must serve it
+    again = serve("--root", str(tree.root), *upstream_args(proxy, cache))
+    reply = again.get(MODULE.format("2.0.3"))
+    assert reply.status == 200 and reply.body == module
+    assert proxy.count() == 0
+    index = json.loads(again.get("/plugins/index.json").body)
+    assert {p["name"] for p in index["plugins"]} == {"ai-proxy", "key-auth"}
+    proxy.reset()
+
+
+def test_what_the_registry_lacks_is_404_for_the_whole_herd(
+        proxy: CountingProxy, tree: Tree, tmp_path: Path, serve) -> None:
+    tree.add("ai-proxy", "1.0.0")
+    server = serve("--root", str(tree.root), *upstream_args(proxy, tmp_path / "cache"))
+    proxy.reset()
+    replies = herd(server, MODULE.format("9.9.9"), 30)
+    assert {r.status for r in replies} == {404}
+    assert proxy.count() == 1  # one manifest request for the herd, then the negative cache
+    assert b"versions here: 1.0.0" in replies[0].body
+    assert server.get(MODULE.format("9.9.9")).status == 404 and proxy.count() == 1
+    # Outside the allow-list, or not a version: never reaches the registry.
+    for path in ("/plugins/basic-auth/1.0.0/plugin.wasm", "/plugins/ai-proxy/latest/plugin.wasm",
+                 "/plugins/ai-proxy/1.0.0%2F..%2F2/plugin.wasm"):
+        assert server.get(path).status == 404, path
+    assert proxy.count() == 1
+
+
+def test_a_sick_registry_is_503_in_time_and_nothing_is_written(
+        proxy: CountingProxy, tree: Tree, tmp_path: Path, serve) -> None:
+    tree.add("key-auth", "2.0.0")
+    cache = tmp_path / "cache"
+    server = serve("--root", str(tree.root), *upstream_args(proxy, cache, "--upstream-wait", "1"))
+    proxy.reset("fail")
+    reply = server.get(MODULE.format("3.0.0"))
+    assert reply.status == 503 and reply.header("Retry-After") == "5"
+    assert proxy.count() >= 1
+
+    proxy.reset("hang")
+    started = time.monotonic()
+    replies = herd(server, MODULE.format("3.0.1"), 10)
+    assert time.monotonic() - started < 5  # the bound is 1 s; the registry hangs far longer
+    assert {(r.status, r.header("Retry-After")) for r in replies} == {(503, "5")}
+    assert proxy.count() == 1  # the hung fetch is shared, not repeated
+    assert server.get("/healthz").status == 200 and server.get("/readyz").status == 200
+    assert server.get("/plugins/key-auth/2.0.0/plugin.wasm").status == 200
+    proxy.release()
+    server.wait_log(r"pull-through: ai-proxy 3\.0\.1 failed")
+    assert not (cache / "plugins").exists() or files_under(cache / "plugins") == []
+    proxy.reset()
+
+
+def test_drift_is_visible_without_pull_through(tree: Tree, serve) -> None:
+    tree.add("key-auth", "2.0.0")
+    server = serve("--root", str(tree.root))
+    for path in ("/plugins/key-auth/2.0.1/plugin.wasm",) * 2 + (
+            "/plugins/key-auth/1.0.0/metadata.txt", "/plugins/mcp-server/1.0.0/plugin.wasm"):
+        assert server.get(path).status == 404
+    body = server.get("/plugins/key-auth/2.0.1/plugin.wasm").body.decode()
+    assert "versions here: 2.0.0" in body and "aliases: ['2.0.1']" in body
+    metrics = server.get("/metrics").body.decode()
+    assert 'hps_misses_total{plugin="key-auth",version="2.0.1"} 3.0' in metrics
+    index = json.loads(server.get("/plugins/index.json").body)
+    assert [(m["name"], m["version"], m["requests"]) for m in index["missing"]] == [
+        ("key-auth", "2.0.1", 3), ("mcp-server", "1.0.0", 1), ("key-auth", "1.0.0", 1)]
+    landing = server.get("/").body.decode()
+    assert "Pull-through is off" in landing and "Recently asked for but not here" in landing
+    assert "mcp-server" in landing
+
+
+def test_a_scan_of_many_versions_keeps_the_metric_bounded(tree: Tree, serve) -> None:
+    tree.add("key-auth", "2.0.0")
+    server = serve("--root", str(tree.root))
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for n in range(1000):
+            conn.request("GET", f"/plugins/scan/0.0.{n}/plugin.wasm")
+            reply = conn.getresponse()
+            reply.read()
+            assert reply.status == 404
+    finally:
+        conn.close()
+    metrics = server.get("/metrics").body.decode()
+    assert len(re.findall(r"^hps_misses_total\{", metrics, re.M)) == 100
+    assert 'version="0.0.999"' in metrics and 'version="0.0.0"' not in metrics

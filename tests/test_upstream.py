@@ -1,0 +1,273 @@
+"""Unit: pull-through's coalescing, waits, negative cache and bounds, and drift counting.
+
+Time is a ``MemoryReactorClock``; the registry side is a :class:`Fetches` source whose
+Deferreds the test fires, so each rule is checked without threads or sleeps. The real
+registry and ``twistd hps`` are in tests/test_pull_through.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from hps import metrics
+from hps.catalog import Artifact, examine, scan
+from hps.config import Config, ConfigError, build
+from hps.misses import MAX_PAIRS, Misses
+from hps.resources import Root
+from hps.site import PluginSite
+from hps.state import ServerState
+from hps.upstream import Missing, Unavailable, Upstream, expand
+from tests.support.server import wasm_bytes
+
+WAIT = 10.0
+
+
+class Fetches:
+    """A source whose fetches the test settles by hand; counts every call."""
+
+    def __init__(self, cache: Path) -> None:
+        self.cache = cache
+        self.calls: list[tuple[str, str]] = []
+        self.deferreds: list[Deferred] = []
+
+    def fetch(self, name: str, version: str) -> Deferred:
+        self.calls.append((name, version))
+        self.deferreds.append(Deferred())
+        return self.deferreds[-1]
+
+    def succeed(self, index: int = -1, body: bytes | None = None) -> bytes:
+        name, version = self.calls[index]
+        data = body or wasm_bytes(2048, seed=len(self.calls))
+        target = self.cache / name / version / "plugin.wasm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        self.deferreds[index].callback(examine(str(self.cache), name, version))
+        return data
+
+    def fail(self, error: Exception, index: int = -1) -> None:
+        self.deferreds[index].errback(Failure(error))
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    root, cache = tmp_path / "tree", tmp_path / "cache"
+    (root / "key-auth" / "2.0.0").mkdir(parents=True)
+    (root / "key-auth" / "2.0.0" / "plugin.wasm").write_bytes(wasm_bytes(1000))
+    clock = MemoryReactorClock()
+    clock.advance(1_700_000_000)
+    state = ServerState(config=Config(root=str(root)), catalog=scan(str(root)))
+    source = Fetches(cache)
+    upstream = Upstream(state, source, clock, ["key-auth", "ai-*"], str(cache), wait=WAIT,
+                        max_pending=4, max_cached=3)
+    return state, source, upstream, clock
+
+
+def outcomes(deferreds: list[Deferred]) -> list:
+    seen: list = []
+    for d in deferreds:
+        d.addBoth(lambda r: seen.append(r.value if isinstance(r, Failure) else r))
+    return seen
+
+
+def test_a_herd_costs_one_fetch_and_all_get_the_artifact(world) -> None:
+    state, source, upstream, _clock = world
+    seen = outcomes([upstream.wait("key-auth", "2.0.1") for _ in range(100)])
+    assert source.calls == [("key-auth", "2.0.1")] and seen == []
+    body = source.succeed()
+    assert len(seen) == 100 and all(isinstance(a, Artifact) for a in seen)
+    assert {a.sha256 for a in seen} == {state.catalog.get("key-auth", "2.0.1").sha256}
+    assert Path(seen[0].path).read_bytes() == body
+    # Now in the catalog: answered at once, no new fetch.
+    assert outcomes([upstream.wait("key-auth", "2.0.1")]) == [seen[0]]
+    assert len(source.calls) == 1 and not upstream.pending
+
+
+def test_not_found_is_remembered_briefly(world) -> None:
+    _, source, upstream, clock = world
+    seen = outcomes([upstream.wait("ai-proxy", "9.9.9") for _ in range(20)])
+    source.fail(Missing("no registry holds it"))
+    assert len(seen) == 20 and all(isinstance(e, Missing) for e in seen)
+    clock.advance(29)
+    assert isinstance(outcomes([upstream.wait("ai-proxy", "9.9.9")])[0], Missing)
+    assert len(source.calls) == 1
+    clock.advance(2)  # the negative cache expired: ask the registry again
+    upstream.wait("ai-proxy", "9.9.9")
+    assert len(source.calls) == 2
+
+
+def test_registry_errors_are_503_and_not_remembered(world) -> None:
+    _, source, upstream, _clock = world
+    seen = outcomes([upstream.wait("ai-proxy", "1.0.0"), upstream.wait("ai-proxy", "1.0.0")])
+    source.fail(RuntimeError("HTTP 500 (after 2 attempts)"))
+    assert [type(e) for e in seen] == [Unavailable, Unavailable]
+    upstream.wait("ai-proxy", "1.0.0")
+    assert len(source.calls) == 2
+
+
+def test_waiters_get_503_after_the_bound_and_the_fetch_goes_on(world) -> None:
+    state, source, upstream, clock = world
+    seen = outcomes([upstream.wait("key-auth", "3.0.0")])
+    clock.advance(WAIT - 0.1)
+    assert seen == []
+    clock.advance(0.2)
+    assert isinstance(seen[0], Unavailable)
+    late = outcomes([upstream.wait("key-auth", "3.0.0")])  # joins the same fetch
+    assert len(source.calls) == 1
+    source.succeed()
+    assert isinstance(late[0], Artifact) and state.catalog.get("key-auth", "3.0.0")
+
+
+def test_a_client_leaving_abandons_only_its_wait(world) -> None:
+    _, source, upstream, _ = world
+    first, second = upstream.wait("key-auth", "4.0.0"), upstream.wait("key-auth", "4.0.0")
+    seen = outcomes([second])
+    first.addErrback(lambda f: None)
+    first.cancel()
+    source.succeed()
+    assert isinstance(seen[0], Artifact)
+
+
+def test_outside_the_allow_list_or_grammar_never_reaches_the_registry(world) -> None:
+    _, source, upstream, _ = world
+    for name, version in [("basic-auth", "1.0.0"), ("ai-proxy", "latest"),
+                          ("AI-proxy", "1.0.0"), ("ai-proxy/../x", "1.0.0"),
+                          ("ai-proxy", "1.0.0;rm")]:
+        assert isinstance(outcomes([upstream.wait(name, version)])[0], Missing)
+    assert source.calls == []
+
+
+def test_the_tree_wins_a_conflict(world) -> None:
+    state, source, upstream, _ = world
+    mine = state.catalog.get("key-auth", "2.0.0")
+    assert outcomes([upstream.wait("key-auth", "2.0.0")]) == [mine]  # no fetch at all
+    seen = outcomes([upstream.wait("key-auth", "5.0.0")])
+    # While the fetch runs, the tree gains the same version and a rescan swaps it in.
+    target = Path(state.config.root) / "key-auth" / "5.0.0" / "plugin.wasm"
+    target.parent.mkdir()
+    target.write_bytes(wasm_bytes(500))
+    state.swap(scan(state.config.root))
+    source.succeed()
+    assert seen[0].path == str(target) == state.catalog.get("key-auth", "5.0.0").path
+
+
+def test_pending_fetches_and_cached_modules_are_bounded(world) -> None:
+    _state, source, upstream, _ = world
+    for n in range(4):
+        upstream.wait("ai-proxy", f"1.0.{n}")
+    assert isinstance(outcomes([upstream.wait("ai-proxy", "1.0.9")])[0], Unavailable)
+    assert len(source.calls) == 4
+    for index in range(3):
+        source.succeed(index)
+    source.fail(Missing("gone"), 3)
+    assert isinstance(outcomes([upstream.wait("ai-proxy", "2.0.0")])[0], Missing)  # cache full
+    assert len(source.calls) == 4 and upstream.cached_count() == 3
+
+
+def test_misses_stay_bounded_and_so_do_metric_labels() -> None:
+    clock = MemoryReactorClock()
+    misses = Misses(clock)
+    metrics.track_misses(lambda: [(m.name, m.version, m.count) for m in misses.recent()])
+    for n in range(10_000):
+        misses.record("scanner", f"0.0.{n}")
+    misses.record("key-auth", "1.0.0")
+    misses.record("key-auth", "1.0.0")
+    assert len(misses.table) == MAX_PAIRS
+    assert misses.recent()[0].name == "key-auth" and misses.recent()[0].count == 2
+    text = metrics.exposition()[0].decode()
+    lines = [line for line in text.splitlines() if line.startswith("hps_misses_total{")]
+    assert len(lines) == MAX_PAIRS
+    assert 'hps_misses_total{plugin="key-auth",version="1.0.0"} 2.0' in lines
+
+
+def test_templates_and_knobs() -> None:
+    ref = expand("oci://127.0.0.1:5000/plugins/${name}:${version}", "ai-proxy", "1.0.0")
+    assert (ref.registry, ref.repository, ref.tag) == ("127.0.0.1:5000", "plugins/ai-proxy",
+                                                       "1.0.0")
+    with pytest.raises(ValueError):
+        expand("oci://reg/plugins/${name}", "ai-proxy", "1.0.0")
+    config = build(None, {"root": "plugins", "upstream": ["oci://r/p/${name}:${version}"],
+                          "upstream_allow": ["ai-*", "key-auth"]})
+    assert config.upstream_allow == ("ai-*", "key-auth")
+    for bad in ({"upstream": ["oci://r/p/fixed:1.0"]}, {"upstream": ["http://x y"]},
+                {"upstream_allow": ["*"]}, {"upstream": ["oci://r/${name}:${version}"],
+                                            "upstream_wait": 30}):
+        with pytest.raises(ConfigError):
+            build(None, {"root": "plugins", **bad})
+
+
+# -- through the real site, in memory -----------------------------------------------------
+
+
+def connect(site: PluginSite) -> tuple[object, StringTransport]:
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1234))
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+@pytest.fixture
+def site(world):
+    state, source, upstream, clock = world
+    misses = Misses(clock)
+    return PluginSite(Root(state, None, None, misses, upstream), state=state,
+                      reactor=clock), source, clock, misses
+
+
+def ask(site: PluginSite, path: str) -> StringTransport:
+    proto, transport = connect(site)
+    proto.dataReceived(f"GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-\r\n\r\n".encode())
+    return transport
+
+
+def test_http_waiters_share_one_fetch(site) -> None:
+    site, source, _clock, misses = site
+    path = "/plugins/ai-proxy/1.0.0/metadata.txt"
+    transports = [ask(site, path) for _ in range(50)]
+    assert all(t.value() == b"" for t in transports) and len(source.calls) == 1
+    source.succeed(body=wasm_bytes(3000, seed=7))
+    for transport in transports:
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"Size: 3000 bytes" in body
+    assert misses.table[("ai-proxy", "1.0.0")].count == 50
+    index = json.loads(ask(site, "/plugins/index.json").value().partition(b"\r\n\r\n")[2])
+    assert index["missing"] == []  # pulled through: no longer missing
+
+
+def test_http_slow_fetch_is_503_with_retry_after(site) -> None:
+    site, _source, clock, _ = site
+    transport = ask(site, "/plugins/key-auth/9.0.0/plugin.wasm")
+    clock.advance(WAIT + 0.1)
+    head = transport.value().partition(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 5" in head
+
+
+def test_http_404_names_what_exists_and_the_alias(site) -> None:
+    site, source, _clock, misses = site
+    for path in ("/plugins/key-auth/2.0.1/plugin.wasm", "/plugins/basic-auth/1.0.0/plugin.wasm"):
+        transport = ask(site, path)
+        if "key-auth" in path:
+            source.fail(Missing("no registry holds it"))
+        head, _, _body = transport.value().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404")
+    assert source.calls == [("key-auth", "2.0.1")]  # basic-auth is not allowed
+    text = ask(site, "/plugins/key-auth/2.0.1/plugin.wasm").value().decode()
+    assert "versions here: 2.0.0" in text and "aliases: ['2.0.1']" in text
+    assert "no version of basic-auth is here" in ask(
+        site, "/plugins/basic-auth/1.0.0/plugin.wasm").value().decode()
+    index = json.loads(ask(site, "/plugins/index.json").value().partition(b"\r\n\r\n")[2])
+    assert [(m["name"], m["version"], m["requests"]) for m in index["missing"]] == [
+        ("basic-auth", "1.0.0", 2), ("key-auth", "2.0.1", 2)]
+    landing = ask(site, "/").value().decode()
+    assert "Recently asked for but not here" in landing and "basic-auth" in landing
+    assert "Pull-through is on" in landing and "ai-*" in landing
+    # Not a plugin URL, or not grammatical: plain 404, not counted.
+    for path in ("/plugins/key-auth/2.0.1/other.txt", "/plugins/Key/1.0.0/plugin.wasm"):
+        assert ask(site, path).value().startswith(b"HTTP/1.1 404")
+    assert len(misses.table) == 2
