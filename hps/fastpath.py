@@ -15,7 +15,8 @@ disagree on where a request ends (the root of request smuggling):
   ``/plugins/<name>/<version>/plugin.wasm`` in characters needing no decoding
   (no ``%``, no ``?``, no dot-first segments);
 - every header line is ``token: value`` with visible ASCII/obs-text and tabs
-  (no obs-fold, no bare CR or LF, no NUL); exactly one Host;
+  (no obs-fold, no bare CR or LF, no NUL); exactly one valid Host (the rules of
+  :mod:`hps.head`, which the channel applies to everything else);
 - none of Content-Length, Transfer-Encoding, Range, Expect, Upgrade,
   HTTP2-Settings or any ``If-*`` header (ranges and conditionals live in one
   place, :mod:`hps.transfer`); at most one Accept-Encoding and one Connection,
@@ -41,6 +42,7 @@ from twisted.web import http
 
 from hps.bodies import BodyCache
 from hps.catalog import Artifact, Catalog
+from hps.head import host_ok, keeps_alive
 from hps.negotiate import Variant, accepts_gzip
 from hps.site import SERVER_NAME, PluginChannel
 from hps.state import ServerState
@@ -107,8 +109,9 @@ def parse_request(data: bytes) -> Parsed | None:
     headers = _parse_fields(lines[1:])
     if headers is None:
         return None
+    connection = headers.get(b"connection")
     return Parsed(parts[0], parts[1], target.group(1).decode(), target.group(2).decode(),
-                  headers, headers.get(b"connection", b"").lower() == b"close",
+                  headers, not keeps_alive(b"HTTP/1.1", connection and [connection]),
                   accepts_gzip(headers.get(b"accept-encoding")), parts[0] == b"HEAD")
 
 
@@ -131,8 +134,9 @@ def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
         elif name in (b"user-agent", b"referer", b"x-forwarded-for"):
             seen[name] = match.group(2)
     connection = seen.get(b"connection")
-    if hosts != 1 or (connection is not None and connection.lower() not in (
-            b"keep-alive", b"close")):
+    if hosts != 1 or not host_ok([seen[b"host"]], b"HTTP/1.1"):
+        return None  # twisted.web's channel answers 400 by the same rule
+    if connection is not None and connection.lower() not in (b"keep-alive", b"close"):
         return None
     return seen
 

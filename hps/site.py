@@ -44,6 +44,7 @@ from twisted.web.server import Request, Site
 
 from hps import metrics
 from hps.access import AccessLog
+from hps.head import host_ok, keeps_alive, origin_form
 
 if TYPE_CHECKING:
     from hps.config import Config
@@ -59,17 +60,25 @@ SWEEP_SECONDS = 0.5
 _log = Logger()
 
 
-def canned(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
-    """A complete, closing HTTP/1.1 response written before twisted.web gets involved."""
+Canned = tuple[bytes, bytes, bytes]
+"""(status line, body, extra header lines) of a reply written before twisted.web is involved."""
+
+
+def canned(reply: Canned, head: bool = False) -> bytes:
+    """A complete, closing HTTP/1.1 response; no body when it answers a HEAD."""
+    status, body, extra = reply
     return (b"HTTP/1.1 " + status + b"\r\nServer: " + SERVER_NAME
             + b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "
-            + str(len(body)).encode() + b"\r\nConnection: close\r\n" + extra + b"\r\n" + body)
+            + str(len(body)).encode() + b"\r\nConnection: close\r\n" + extra + b"\r\n"
+            + (b"" if head else body))
 
 
-SHED = canned(b"503 Service Unavailable", b"too many connections, retry\n", b"Retry-After: 1\r\n")
-TOO_LARGE = canned(b"413 Content Too Large", b"request bodies are not accepted\n")
-HEAD_TOO_SLOW = canned(b"408 Request Timeout", b"request head took too long\n")
-HEAD_TOO_BIG = canned(b"431 Request Header Fields Too Large", b"request head too large\n")
+SHED: Canned = (b"503 Service Unavailable", b"too many connections, retry\n",
+                b"Retry-After: 1\r\n")
+TOO_LARGE: Canned = (b"413 Content Too Large", b"request bodies are not accepted\n", b"")
+HEAD_TOO_SLOW: Canned = (b"408 Request Timeout", b"request head took too long\n", b"")
+HEAD_TOO_BIG: Canned = (b"431 Request Header Fields Too Large", b"request head too large\n", b"")
+BAD_HOST: Canned = (b"400 Bad Request", b"one valid Host header is required\n", b"")
 
 
 @dataclass(frozen=True)
@@ -78,37 +87,57 @@ class Limits:
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 4096
+    descriptors: int = 0
+    """Descriptors connections and open files may use together; 0: twice max_connections."""
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
+        connections, descriptors = descriptor_budget(config.max_connections)
         return cls(config.send_timeout, config.header_timeout, config.idle_timeout,
-                   connection_cap(config.max_connections))
+                   connections, descriptors)
+
+    @property
+    def descriptor_budget(self) -> int:
+        return self.descriptors or 2 * self.max_connections
 
 
-FD_RESERVE = 64
-"""Descriptors kept for the listening sockets, files being sent, inotify and logs."""
+FD_RESERVE = 256
+"""Descriptors kept beyond the budget: listening sockets, inotify, logs, probe connections
+(PROBE_RESERVE) and connections closed in this reactor turn whose descriptor is not yet
+released. Running out makes accept() fail in a busy loop and answers turn into resets."""
+
+PROBE_RESERVE = 32
+"""Connections admitted beyond the cap to answer /healthz and /readyz (everything else on
+them gets 503): a flood must never make the kubelet restart the pod."""
+
+PROBE_PATHS = (b"/healthz", b"/readyz")
+EVICT_SCAN = 64
+"""Connections looked at, oldest first, for one that is not answering and can make room."""
 
 
-def connection_cap(requested: int) -> int:
-    """``requested``, lowered to what the descriptor limit allows (raised to its hard cap).
+def descriptor_budget(requested: int) -> tuple[int, int]:
+    """(connections, descriptors) the process can afford for ``requested`` connections.
 
-    Running out of descriptors makes accept() fail silently in a loop; shedding
-    with a 503 just below the limit is the orderly alternative.
+    Each HTTP/1.1 connection may hold a file besides its socket, so the soft
+    descriptor limit is raised (up to the hard one) to twice ``requested`` plus
+    FD_RESERVE; the connection cap is lowered when even that is not possible.
     """
+    want = 2 * requested + FD_RESERVE
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = requested + FD_RESERVE
         if soft != resource.RLIM_INFINITY and soft < want:
             soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     except (OSError, ValueError):
-        return requested
-    if soft == resource.RLIM_INFINITY or soft >= requested + FD_RESERVE:
-        return requested
-    allowed = max(1, soft - FD_RESERVE)
-    _log.warn("max-connections {requested} exceeds the descriptor limit {soft}; using {allowed}",
-              requested=requested, soft=soft, allowed=allowed)
-    return allowed
+        return requested, 2 * requested
+    if soft == resource.RLIM_INFINITY:
+        return requested, 2 * requested
+    budget = max(2, soft - FD_RESERVE)
+    allowed = min(requested, budget // 2)
+    if allowed < requested:
+        _log.warn("max-connections {requested} exceeds the descriptor limit {soft}; using "
+                  "{allowed}", requested=requested, soft=soft, allowed=allowed)
+    return allowed, budget
 
 
 class FastPath(Protocol):
@@ -135,6 +164,12 @@ class PluginRequest(Request):
             value = SERVER_NAME
         super().setHeader(name, value)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        path, authority = origin_form(path)
+        if authority is not None:  # RFC 9112 3.2.2: the target's authority replaces Host
+            self.requestHeaders.setRawHeaders(b"host", [authority])
+        super().requestReceived(command, path, version)
+
     def process(self) -> None:
         site = self.channel.site
         site.request_began(self)
@@ -156,6 +191,9 @@ class PluginChannel(HTTPChannel):
         self.last_progress = 0.0
         self.fast_responses = 0
         self.cut = False
+        self.received = False
+        self.probe_only = False
+        """Admitted beyond the cap (PROBE_RESERVE): only probes are answered, then it closes."""
         self.peer_host: str | None = None
         self.fast_reply: Any = None
         """The fast path's multi-chunk response in flight on this channel, if any."""
@@ -165,9 +203,16 @@ class PluginChannel(HTTPChannel):
     def now(self) -> float:
         return self.site.reactor.seconds()
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The head deadline runs from accept: a client that never sends a byte (or a TLS
+        # client that never sends its ClientHello) is cut like a slow one.
+        self.head_since = self.now()
+
     def dataReceived(self, data: bytes) -> None:
+        self.received = True
         fast = self.fast_path
-        if fast is not None and fast.handle(self, data):
+        if fast is not None and not self.probe_only and fast.handle(self, data):
             self.head_since = None
             return
         # After the fast path (which never reads head_since) it comes to the same.
@@ -177,10 +222,25 @@ class PluginChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self.head_since = None
+        request = self.requests[-1]
         if refuses_body(self._command, self.length):
             self.refuse(TOO_LARGE, "body")
-            return
-        super().allHeadersReceived()
+        elif not host_ok(request.requestHeaders.getRawHeaders(b"host"), self._version):
+            self.refuse(BAD_HOST, "bad_host")
+        elif self.probe_only and origin_form(self._path)[0] not in PROBE_PATHS:
+            metrics.observe_shed()
+            self.refuse(SHED, "shed")
+        else:
+            super().allHeadersReceived()
+
+    def checkPersistence(self, request: Request, version: bytes) -> bool:
+        """twisted.web reads only the first Connection line, split on spaces (RFC 9112 9.6)."""
+        if not self.probe_only and keeps_alive(
+                version, request.requestHeaders.getRawHeaders(b"connection")):
+            return True
+        if version == b"HTTP/1.1":
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return False
 
     def allContentReceived(self) -> None:
         self.last_progress = self.now()
@@ -189,14 +249,17 @@ class PluginChannel(HTTPChannel):
     def lineLengthExceeded(self, line: bytes) -> None:
         self.refuse(HEAD_TOO_BIG, "head_too_big")
 
-    def refuse(self, reply: bytes, reason: str) -> None:
+    def refuse(self, reply: Canned, reason: str) -> None:
         """Answer with a canned reply and close, reading nothing more."""
         metrics.observe_refused(reason)
+        head = getattr(self, "_command", None) == b"HEAD"  # set once the request line is read
         self.head_since = None
         self.persistent = False
-        # Instance attributes shadow the parser, so the rest of the body is dropped unread.
+        # Instance attributes shadow the parser, so the rest of the body is dropped unread
+        # and a head refused at its end never reaches a resource.
         self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
-        self.transport.write(reply)
+        self.allContentReceived = _ignore  # type: ignore[method-assign]
+        self.transport.write(canned(reply, head))
         self.loseConnection()
 
     # -- progress, for the send watchdog ---------------------------------------------------
@@ -265,7 +328,7 @@ class TrackedProtocol(_GenericHTTPChannelProtocol):
         self.transport = transport
         if not self._site.admit(self):
             self.shed = True
-            transport.write(SHED)
+            transport.write(canned(SHED))
             transport.loseConnection()
             return
         super().makeConnection(transport)
@@ -294,12 +357,23 @@ class TrackedProtocol(_GenericHTTPChannelProtocol):
         if reason is None:
             return
         metrics.observe_abort(reason)
-        if reason == "header_timeout" and not channel.cut:
+        if reason == "header_timeout" and channel.received and not channel.cut:
             channel.cut = True  # polite first: a slow but honest client learns why
             channel.head_since = now
             channel.refuse(HEAD_TOO_SLOW, reason)
         else:
+            # Silent (nothing to answer, and a TLS handshake may not even have begun),
+            # a second miss, or a stalled response.
             self.transport.abortConnection()
+
+    def evict(self) -> None:
+        """Make room for a new connection: this one is idle, silent or still sending a head."""
+        channel = self._channel
+        if (isinstance(channel, PluginChannel) and channel.received
+                and channel.head_since is not None):
+            channel.refuse(SHED, "evicted")  # a head in progress learns to retry
+        else:
+            self.transport.loseConnection()
 
     def close(self) -> None:
         """Close gracefully: whatever is written still reaches the client."""
@@ -328,12 +402,15 @@ class PluginSite(Site):
         super().__init__(resource, timeout=self.limits.idle_timeout, reactor=reactor)
         self.state = state
         self.access = access or AccessLog("off")
-        self.connections: set[TrackedProtocol] = set()
+        self.connections: dict[TrackedProtocol, None] = {}
+        """Admitted connections, oldest first (a dict is an ordered set)."""
+        self.probes: dict[TrackedProtocol, None] = {}
+        """Connections admitted beyond the cap that may only ask for a probe."""
         self.in_flight = 0
         self._closed: list[Deferred] = []
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = self.reactor
-        metrics.track(lambda: self.in_flight, lambda: len(self.connections))
+        metrics.track(lambda: self.in_flight, lambda: len(self.connections) + len(self.probes))
 
     @property
     def draining(self) -> bool:
@@ -347,23 +424,66 @@ class PluginSite(Site):
 
     # -- connections -----------------------------------------------------------------------
 
+    def everyone(self) -> list[TrackedProtocol]:
+        return [*self.connections, *self.probes]
+
     def admit(self, conn: TrackedProtocol) -> bool:
-        if len(self.connections) >= self.limits.max_connections:
-            metrics.observe_shed()
-            return False
-        self.connections.add(conn)
-        return True
+        """Take ``conn`` if there is room, making room from idle connections if need be.
+
+        At the cap the oldest connection that is not answering (silent, idle, or
+        still sending its head) is closed for the newcomer, so floods of those
+        never lock anyone out; when every connection is answering, up to
+        PROBE_RESERVE more are admitted for probes only; beyond that, 503.
+        """
+        if (len(self.connections) < self.limits.max_connections
+                and self.descriptors_in_use() < self.limits.descriptor_budget):
+            self.connections[conn] = None
+            return True
+        for pool in (self.connections, self.probes):
+            victim = self.idle_victim(pool)
+            if victim is not None:
+                pool[conn] = None
+                conn._channel.probe_only = pool is self.probes
+                self.forget(victim)
+                metrics.observe_abort("evicted")
+                victim.evict()
+                return True
+            if pool is self.connections and len(self.probes) < PROBE_RESERVE:
+                self.probes[conn] = None
+                conn._channel.probe_only = True
+                return True
+        metrics.observe_shed()
+        return False
+
+    @staticmethod
+    def idle_victim(pool: dict[TrackedProtocol, None]) -> TrackedProtocol | None:
+        """The oldest connection of ``pool`` that is not answering, among the first few.
+
+        Busy ones looked at move to the back, so long downloads at the front do not
+        hide idle connections behind them.
+        """
+        for _ in range(min(EVICT_SCAN, len(pool))):
+            conn = next(iter(pool))
+            if not conn.busy():
+                return conn
+            del pool[conn]
+            pool[conn] = None
+        return None
+
+    def descriptors_in_use(self) -> int:
+        return len(self.connections) + len(self.probes)
 
     def forget(self, conn: TrackedProtocol) -> None:
-        self.connections.discard(conn)
-        if not self.connections:
+        self.connections.pop(conn, None)
+        self.probes.pop(conn, None)
+        if not self.connections and not self.probes:
             waiting, self._closed = self._closed, []
             for d in waiting:
                 d.callback(None)
 
     def sweep(self) -> None:
         now = self.reactor.seconds()
-        for conn in list(self.connections):
+        for conn in self.everyone():
             conn.check(now, self.limits)
         if self.draining and not self.connections_accepting:
             self.close_idle()
@@ -373,26 +493,26 @@ class PluginSite(Site):
 
     def begin_drain(self) -> None:
         """SIGTERM: responses in flight on HTTP/1.1 end their connection when done."""
-        for conn in self.connections:
+        for conn in self.everyone():
             if isinstance(conn._channel, PluginChannel) and conn.busy():
                 conn._channel.persistent = False
 
     def close_idle(self) -> None:
         """Ports are closed: idle keep-alive connections go now, busy ones when done."""
         self.connections_accepting = False
-        for conn in list(self.connections):
+        for conn in self.everyone():
             if not conn.busy():
                 conn.close()
 
     def wait_closed(self) -> Deferred:
-        if not self.connections:
+        if not self.connections and not self.probes:
             return succeed(None)
         d: Deferred = Deferred()
         self._closed.append(d)
         return d
 
     def abort_all(self, reason: str) -> int:
-        left = list(self.connections)
+        left = self.everyone()
         for conn in left:
             metrics.observe_abort(reason)
             conn.transport.abortConnection()

@@ -105,8 +105,7 @@ def test_listings_and_landing(populated) -> None:
 def test_hostile_host_header_is_not_echoed(populated) -> None:
     server, _ = populated
     landing = server.request("/", headers={"Host": "<script>alert(1)</script>"})
-    assert b"<script>" not in landing.body
-    assert f"http://127.0.0.1:{server.port}/plugins/".encode() in landing.body
+    assert landing.status == 400 and b"<script>" not in landing.body
 
 
 def test_health_and_readiness(populated) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -96,3 +97,20 @@ def test_tls_endpoint_reads_a_directory_of_pems_by_sni(tree: Tree, serve,
     base = ready(server, "localhost", *resolve)
     status, got = curl("--http2", *resolve, f"{base}{PATH}")
     assert status == "2 200" and got == body
+
+
+def test_a_client_that_never_sends_its_client_hello_is_cut(tree: Tree, serve,
+                                                            tmp_path: Path) -> None:
+    tree.add("key-auth", "1.0.0")
+    key, cert = self_signed(tmp_path)
+    server: Server = serve("--root", str(tree.root), "--header-timeout", "1",
+                           listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                           ready=False)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        began = time.monotonic()
+        try:
+            got = sock.recv(100)
+        except ConnectionResetError:
+            got = b""
+        took = time.monotonic() - began
+    assert got == b"" and took < 4, f"closed after {took:.1f}s"

@@ -95,7 +95,8 @@ class Server:
                 body: bytes | None = None, timeout: float = 10) -> Response:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.putrequest(method, path, skip_accept_encoding=True)
+            named = {key.lower() for key in headers or {}}
+            conn.putrequest(method, path, skip_host="host" in named, skip_accept_encoding=True)
             for key, value in (headers or {}).items():
                 conn.putheader(key, value)
             if body is not None:

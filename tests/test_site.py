@@ -1,0 +1,133 @@
+"""In memory: the channel's limits, deadlines and head rules, on a MemoryReactorClock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from hps.catalog import scan
+from hps.config import Config
+from hps.resources import Root
+from hps.site import PROBE_RESERVE, SWEEP_SECONDS, Limits, PluginSite, TrackedProtocol
+from hps.state import ServerState
+from tests.support.server import wasm_bytes
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class Site:
+    def __init__(self, root: Path, limits: Limits) -> None:
+        target = root / "demo" / "1.0.0" / "plugin.wasm"
+        target.parent.mkdir(parents=True)
+        target.write_bytes(wasm_bytes(1000))
+        state = ServerState(config=Config(root=str(root)), catalog=scan(str(root)))
+        self.clock = MemoryReactorClock()
+        self.site = PluginSite(Root(state), state=state, limits=limits, reactor=self.clock)
+        self.site.startFactory()
+
+    def connect(self) -> tuple[TrackedProtocol, StringTransport]:
+        address = IPv4Address("TCP", "127.0.0.1", 1234)
+        proto = self.site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def ask(self, data: bytes) -> tuple[TrackedProtocol, StringTransport]:
+        proto, transport = self.connect()
+        proto.dataReceived(data)
+        return proto, transport
+
+    def advance(self, seconds: float) -> None:
+        for _ in range(int(seconds / SWEEP_SECONDS) + 1):
+            self.clock.advance(SWEEP_SECONDS)
+
+
+@pytest.fixture
+def make(tmp_path: Path):
+    return lambda **limits: Site(tmp_path / "plugins", Limits(**limits))
+
+
+def test_a_silent_connection_is_cut_at_the_header_timeout_from_accept(make) -> None:
+    site = make(header_timeout=2.0)
+    _, silent = site.connect()
+    _, slow = site.ask(b"GET / HTTP/1.1\r\n")
+    site.advance(1.5)
+    assert not silent.disconnecting and not slow.disconnecting
+    site.advance(1.0)
+    assert silent.disconnected, "nothing to answer: the socket just goes"
+    assert silent.value() == b""
+    assert slow.value().startswith(b"HTTP/1.1 408 ") and slow.disconnecting
+
+
+def test_canned_replies_to_head_carry_no_body(make) -> None:
+    site = make()
+    _, big = site.ask(b"HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    assert big.value().startswith(b"HTTP/1.1 413 ") and big.value().endswith(b"\r\n\r\n")
+    _, long = site.ask(b"HEAD / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n")
+    assert long.value().startswith(b"HTTP/1.1 431 ") and long.value().endswith(b"\r\n\r\n")
+    _, get = site.ask(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    assert get.value().endswith(b"\r\n\r\nrequest bodies are not accepted\n")
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /healthz HTTP/1.1\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n",
+    b"GET /plugins/demo/1.0.0/plugin.wasm HTTP/1.1\r\nHost: a/b\r\n\r\n",
+    b"HEAD /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+])
+def test_missing_duplicated_or_bad_host_is_400(make, head: bytes) -> None:
+    _, transport = make().ask(head)
+    assert transport.value().startswith(b"HTTP/1.1 400 ") and transport.disconnecting
+    assert transport.value().endswith(b"\r\n\r\n") == head.startswith(b"HEAD")
+
+
+@pytest.mark.parametrize("lines", [
+    b"Connection: keep-alive\r\nConnection: close\r\n",
+    b"Connection: keep-alive,close\r\n",
+    b"Connection: TE, Close\r\n",
+])
+def test_connection_close_anywhere_closes(make, lines: bytes) -> None:
+    _, transport = make().ask(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nConnection: close\r\n" in transport.value()
+    assert transport.disconnecting
+
+
+def test_absolute_form_targets_are_routed_and_name_the_host(make) -> None:
+    site = make()
+    _, transport = site.ask(b"GET http://hps.example:8080/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ") and transport.value().endswith(b"ok\n")
+    _, landing = site.ask(b"GET HTTP://hps.example:8080/ HTTP/1.1\r\nHost: other\r\n\r\n")
+    assert b"http://hps.example:8080/plugins/${name}" in landing.value()
+
+
+def test_at_the_cap_the_oldest_idle_connection_makes_room(make) -> None:
+    site = make(max_connections=2)
+    _, oldest = site.connect()
+    busy, _ = site.connect()
+    busy._channel.response_began()  # answering: never evicted
+    _, newest = site.ask(HEALTHZ)
+    assert oldest.disconnecting and oldest.value() == b""
+    assert newest.value().startswith(b"HTTP/1.1 200 ")
+    assert len(site.site.connections) == 2
+
+
+def test_when_everyone_is_answering_probes_still_get_through(make) -> None:
+    site = make(max_connections=1)
+    busy, _ = site.connect()
+    busy._channel.response_began()
+    _, probe = site.ask(HEALTHZ)
+    assert probe.value().startswith(b"HTTP/1.1 200 ") and probe.value().endswith(b"ok\n")
+    assert b"\r\nConnection: close\r\n" in probe.value()
+    _, download = site.ask(b"GET /plugins/demo/1.0.0/plugin.wasm HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert download.value().startswith(b"HTTP/1.1 503 ")
+    assert b"\r\nRetry-After: 1\r\n" in download.value()
+    # Probe slots held by busy connections run out; then shedding is a 503, not a reset.
+    for _ in range(PROBE_RESERVE):
+        site.connect()[0]._channel.response_began()
+    _, shed = site.connect()
+    assert shed.value().startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in shed.value()
