@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hps import metrics
 from hps.catalog import Artifact, Skip, examine
 from hps.guard import MODULE_FILE, accept_name, accept_version
 from hps.state import ServerState
@@ -145,6 +146,7 @@ class Upstream:
             outcome = self.failed(result, key)
         else:
             self.state.swap(self.state.catalog.beneath([result]))
+            metrics.observe_catalog(len(self.state.catalog))
             # The image's tree wins: if it gained the same name/version meanwhile, serve that.
             outcome = self.state.catalog.get(*key) or result
             self.log.info("pull-through: serving {name} {version} ({size} bytes, sha256 {sha})",

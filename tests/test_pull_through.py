@@ -130,6 +130,26 @@ def test_a_sick_registry_is_503_in_time_and_nothing_is_written(
     proxy.reset()
 
 
+def test_bad_modules_are_never_written_or_served(
+        registry: Registry, proxy: CountingProxy, tree: Tree, tmp_path: Path, serve) -> None:
+    registry.push_wasm("plugins/ai-html", "1.0.0", b"<html>not a module</html>")
+    registry.push_wasm("plugins/ai-cache", "1.0.0", wasm_bytes(5000, seed=3))
+    tree.add("key-auth", "2.0.0")
+    cache = tmp_path / "cache"
+    server = serve("--root", str(tree.root), *upstream_args(proxy, cache))
+    proxy.reset()
+    assert server.get("/plugins/ai-html/1.0.0/plugin.wasm").status == 404  # not Wasm
+    proxy.reset("corrupt")  # the blob fails its digest
+    reply = server.get("/plugins/ai-cache/1.0.0/plugin.wasm")
+    assert reply.status == 503 and reply.header("Retry-After") == "5"
+    proxy.reset("huge")  # the manifest says 300 MiB: refused before any blob is read
+    assert server.get("/plugins/ai-cache/1.0.0/plugin.wasm").status == 503
+    assert proxy.count("blobs") == 0
+    assert not (cache / "plugins").exists() or files_under(cache / "plugins") == []
+    proxy.reset()
+    assert server.get("/plugins/ai-cache/1.0.0/plugin.wasm").status == 200  # healthy again
+
+
 def test_drift_is_visible_without_pull_through(tree: Tree, serve) -> None:
     tree.add("key-auth", "2.0.0")
     server = serve("--root", str(tree.root))

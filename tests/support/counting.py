@@ -1,18 +1,22 @@
 """A counting reverse proxy on 127.0.0.1 in front of the test registry.
 
 It records every request that would reach the registry, and can play a sick
-registry: ``mode = "fail"`` answers 500, ``mode = "hang"`` holds the request
-until :meth:`CountingProxy.release` (or a bounded wait) and then answers 500.
+or lying registry: ``mode = "fail"`` answers 500, ``mode = "hang"`` holds the
+request until :meth:`CountingProxy.release` (or a bounded wait) and then
+answers 500; ``"corrupt"`` flips the last byte of every blob, ``"huge"`` makes
+every manifest claim 300 MiB layers.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+HUGE = 300 << 20
 HANG_LIMIT = 30.0
 """A hung request gives up by itself after this long, so no test can wait forever."""
 
@@ -76,12 +80,22 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
             upstream.request(self.command, self.path, headers=headers)
             reply = upstream.getresponse()
-            body = reply.read()
+            body = self.tamper(reply.read())
             keep = {k: v for k, v in reply.getheaders()
                     if k.lower() not in ("content-length", "connection", "transfer-encoding")}
             self.answer(reply.status, keep, body)
         finally:
             upstream.close()
+
+    def tamper(self, body: bytes) -> bytes:
+        if self.server.mode == "corrupt" and "/blobs/" in self.path and body:
+            return body[:-1] + bytes([body[-1] ^ 0xFF])
+        if self.server.mode == "huge" and "/manifests/" in self.path and body:
+            manifest = json.loads(body)
+            for layer in manifest.get("layers", []):
+                layer["size"] = HUGE
+            return json.dumps(manifest).encode()
+        return body
 
     def answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.send_response(status)
