@@ -123,6 +123,8 @@ RELOADS = Counter("hps_catalog_reloads", "Catalog rescans that finished and were
                   registry=REGISTRY)
 RELOAD_ERRORS = Counter("hps_catalog_reload_errors", "Catalog rescans that failed.",
                         registry=REGISTRY)
+FETCHES = Counter("hps_upstream_fetches", "Pull-through fetches that ended, by outcome: "
+                  "fetched, missing (404) or failed (503).", ["outcome"], registry=REGISTRY)
 DRAINING = Gauge("hps_draining", "1 while the server drains before exiting, else 0.",
                  registry=REGISTRY)
 
@@ -185,6 +187,10 @@ def observe_catalog(size: int) -> None:
 
 def observe_reload(ok: bool) -> None:
     (RELOADS if ok else RELOAD_ERRORS).inc()
+
+
+def observe_fetch(outcome: str) -> None:
+    FETCHES.labels(outcome).inc()
 
 
 def observe_draining(draining: bool) -> None:

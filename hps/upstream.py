@@ -147,6 +147,7 @@ class Upstream:
         else:
             self.state.swap(self.state.catalog.beneath([result]))
             metrics.observe_catalog(len(self.state.catalog))
+            metrics.observe_fetch("fetched")
             # The image's tree wins: if it gained the same name/version meanwhile, serve that.
             outcome = self.state.catalog.get(*key) or result
             self.log.info("pull-through: serving {name} {version} ({size} bytes, sha256 {sha})",
@@ -156,6 +157,7 @@ class Upstream:
                 (waiter.errback if isinstance(outcome, Exception) else waiter.callback)(outcome)
 
     def failed(self, failure: Failure, key: tuple[str, str]) -> Exception:
+        metrics.observe_fetch("missing" if failure.check(Missing) else "failed")
         if failure.check(Missing):
             self.negative[key] = self.clock.seconds() + self.negative_seconds
             self.negative.move_to_end(key)

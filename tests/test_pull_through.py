@@ -39,19 +39,24 @@ def upstream_args(proxy: CountingProxy, cache: Path, *extra: str) -> list[str]:
 
 def herd(server: Server, path: str, count: int) -> list[Response]:
     """``count`` GETs of ``path`` on as many connections, released at once."""
-    gate = threading.Barrier(count)
+    return together(server, [path] * count)
+
+
+def together(server: Server, paths: list[str]) -> list[Response]:
+    """One GET per path, each on its own connection, released at once."""
+    gate = threading.Barrier(len(paths))
     replies: list[Response] = []
 
-    def one() -> None:
+    def one(path: str) -> None:
         gate.wait(10)
         replies.append(server.request(path, timeout=20))
 
-    threads = [threading.Thread(target=one) for _ in range(count)]
+    threads = [threading.Thread(target=one, args=(path,)) for path in paths]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert len(replies) == count
+    assert len(replies) == len(paths)
     return replies
 
 
@@ -77,6 +82,8 @@ def test_a_herd_costs_one_fetch_and_the_cache_survives_a_restart(
     metadata = server.get("/plugins/ai-proxy/2.0.3/metadata.txt")
     assert metadata.status == 200 and Tree.sha256(module).encode() in metadata.body
     assert proxy.count() == 2  # from the cache tree now
+    scrape = server.get("/metrics").body.decode()
+    assert 'hps_upstream_fetches_total{outcome="fetched"} 1.0' in scrape
     server.stop()
 
     proxy.reset("fail")  # the registry is gone: the cache tree alone must serve it
@@ -115,6 +122,7 @@ def test_a_sick_registry_is_503_in_time_and_nothing_is_written(
     reply = server.get(MODULE.format("3.0.0"))
     assert reply.status == 503 and reply.header("Retry-After") == "5"
     assert proxy.count() >= 1
+    server.wait_log(r"pull-through: ai-proxy 3\.0\.0 failed")  # its retry is over too
 
     proxy.reset("hang")
     started = time.monotonic()
@@ -122,10 +130,18 @@ def test_a_sick_registry_is_503_in_time_and_nothing_is_written(
     assert time.monotonic() - started < 5  # the bound is 1 s; the registry hangs far longer
     assert {(r.status, r.header("Retry-After")) for r in replies} == {(503, "5")}
     assert proxy.count() == 1  # the hung fetch is shared, not repeated
+    # Six more distinct misses: all 503 in time, but only 4 fetches talk to one registry.
+    replies = together(server, [MODULE.format(f"3.1.{n}") for n in range(6)])
+    assert {r.status for r in replies} == {503}
+    deadline = time.monotonic() + 5
+    while proxy.count() < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proxy.count() == 4
     assert server.get("/healthz").status == 200 and server.get("/readyz").status == 200
     assert server.get("/plugins/key-auth/2.0.0/plugin.wasm").status == 200
     proxy.release()
-    server.wait_log(r"pull-through: ai-proxy 3\.0\.1 failed")
+    for version in ("3.0.1", *(f"3.1.{n}" for n in range(6))):
+        server.wait_log(rf"pull-through: ai-proxy {re.escape(version)} failed")
     assert not (cache / "plugins").exists() or files_under(cache / "plugins") == []
     proxy.reset()
 
