@@ -247,7 +247,10 @@ class RegistrySource:
 
         errors: list[str] = []
         for template in self.templates:
-            ref = expand(template, name, version)
+            try:
+                ref = expand(template, name, version)
+            except ValueError:  # e.g. a "+build" version: no OCI tag can spell it
+                continue
             client = Client(ref.registry, ref.repository, plain_http=self.plain_http,
                             credentials=from_environment() or from_docker_config(ref.registry),
                             timeout=self.timeout, retries=self.retries)
