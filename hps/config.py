@@ -184,7 +184,7 @@ def check(config: Config) -> None:
             raise ConfigError(f"{flag_name(key)}: {problem}")
     if config.upstream_allow and not config.upstream:
         raise ConfigError("upstream-allow: needs at least one --upstream template")
-    if config.upstream_wait >= config.send_timeout:
+    if config.upstream_allow and config.upstream_wait >= config.send_timeout:
         raise ConfigError("upstream-wait: must be less than send-timeout, which would cut the "
                           "waiting request first")
     if not os.path.isdir(config.root):

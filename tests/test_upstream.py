@@ -195,9 +195,11 @@ def test_templates_and_knobs() -> None:
     config = build(None, {"root": "plugins", "upstream": ["oci://r/p/${name}:${version}"],
                           "upstream_allow": ["ai-*", "key-auth"]})
     assert config.upstream_allow == ("ai-*", "key-auth")
+    # The wait must fit in the send timeout only when pull-through is on.
+    assert build(None, {"root": "plugins", "send_timeout": 2}).send_timeout == 2
     for bad in ({"upstream": ["oci://r/p/fixed:1.0"]}, {"upstream": ["http://x y"]},
                 {"upstream_allow": ["*"]}, {"upstream": ["oci://r/${name}:${version}"],
-                                            "upstream_wait": 30}):
+                                            "upstream_allow": ["*"], "upstream_wait": 30}):
         with pytest.raises(ConfigError):
             build(None, {"root": "plugins", **bad})
 
