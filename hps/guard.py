@@ -19,6 +19,10 @@ MAX_PATH = 1024
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 # semver-ish: 1, 1.0, 1.0.0, 1.0.0-rc.1, 2.0.0+build.5, v1.2.3
 _VERSION = re.compile(r"v?[0-9]+(\.[0-9]+){0,3}([-+][0-9A-Za-z][0-9A-Za-z.+-]*)?\Z")
+# Any OCI tag (latest, 2.0.0_rc1) and a digest: upstream serves a line's tag, or its
+# digest for a digest-only line, as the version. Neither can start with "." or be "..".
+_OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 
 class Verdict(Enum):
@@ -35,8 +39,10 @@ def accept_name(name: str) -> bool:
 
 
 def accept_version(version: str) -> bool:
-    """A semver-ish version, as the Console and the OCI tags spell them."""
-    return len(version) <= MAX_SEGMENT and _VERSION.match(version) is not None
+    """A version as the Console, OCI tags or upstream's digest-only lines spell it."""
+    return len(version) <= MAX_SEGMENT and any(
+        pattern.match(version) is not None for pattern in (_VERSION, _OCI_TAG, _DIGEST)
+    )
 
 
 def is_wasm_module(head: bytes) -> bool:

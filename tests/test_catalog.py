@@ -49,7 +49,7 @@ def test_scan_skips_what_is_not_an_artifact(tmp_path: Path) -> None:
     tree.add("text", "1.0.0", body=b"hello world")
     tree.add(".dot", "1.0.0", size=50)
     tree.add("Upper", "1.0.0", size=50)
-    tree.add("good", "latest", size=50)
+    tree.add("good", "-latest", size=50)
     (tmp_path / "secret.wasm").write_bytes(wasm_bytes(50))
     (tree.root / "leak" / "1.0.0").mkdir(parents=True)
     os.symlink(tmp_path / "secret.wasm", tree.root / "leak" / "1.0.0" / "plugin.wasm")
@@ -62,7 +62,7 @@ def test_scan_skips_what_is_not_an_artifact(tmp_path: Path) -> None:
     assert "text/1.0.0/plugin.wasm: not a WebAssembly module" in reasons
     assert ".dot: hidden or temporary name" in reasons
     assert "Upper: not a valid plugin name or version" in reasons
-    assert "good/latest: not a valid plugin name or version" in reasons
+    assert "good/-latest: not a valid plugin name or version" in reasons
     assert "leak/1.0.0/plugin.wasm: symlink leaves the root" in reasons
     assert "README" not in reasons
 

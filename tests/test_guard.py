@@ -65,9 +65,13 @@ def test_names_and_versions() -> None:
     assert accept_name("key-rate-limit") and accept_name("ai-proxy") and accept_name("a.b_c")
     for bad in ("", "-x", ".x", "Key", "a/b", "a b", "x" * 129):
         assert not accept_name(bad), bad
+    digest = "sha256:" + "0f" * 32
     for good in ("1", "1.0", "1.0.0", "v1.2.3", "2.0.0-rc.1", "1.0.0+build.5", "1.2.3.4"):
         assert accept_version(good), good
-    for bad in ("", "latest", "1..0", "1.0.0-", "../1", ".1", "1.0.0/x"):
+    # Any OCI tag and a digest-only line's digest are versions too, as upstream serves them.
+    for good in ("latest", "2.0.0_rc1", "_x", "1.0.0-", digest):
+        assert accept_version(good), good
+    for bad in ("", ".", "..", "../1", ".1", "-1", "1.0.0/x", "a:b", "sha256:abc", "x" * 129):
         assert not accept_version(bad), bad
 
 

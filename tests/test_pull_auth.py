@@ -38,7 +38,7 @@ def _entries(registry: Registry) -> dict[str, str]:
 def test_no_credentials_is_auth_needed(locked_registry: Registry, workspace: Workspace) -> None:
     result = workspace.pull(_entries(locked_registry))
     assert result.code == 1
-    assert "FAILED a:" in result.err and "authentication needed" in result.err
+    assert "FAILED a/1.0.0:" in result.err and "authentication needed" in result.err
     assert not workspace.out.exists() or not any(workspace.out.iterdir())
 
 
@@ -191,4 +191,5 @@ def test_persistent_5xx_fails_with_the_status(
     proxy.fail = 100
     result = workspace.pull({"a": f"oci://{proxy.host}/retry/a:1.0.0"})
     assert result.code == 1
-    assert "HTTP 503 (after 2 attempts)" in result.err
+    # The line names the registry and repository, not just a status.
+    assert f"HTTP 503 from {proxy.host}/retry/a (after 2 attempts)" in result.err

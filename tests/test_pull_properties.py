@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from hps.pull.errors import InputError
 from hps.pull.properties import (
+    Entry,
     Reference,
     build_plan,
     load_manifest,
@@ -71,7 +72,7 @@ def test_reference_round_trips(host: str, repo: str, tag: str | None, digest: st
 
 def test_properties_skip_comments_and_blank_lines() -> None:
     text = f"# a comment\n\n  key-auth = oci://{HOST}/plugins/key-auth:2.0.0  \n! also a comment\n"
-    assert list(parse_properties(text)) == ["key-auth"]
+    assert [(e.name, e.version) for e in parse_properties(text)] == [("key-auth", "2.0.0")]
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,10 @@ def test_properties_skip_comments_and_blank_lines() -> None:
         ("key-auth\n", "p:1: expected name=oci://"),
         ("key-auth=\n", "p:1: expected name="),
         (f"\nKey_Auth=oci://{HOST}/a:1.0.0\n", "p:2: bad plugin name"),
-        (f"a=oci://{HOST}/a:1.0.0\na=oci://{HOST}/a:2.0.0\n", "p:2: plugin 'a' listed twice"),
+        (
+            f"a=oci://{HOST}/a:1.0.0\na=oci://{HOST}/b:1.0.0\n",
+            "p:2: plugin 'a' version '1.0.0' listed twice",
+        ),
         ("a=oci://nohost:1.0.0\n", "p:1: a: "),
     ],
 )
@@ -119,26 +123,55 @@ plugins:
 """
 
 
-def _properties() -> dict[str, Reference]:
+def _properties() -> list[Entry]:
     names = ("key-auth", "basic-auth", "jsonrpc-converter")
     return parse_properties("".join(f"{n}=oci://{HOST}/plugins/{n}:2.0.0\n" for n in names))
 
 
 def test_manifest_adds_aliases_pins_and_name_aliases() -> None:
     plan = build_plan(_properties(), load_manifest(MANIFEST))
-    assert plan.entries["key-auth"].aliases == ("1.0.0", "2.0.1")  # its own version dropped
-    assert plan.entries["ai-proxy"].version == "1.0.0"
-    assert plan.entries["ai-proxy"].pin == DIGEST
-    assert plan.entries["basic-auth"].pin == DIGEST
-    assert plan.entries["basic-auth"].version == "2.0.0"
+    assert plan.entries["key-auth", "2.0.0"].aliases == ("1.0.0", "2.0.1")  # own version dropped
+    assert plan.entries["ai-proxy", "1.0.0"].pin == DIGEST
+    assert plan.entries["basic-auth", "2.0.0"].pin == DIGEST
     alias = plan.name_aliases["json-converter"]
-    assert (alias.target, alias.versions) == ("jsonrpc-converter", ("1.0.0",))
+    assert (alias.target, alias.links) == ("jsonrpc-converter", (("1.0.0", "2.0.0"),))
 
 
-def test_digest_only_reference_leaves_the_version_to_the_registry() -> None:
+def test_digest_only_reference_is_served_at_its_digest_as_upstream() -> None:
     plan = build_plan(parse_properties(f"a=oci://{HOST}/a@{DIGEST}\n"), {})
-    assert plan.entries["a"].version is None
-    assert plan.entries["a"].pin == DIGEST
+    assert list(plan.entries) == [("a", DIGEST)]
+    assert plan.entries["a", DIGEST].pin == DIGEST
+
+
+def test_one_name_at_several_versions() -> None:
+    entries = parse_properties(
+        f"a=oci://{HOST}/a:1.0.0\na=oci://{HOST}/a:2.0.0\nb=oci://{HOST}/b:1.0.0\n"
+    )
+    manifest = (
+        "plugins:\n  a/2.0.0: {aliases: ['2.0.1']}\n"
+        "  c: {from: a, versions: ['1.0.0', '2.0.0']}\n  d: {from: b, versions: ['3.0.0']}\n"
+    )
+    plan = build_plan(entries, load_manifest(manifest))
+    assert sorted(plan.entries) == [("a", "1.0.0"), ("a", "2.0.0"), ("b", "1.0.0")]
+    assert plan.entries["a", "2.0.0"].aliases == ("2.0.1",)
+    assert plan.name_aliases["c"].links == (("1.0.0", "1.0.0"), ("2.0.0", "2.0.0"))
+    assert plan.name_aliases["d"].links == (("3.0.0", "1.0.0"),)
+    for bad, expected in (
+        ("plugins:\n  a: {aliases: ['3.0.0']}\n", "key the item as 'a/<version>'"),
+        ("plugins:\n  c: {from: a, versions: ['3.0.0']}\n", "list only versions it has"),
+        ("plugins:\n  a/1.0.0: {aliases: ['2.0.0']}\n", "alias a/2.0.0 is also pulled"),
+    ):
+        with pytest.raises(InputError, match=expected):
+            build_plan(entries, load_manifest(bad))
+
+
+def test_the_same_name_and_version_from_two_files_must_agree() -> None:
+    first = parse_properties(f"a=oci://{HOST}/a:1.0.0\n", "one")
+    same = parse_properties(f"a=oci://{HOST}/a:1.0.0\n", "two")
+    other = parse_properties(f"a=oci://{HOST}/elsewhere:1.0.0\n", "two")
+    assert list(build_plan(first + same, {}).entries) == [("a", "1.0.0")]
+    with pytest.raises(InputError, match=r"two:1: a/1.0.0 is .*elsewhere.* but one:1 serves it"):
+        build_plan(first + other, {})
 
 
 @pytest.mark.parametrize(
@@ -152,6 +185,11 @@ def test_digest_only_reference_leaves_the_version_to_the_registry() -> None:
         ("plugins:\n  key-auth:\n    digest: sha256:abc\n", "want sha256:"),
         ("plugins:\n  x:\n    from: key-auth\n", "'from' needs 'versions'"),
         ("plugins:\n  Bad Name: {}\n", "bad plugin name"),
+        (
+            "plugins:\n  a: {}\n  b: {}\n  a: {aliases: ['1.0.0']}\n",
+            "m.yaml:4: .*duplicate key 'a'",
+        ),
+        ("plugins:\n  a:\n    aliases: ['1.0.0']\n    aliases: []\n", "duplicate key 'aliases'"),
     ],
 )
 def test_bad_manifests(text: str, expected: str) -> None:
@@ -165,7 +203,6 @@ def test_bad_manifests(text: str, expected: str) -> None:
         ("plugins:\n  nowhere: {aliases: ['1.0.0']}\n", "not in the properties and has no 'image'"),
         ("plugins:\n  x: {from: nowhere, versions: ['1.0.0']}\n", "not a plugin being pulled"),
         ("plugins:\n  key-auth: {from: basic-auth, versions: ['1.0.0']}\n", "and also 'from'"),
-        (f"plugins:\n  key-auth: {{image: 'oci://{HOST}/a:latest'}}\n", "is not a version"),
         (
             f"plugins:\n  key-auth: {{image: 'oci://{HOST}/a@{DIGEST}',"
             f" digest: 'sha256:{'cd' * 32}'}}\n",
@@ -178,7 +215,8 @@ def test_inconsistent_plans(manifest: str, expected: str) -> None:
         build_plan(_properties(), load_manifest(manifest))
 
 
-def test_latest_tag_with_a_version_in_the_manifest() -> None:
+def test_latest_tag_is_a_version_or_the_manifest_renames_it() -> None:
     props = parse_properties(f"a=oci://{HOST}/a:latest\n")
+    assert list(build_plan(props, {}).entries) == [("a", "latest")]
     plan = build_plan(props, load_manifest("plugins:\n  a: {version: '3.1.0'}\n"))
-    assert plan.entries["a"].version == "3.1.0"
+    assert list(plan.entries) == [("a", "3.1.0")]

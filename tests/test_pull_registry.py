@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +37,11 @@ def test_pulls_both_image_styles_by_tag(registry: Registry, workspace: Workspace
     assert workspace.module("key-auth", "2.0.0") == wasm("key-auth")
     assert workspace.module("basic-auth", "1.0.0") == wasm("basic")
     lock = workspace.locked()
-    assert lock["basic-auth"]["manifestDigest"] == image
-    assert lock["basic-auth"]["wasmSha256"] == sha256(wasm("basic")).removeprefix("sha256:")
-    assert lock["key-auth"]["layerDigest"] == sha256(wasm("key-auth"))
-    assert lock["key-auth"]["reference"] == registry.ref("tag/key-auth", "2.0.0")
-    assert lock["key-auth"]["versions"] == ["2.0.0"]
+    assert lock["basic-auth/1.0.0"]["manifestDigest"] == image
+    assert lock["basic-auth/1.0.0"]["wasmSha256"] == sha256(wasm("basic")).removeprefix("sha256:")
+    assert lock["key-auth/2.0.0"]["layerDigest"] == sha256(wasm("key-auth"))
+    assert lock["key-auth/2.0.0"]["reference"] == registry.ref("tag/key-auth", "2.0.0")
+    assert lock["key-auth/2.0.0"]["versions"] == ["2.0.0"]
     assert workspace.leftovers() == []
 
 
@@ -74,31 +76,35 @@ def test_a_second_pull_replaces_the_module_atomically(
     assert workspace.leftovers() == []
 
 
-def test_digest_pin_with_version_from_manifest_or_annotation(
-    registry: Registry, workspace: Workspace
+def test_digest_only_lines_and_any_oci_tag_are_served(
+    registry: Registry, workspace: Workspace, serve
 ) -> None:
     plain = registry.push_wasm("dig/plain", "x1", wasm("plain"))
-    annotated = registry.push_wasm(
-        "dig/annotated", "x2", wasm("ann"), {"org.opencontainers.image.version": "3.1.4"}
-    )
     bare = registry.push_wasm("dig/bare", "x3", wasm("bare"))
+    rc = registry.push_wasm("dig/odd", "2.0.0_rc1", wasm("rc"))
+    registry.push_wasm("dig/odd", "latest", wasm("latest"))
     host = registry.host
-    result = workspace.pull(
-        {
-            "plain": f"oci://{host}/dig/plain@{plain}",
-            "annotated": f"oci://{host}/dig/annotated@{annotated}",
-            "bare": f"oci://{host}/dig/bare@{bare}",
-        },
-        "plugins:\n  plain:\n    version: '1.2.0'\n",
+    workspace.properties.write_text(
+        f"plain=oci://{host}/dig/plain@{plain}\n"
+        f"bare=oci://{host}/dig/bare@{bare}\n"
+        f"odd=oci://{host}/dig/odd:latest\n"
+        f"odd=oci://{host}/dig/odd:2.0.0_rc1@{rc}\n"
     )
-    assert result.code == 1
+    result = workspace.pull(None, "plugins:\n  plain:\n    version: '1.2.0'\n")
+    assert result.code == 0, result.err
     assert workspace.module("plain", "1.2.0") == wasm("plain")
-    assert workspace.module("annotated", "3.1.4") == wasm("ann")
-    assert result.failures() == [
-        "hps pull: FAILED bare: pinned by digest and no version known:"
-        " set 'version' in the manifest"
-    ]
-    assert workspace.locked()["plain"]["manifestDigest"] == plain
+    assert workspace.module("bare", bare) == wasm("bare")  # where upstream puts it
+    assert workspace.module("odd", "latest") == wasm("latest")
+    assert workspace.module("odd", "2.0.0_rc1") == wasm("rc")
+    assert workspace.locked()["plain/1.2.0"]["manifestDigest"] == plain
+    server = serve("--root", str(workspace.out))
+    for path, body in (
+        (f"bare/{bare}", wasm("bare")),
+        ("odd/latest", wasm("latest")),
+        ("odd/2.0.0_rc1", wasm("rc")),
+    ):
+        reply = server.get(f"/plugins/{path}/plugin.wasm")
+        assert (reply.status, reply.body) == (200, body), path
 
 
 def test_version_and_name_aliases_are_relative_symlinks(
@@ -127,8 +133,9 @@ plugins:
     assert os.readlink(link) == "../../jsonrpc-converter/1.0.0/plugin.wasm"
     assert link.read_bytes() == wasm("rpc")
     lock = workspace.locked()
-    assert lock["key-auth"]["versions"] == ["2.0.0", "1.0.0", "2.0.1"]
-    assert lock["jsonrpc-converter"]["servedAs"] == {"json-converter": ["1.0.0", "2.0.0"]}
+    assert lock["key-auth/2.0.0"]["versions"] == ["2.0.0", "1.0.0", "2.0.1"]
+    assert lock["jsonrpc-converter/1.0.0"]["servedAs"] == {"json-converter": ["1.0.0", "2.0.0"]}
+    assert os.readlink(out / "key-auth/1.0.0/plugin.wasm.gz") == "../2.0.0/plugin.wasm.gz"
     # Pulling again swaps the links in place.
     assert workspace.pull(entries, manifest).code == 0
     assert workspace.leftovers() == []
@@ -140,8 +147,9 @@ def test_name_alias_of_a_failed_pull_fails_too(registry: Registry, workspace: Wo
         "plugins:\n  json-converter: {from: jsonrpc-converter, versions: ['1.0.0']}\n",
     )
     assert result.code == 1
-    assert "hps pull: FAILED json-converter: not served: jsonrpc-converter was not pulled" in (
-        result.failures()
+    assert (
+        "hps pull: FAILED json-converter/1.0.0: not served: jsonrpc-converter/1.0.0 was not pulled"
+        in result.failures()
     )
 
 
@@ -167,18 +175,39 @@ def test_locked_fails_on_drift(registry: Registry, workspace: Workspace) -> None
     entries = {"a": registry.ref("drift/a", "1.0.0"), "b": registry.ref("drift/b", "1.0.0")}
     assert workspace.pull(entries).code == 0
     doc = json.loads(workspace.lock.read_text())
-    doc["plugins"]["b"]["wasmSha256"] = "0" * 64
+    doc["plugins"]["b/1.0.0"]["wasmSha256"] = "0" * 64
     workspace.lock.write_text(json.dumps(doc))
-    entries["a"] = registry.ref("drift/a", "1.1.0")
-    entries["c"] = registry.ref("drift/b", "1.0.0")
     result = workspace.pull(entries, None, "--locked")
     assert result.code == 1
-    failures = "\n".join(result.failures())
-    assert "FAILED a: reference is" in failures and "the lock says" in failures
-    assert "FAILED b: module sha256" in failures
-    assert "FAILED c: not in the lock" in failures
-    assert not (workspace.out / "a/1.1.0").exists()
+    assert result.failures() == [
+        f"hps pull: FAILED b/1.0.0: module sha256 {sha256(wasm('b'))[7:]} differs from"
+        f" the expected {'0' * 64}"
+    ]
     assert workspace.leftovers() == []
+
+
+def test_locked_input_errors_come_before_any_download(
+    registry: Registry, workspace: Workspace
+) -> None:
+    registry.push_wasm("early/a", "1.0.0", wasm("a"))
+    registry.push_wasm("early/a", "1.1.0", wasm("a11"))
+    registry.push_wasm("early/b", "1.0.0", wasm("b"))
+    entries = {"a": registry.ref("early/a", "1.0.0"), "b": registry.ref("early/b", "1.0.0")}
+    assert workspace.pull(entries).code == 0
+    shutil.rmtree(workspace.out)
+    cases = [
+        ({"a": registry.ref("early/a", "1.0.0")}, "b/1.0.0: in the lock, not in the inputs"),
+        ({**entries, "c": registry.ref("early/b", "1.0.0")}, "c/1.0.0: not in the lock"),
+        (
+            {**entries, "a": registry.ref("early/a", "1.1.0")},
+            "a/1.1.0: not in the lock (and 1 more)",
+        ),
+    ]
+    for changed, expected in cases:
+        result = workspace.pull(changed, None, "--locked")
+        assert (result.code, len(result.err.splitlines())) == (2, 1), result.err
+        assert f"--locked: {expected}" in result.err
+        assert not workspace.out.exists()  # nothing downloaded
 
 
 def test_locked_without_a_lock_is_bad_input(registry: Registry, workspace: Workspace) -> None:
@@ -197,13 +226,16 @@ def test_use_local_keeps_a_valid_module(registry: Registry, workspace: Workspace
         (workspace.out / name / "1.0.0/plugin.wasm").write_bytes(data)
     entries = {n: registry.ref(f"local/{n}", "1.0.0") for n in "abc"}
     result = workspace.pull(entries, None, "--use-local")
-    assert result.code == 1
+    assert result.code == 0, result.err
     assert workspace.module("a", "1.0.0") == wasm("local")
+    assert workspace.module("b", "1.0.0") == wasm("b")  # corrupt locally: downloaded again
     assert workspace.module("c", "1.0.0") == wasm("c")  # missing locally: downloaded
-    assert [f.split(": ")[1] for f in result.failures()] == ["FAILED b"]
-    assert "not a Wasm module" in result.failures()[0]
-    assert workspace.locked()["a"]["source"] == "local"
+    assert "b/1.0.0: local " in result.err and "downloading it again" in result.err
+    assert workspace.locked()["a/1.0.0"]["source"] == "local"
+    assert workspace.locked()["b/1.0.0"]["source"] == "registry"
     assert "kept local a 1.0.0" in result.err
+    gz = workspace.out / "a/1.0.0/plugin.wasm.gz"
+    assert gzip.decompress(gz.read_bytes()) == wasm("local")
 
 
 def test_failures_are_one_line_each_and_leave_no_partial_file(
@@ -228,7 +260,13 @@ def test_failures_are_one_line_each_and_leave_no_partial_file(
         f"plugins:\n  pinned:\n    digest: {wrong}\n",
     )
     assert result.code == 1
-    failures = {line.split(": ")[1].removeprefix("FAILED "): line for line in result.failures()}
+    failures = {
+        line.split(": ")[1]
+        .removeprefix("FAILED ")
+        .removesuffix("/1.0.0")
+        .removesuffix("/9.9.9"): line
+        for line in result.failures()
+    }
     assert sorted(failures) == ["html", "missing-tag", "none", "pinned", "two", "unreachable"]
     assert "tag 9.9.9 not found" in failures["missing-tag"]
     assert "not a Wasm module" in failures["html"]
@@ -240,32 +278,35 @@ def test_failures_are_one_line_each_and_leave_no_partial_file(
     assert workspace.module("good", "1.0.0") == wasm("good")
     assert sorted(os.listdir(workspace.out)) == ["good"]
     assert workspace.leftovers() == []
-    assert list(workspace.locked()) == ["good"]
+    assert list(workspace.locked()) == ["good/1.0.0"]
 
 
-def test_index_with_one_entry_or_this_platform(registry: Registry, workspace: Workspace) -> None:
-    child = registry.push_wasm("index/a", "child", wasm("child"))
-    size = len(json.dumps(_fetch_manifest(registry, "index/a", child)))
-    single = {
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": size}],
-    }
+def test_index_child_is_the_same_on_every_machine(registry: Registry, workspace: Workspace) -> None:
+    def child(tag: str) -> dict:
+        digest = registry.push_wasm("index/a", tag, wasm(tag))
+        size = len(json.dumps(_fetch_manifest(registry, "index/a", digest)))
+        return {"mediaType": OCI_MANIFEST, "digest": digest, "size": size}
+
+    def platform(entry: dict, os_name: str, arch: str) -> dict:
+        return {**entry, "platform": {"os": os_name, "architecture": arch}}
+
+    single = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [child("only")]}
     registry.push_manifest("index/a", "1.0.0", single, OCI_INDEX)
-    ambiguous = {
+    multi = {
         **single,
         "manifests": [
-            {**single["manifests"][0], "platform": {"os": "plan9", "architecture": arch}}
-            for arch in ("mips", "sparc")
+            platform(child("attestation"), "unknown", "unknown"),
+            platform(child("arm64"), "linux", "arm64"),
+            platform(child("amd64"), "linux", "amd64"),
         ],
     }
-    registry.push_manifest("index/a", "2.0.0", ambiguous, OCI_INDEX)
+    registry.push_manifest("index/a", "2.0.0", multi, OCI_INDEX)
     result = workspace.pull(
         {"one": registry.ref("index/a", "1.0.0"), "two": registry.ref("index/a", "2.0.0")}
     )
-    assert workspace.module("one", "1.0.0") == wasm("child")
-    assert result.code == 1
-    assert "index has 2 entries ['plan9/mips', 'plan9/sparc'], none for linux/" in result.err
+    assert result.code == 0, result.err
+    assert workspace.module("one", "1.0.0") == wasm("only")
+    assert workspace.module("two", "2.0.0") == wasm("amd64")  # on arm64 build machines too
 
 
 def _fetch_manifest(registry: Registry, repo: str, digest: str) -> dict:
@@ -320,4 +361,4 @@ def test_the_catalog_serves_what_pull_wrote(registry: Registry, workspace: Works
         ("json-converter", "1.0.0"): "jsonrpc-converter/1.0.0",
     }
     lock = workspace.locked()
-    assert catalog.get("key-auth", "1.0.0").sha256 == lock["key-auth"]["wasmSha256"]
+    assert catalog.get("key-auth", "1.0.0").sha256 == lock["key-auth/2.0.0"]["wasmSha256"]

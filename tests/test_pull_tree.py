@@ -19,7 +19,7 @@ from hps.pull.registry import (
     pick_layer,
     pick_platform,
 )
-from hps.pull.tree import link_module, read_local, write_module
+from hps.pull.tree import link_module, read_local, remove_temporaries, write_module
 from tests.support.registry import sha256, tar_bytes, wasm
 
 TAR_GZ = sorted(TAR_LAYERS)[0]
@@ -36,7 +36,7 @@ def test_write_module_failure_leaves_the_old_file_and_no_temp(tmp_path: Path) ->
     write_module(tmp_path, "a", "1.0.0", io.BytesIO(wasm("old")))
     with pytest.raises(OSError):
         write_module(tmp_path, "a", "1.0.0", Exploding(wasm("new") * 1000))
-    assert os.listdir(tmp_path / "a/1.0.0") == ["plugin.wasm"]
+    assert sorted(os.listdir(tmp_path / "a/1.0.0")) == ["plugin.wasm", "plugin.wasm.gz"]
     assert (tmp_path / "a/1.0.0/plugin.wasm").read_bytes() == wasm("old")
     assert oct((tmp_path / "a/1.0.0/plugin.wasm").stat().st_mode & 0o777) == "0o644"
 
@@ -58,7 +58,9 @@ def test_link_module_swaps_a_real_file_for_a_relative_link(tmp_path: Path) -> No
     link = link_module(tmp_path, "a", "1.0.0", "a", "2.0.0")
     assert os.readlink(link) == "../2.0.0/plugin.wasm"
     assert link.read_bytes() == wasm("two")
-    assert os.listdir(link.parent) == ["plugin.wasm"]
+    assert sorted(os.listdir(link.parent)) == ["plugin.wasm", "plugin.wasm.gz"]
+    assert os.readlink(link.parent / "plugin.wasm.gz") == "../2.0.0/plugin.wasm.gz"
+    assert gzip.decompress((link.parent / "plugin.wasm.gz").read_bytes()) == wasm("two")
 
 
 def test_read_local_refuses_links_out_of_the_tree(tmp_path: Path) -> None:
@@ -94,9 +96,11 @@ def test_extract_from_a_wasm_layer_and_from_a_tar_layer() -> None:
 @pytest.mark.parametrize(
     ("data", "media", "expected"),
     [
-        (b"MZ\x90\x00", WASM_LAYER, "no \\\\0asm magic"),
+        (b"MZ\x90\x00\0\0\0\0", WASM_LAYER, "no \\\\0asm magic"),
+        (b"\0asm\x01\0\0", WASM_LAYER, "7 bytes"),  # under 8 bytes is no module
         (b"not gzip at all", TAR_GZ, "not a readable tar"),
-        (gzip.compress(tar_bytes({"p.wasm": b"ELF"})), TAR_GZ, "no \\\\0asm magic"),
+        (gzip.compress(tar_bytes({"p.wasm": b"ELF"})), TAR_GZ, "3 bytes"),
+        (gzip.compress(tar_bytes({"p.wasm": b"\x7fELF\x02\x01\x01\0"})), TAR_GZ, "no \\\\0asm"),
         (gzip.compress(tar_bytes({"a.wasm": wasm(), "b.wasm": wasm()})), TAR_GZ, "holds 2"),
     ],
 )
@@ -116,14 +120,53 @@ def test_pick_layer_prefers_the_wasm_layer() -> None:
         pick_layer({"layers": [{"mediaType": "text/plain", "digest": "sha256:3"}]})
 
 
-def test_pick_platform(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("hps.pull.registry.current_platform", lambda: ("linux", "arm64"))
-    amd = {"digest": "sha256:a", "platform": {"os": "linux", "architecture": "amd64"}}
-    arm = {"digest": "sha256:b", "platform": {"os": "linux", "architecture": "arm64"}}
-    assert pick_platform({"manifests": [amd]}, "r") == amd  # the only one, whatever it says
-    assert pick_platform({"manifests": [amd, arm]}, "r") == arm
-    with pytest.raises(PullError, match="none for linux/arm64"):
-        pick_platform({"manifests": [amd, amd]}, "r")
+def test_pick_platform_is_the_same_on_every_machine() -> None:
+    def child(digest: str, os_name: str, arch: str, **annotations: str) -> dict:
+        entry = {"digest": digest, "platform": {"os": os_name, "architecture": arch}}
+        return {**entry, "annotations": annotations} if annotations else entry
+
+    amd = child("sha256:a", "linux", "amd64")
+    arm = child("sha256:b", "linux", "arm64")
+    wasi = child("sha256:c", "wasip1", "wasm")
+    attestation = child("sha256:d", "unknown", "unknown")
+    labelled = child(
+        "sha256:e", "linux", "riscv64", **{"vnd.docker.reference.type": "attestation-manifest"}
+    )
+    mips = child("sha256:f", "linux", "mips")
+    assert pick_platform({"manifests": [arm]}, "r") == arm  # the only one, whatever it says
+    assert pick_platform({"manifests": [arm, amd]}, "r") == amd  # never this machine's
+    assert pick_platform({"manifests": [arm, amd, wasi]}, "r") == wasi
+    assert pick_platform({"manifests": [attestation, labelled, mips, arm]}, "r") == mips
+    with pytest.raises(PullError, match="no image entry"):
+        pick_platform({"manifests": [attestation, labelled]}, "r")
+
+
+def test_gz_sibling_is_deterministic_and_replaces_a_stale_one(tmp_path: Path) -> None:
+    (tmp_path / "a/1.0.0").mkdir(parents=True)
+    (tmp_path / "a/1.0.0/plugin.wasm.gz").write_bytes(gzip.compress(b"foreign", mtime=1))
+    module = wasm("gz") * 100
+    write_module(tmp_path, "a", "1.0.0", io.BytesIO(module))
+    first = (tmp_path / "a/1.0.0/plugin.wasm.gz").read_bytes()
+    assert gzip.decompress(first) == module
+    assert first[3] == 0 and first[4:8] == b"\0\0\0\0"  # no FNAME flag, mtime 0
+    assert first[8] == 2  # XFL: best compression
+    os.utime(tmp_path / "a/1.0.0/plugin.wasm", (1, 1))
+    write_module(tmp_path, "b", "1.0.0", io.BytesIO(module))
+    assert (tmp_path / "b/1.0.0/plugin.wasm.gz").read_bytes() == first
+
+
+def test_remove_temporaries_of_a_killed_pull(tmp_path: Path) -> None:
+    write_module(tmp_path / "out", "a", "1.0.0", io.BytesIO(wasm("a")))
+    ours = [
+        tmp_path / "out/a/1.0.0/.plugin.wasm.k2j3_x.tmp",
+        tmp_path / "out/a/1.0.0/.plugin.wasm.gz.abc123.tmp",
+        tmp_path / ".plugins.lock.json.q1w2e3.tmp",
+    ]
+    theirs = [tmp_path / "out/a/1.0.0/.notes.tmp", tmp_path / "out/a/1.0.0/keep.tmp"]
+    for path in ours + theirs:
+        path.write_bytes(b"x")
+    assert sorted(remove_temporaries(tmp_path / "out", tmp_path)) == sorted(ours)
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
 
 
 def test_progress_on_a_terminal_redraws_one_line() -> None:

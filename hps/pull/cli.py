@@ -1,28 +1,32 @@
 """``hps pull``: argument parsing, input loading and the exit code.
 
 Exit 0 when every entry was served, 1 when some failed (each named on one
-line, the good ones still written), 2 for bad input found before pulling.
+line, the good ones still written), 2 for bad input found before pulling,
+130 when interrupted (no traceback; the lock still describes the tree).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from hps.pull.auth import Credentials, from_environment
 from hps.pull.errors import InputError
+from hps.pull.inventory import Source, default_sources, load_entries
 from hps.pull.lock import Record, read_lock
 from hps.pull.progress import Progress
-from hps.pull.properties import Plan, build_plan, load_manifest, parse_properties, read_text
-from hps.pull.run import Settings, default_jobs, run
+from hps.pull.properties import REGISTRY_HOST, Key, Plan, build_plan, load_manifest, read_text
+from hps.pull.run import Settings, check_locked, default_jobs, run
 
-DEFAULT_PROPERTIES = "plugins/plugins.properties"
 DEFAULT_OUTPUT = "plugins"
 LOCK_NAME = "plugins.lock.json"
 MAX_JOBS = 32
+INTERRUPTED = 130
+_NAMESPACE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +41,21 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FILE",
         type=Path,
-        help=f"name=oci://registry/repo:tag lines (repeatable; default {DEFAULT_PROPERTIES})",
+        help="name=oci://registry/repo:tag lines, each pulled at its tag (repeatable)",
+    )
+    p.add_argument(
+        "--upstream-properties",
+        action="append",
+        metavar="FILE",
+        type=Path,
+        help="upstream's plugins.properties: each line also at 1.0.0 and 2.0.0 (repeatable)."
+        " With neither flag: this repository's default inventory, or ./plugins.properties",
+    )
+    p.add_argument(
+        "--registry", metavar="HOST[:PORT]", help="pull every reference from this registry"
+    )
+    p.add_argument(
+        "--namespace", metavar="NS", help="... and this namespace (first repository component)"
     )
     p.add_argument(
         "--manifest",
@@ -102,10 +120,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise InputError(f"--jobs must be between 1 and {MAX_JOBS}")
     if args.retries < 0 or args.timeout <= 0:
         raise InputError("--retries must be >= 0 and --timeout > 0")
-    properties = args.properties or [Path(DEFAULT_PROPERTIES)]
+    if args.registry is not None and not REGISTRY_HOST.match(args.registry.removesuffix("/")):
+        raise InputError(f"--registry wants HOST[:PORT], got {args.registry!r}")
+    if args.namespace is not None and not _NAMESPACE.match(args.namespace):
+        raise InputError(f"--namespace wants a repository path component, got {args.namespace!r}")
     return Settings(
         output=args.output,
-        lock=args.lock or properties[0].parent / LOCK_NAME,
+        lock=args.lock or sources(args)[0].path.parent / LOCK_NAME,
         locked=args.locked,
         use_local=args.use_local,
         plain_http=args.plain_http,
@@ -113,7 +134,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
         retries=args.retries,
         timeout=args.timeout,
         credentials=_credentials(args),
+        registry=args.registry.removesuffix("/") if args.registry else None,
+        namespace=args.namespace,
     )
+
+
+def sources(args: argparse.Namespace) -> list[Source]:
+    given = [Source(p) for p in args.properties or []]
+    given += [Source(p, upstream=True) for p in args.upstream_properties or []]
+    return given or default_sources()
 
 
 def _credentials(args: argparse.Namespace) -> Credentials | None:
@@ -131,25 +160,22 @@ def _credentials(args: argparse.Namespace) -> Credentials | None:
 
 
 def load_plan(args: argparse.Namespace) -> Plan:
-    properties = {}
-    for path in args.properties or [Path(DEFAULT_PROPERTIES)]:
-        for name, ref in parse_properties(read_text(path, "properties"), str(path)).items():
-            if name in properties:
-                raise InputError(f"{path}: plugin {name!r} is also in an earlier properties file")
-            properties[name] = ref
     manifest = {}
     if args.manifest:
         manifest = load_manifest(read_text(args.manifest, "manifest"), str(args.manifest))
-    plan = build_plan(properties, manifest)
+    plan = build_plan(load_entries(sources(args)), manifest)
     if not plan.entries:
         raise InputError("nothing to pull: the properties and manifest name no plugin")
     return plan
 
 
-def previous_lock(settings: Settings) -> dict[str, Record]:
-    if settings.locked or settings.lock.exists():
-        return read_lock(settings.lock)
-    return {}
+def previous_lock(settings: Settings, plan: Plan) -> dict[Key, Record]:
+    if not (settings.locked or settings.lock.exists()):
+        return {}
+    previous = read_lock(settings.lock)
+    if settings.locked:
+        check_locked(plan, previous)
+    return previous
 
 
 def main(argv: list[str]) -> int:
@@ -157,15 +183,26 @@ def main(argv: list[str]) -> int:
         args = parser().parse_args(argv)
         settings = settings_from(args)
         plan = load_plan(args)
-        previous = previous_lock(settings)
+        previous = previous_lock(settings, plan)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except InputError as exc:
         print(f"hps pull: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("hps pull: interrupted before pulling anything", file=sys.stderr)
+        return INTERRUPTED
+    return pull(plan, settings, previous)
+
+
+def pull(plan: Plan, settings: Settings, previous: dict[Key, Record]) -> int:
     progress = Progress(total=len(plan.entries))
     try:
         outcome = run(plan, settings, previous, progress)
+    except KeyboardInterrupt:  # after the downloads (aliases, lock): still one line
+        progress.close()
+        print("hps pull: interrupted", file=sys.stderr)
+        return INTERRUPTED
     except OSError as exc:
         progress.close()
         print(
@@ -173,8 +210,12 @@ def main(argv: list[str]) -> int:
         )
         return 1
     progress.close()
-    for name in sorted(outcome.failures):
-        print(f"hps pull: FAILED {name}: {outcome.failures[name]}", file=sys.stderr)
+    for label in sorted(outcome.failures):
+        print(f"hps pull: FAILED {label}: {outcome.failures[label]}", file=sys.stderr)
     served = len(outcome.records)
-    print(f"hps pull: {served} pulled, {len(outcome.failures)} failed", file=sys.stderr)
+    summary = f"hps pull: {served} pulled, {len(outcome.failures)} failed"
+    if outcome.interrupted:
+        print(f"{summary}; interrupted, the lock lists what the tree holds", file=sys.stderr)
+        return INTERRUPTED
+    print(summary, file=sys.stderr)
     return 1 if outcome.failures else 0

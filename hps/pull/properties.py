@@ -10,6 +10,7 @@ found before a single byte is downloaded.
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _REPO = re.compile(
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z"
 )
-_HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?\Z")
+REGISTRY_HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?\Z")
 MANIFEST_KEYS = frozenset({"image", "digest", "version", "aliases", "from", "versions"})
 
 
@@ -45,31 +46,83 @@ class Reference:
             text += f"@{self.digest}"
         return text
 
+    def moved(self, registry: str | None = None, namespace: str | None = None) -> Reference:
+        """The same image in another registry and/or namespace (an internal mirror).
+
+        Like the Console's image registry/namespace settings: the namespace is the
+        repository's first path component (``plugins`` in ``plugins/mcp-server/all-in-one``).
+        """
+        repository = self.repository
+        if namespace:
+            head, slash, rest = repository.partition("/")
+            repository = f"{namespace}/{rest if slash else head}"
+        return replace(self, registry=registry or self.registry, repository=repository)
+
+
+Key = tuple[str, str]
+"""``(name, version)``: what the server serves at ``/plugins/<name>/<version>/plugin.wasm``."""
+
 
 @dataclass(frozen=True)
 class Entry:
-    """One image to pull, and the versions its module is served under."""
+    """One image to pull, the version it is served as, and extra versions linked to it."""
 
     name: str
+    version: str
     ref: Reference
-    version: str | None = None  # None: take it from the manifest's annotations
     pin: str | None = None  # manifest digest the registry must return
     aliases: tuple[str, ...] = ()  # extra versions, symlinked to ``version``
+    source: str = ""  # where the entry came from, for messages
+
+    @property
+    def key(self) -> Key:
+        return (self.name, self.version)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.version}"
 
 
 @dataclass(frozen=True)
 class NameAlias:
-    """A name served from another entry's module (``json-converter`` → ``jsonrpc-converter``)."""
+    """A name served from another entry's module (``json-converter`` → ``jsonrpc-converter``).
+
+    ``links`` maps each served version to the target's version holding the bytes.
+    """
 
     name: str
     target: str
-    versions: tuple[str, ...]
+    links: tuple[tuple[str, str], ...]
 
 
 @dataclass
 class Plan:
-    entries: dict[str, Entry] = field(default_factory=dict)
+    entries: dict[Key, Entry] = field(default_factory=dict)
     name_aliases: dict[str, NameAlias] = field(default_factory=dict)
+
+    def add(self, entry: Entry) -> None:
+        """Add one entry; the same ``(name, version)`` from two places must agree."""
+        other = self.entries.get(entry.key)
+        if other is None:
+            self.entries[entry.key] = entry
+        elif (other.ref, other.pin) != (entry.ref, entry.pin):
+            raise InputError(
+                f"{entry.source}: {entry.label} is {entry.ref},"
+                f" but {other.source} serves it from {other.ref}"
+            )
+
+    def of(self, name: str) -> list[Entry]:
+        return [entry for entry in self.entries.values() if entry.name == name]
+
+    def moved(self, registry: str | None, namespace: str | None) -> Plan:
+        """Every reference rewritten to another registry and/or namespace."""
+        if not registry and not namespace:
+            return self
+        entries = {
+            key: replace(entry, ref=entry.ref.moved(registry, namespace))
+            for key, entry in self.entries.items()
+        }
+        return Plan(entries, dict(self.name_aliases))
 
 
 def parse_reference(text: str) -> Reference:
@@ -79,7 +132,7 @@ def parse_reference(text: str) -> Reference:
     if digest and not DIGEST.match(digest):
         raise ValueError(f"bad digest {digest!r} (want sha256:<64 hex>)")
     host, slash, path = rest.partition("/")
-    if not slash or not _HOST.match(host):
+    if not slash or not REGISTRY_HOST.match(host):
         raise ValueError(f"{text!r} does not name a registry host (want oci://host/repo:tag)")
     repo, tag = path, None
     last = path.rsplit("/", 1)[-1]
@@ -94,9 +147,13 @@ def parse_reference(text: str) -> Reference:
     return Reference(host, repo, tag, digest or None)
 
 
-def parse_properties(text: str, source: str = "<properties>") -> dict[str, Reference]:
-    """The upstream format: ``name=reference`` lines, ``#`` comments, blank lines."""
-    found: dict[str, Reference] = {}
+def parse_properties(text: str, source: str = "<properties>") -> list[Entry]:
+    """The upstream format: ``name=reference`` lines, ``#`` comments, blank lines.
+
+    The served version is the tag, or the digest for a digest-only line (where
+    upstream puts it: ``<name>/sha256:<hex>/plugin.wasm``).
+    """
+    found: dict[Key, Entry] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith(("#", "!")):
@@ -108,13 +165,15 @@ def parse_properties(text: str, source: str = "<properties>") -> dict[str, Refer
             raise InputError(f"{where}: expected name=oci://registry/repo:tag, got {raw.strip()!r}")
         if not accept_name(name):
             raise InputError(f"{where}: bad plugin name {name!r}")
-        if name in found:
-            raise InputError(f"{where}: plugin {name!r} listed twice")
         try:
-            found[name] = parse_reference(value)
+            ref = parse_reference(value)
         except ValueError as exc:
             raise InputError(f"{where}: {name}: {exc}") from None
-    return found
+        entry = Entry(name, ref.tag or ref.digest or "", ref, pin=ref.digest, source=where)
+        if entry.key in found:
+            raise InputError(f"{where}: plugin {name!r} version {entry.version!r} listed twice")
+        found[entry.key] = entry
+    return list(found.values())
 
 
 def read_text(path: str | Path, what: str) -> str:
@@ -124,10 +183,32 @@ def read_text(path: str | Path, what: str) -> str:
         raise InputError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML would let a repeated key silently win; a manifest must say each thing once."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader itself refuses an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping
+)
+
+
 def load_manifest(text: str, source: str = "<manifest>") -> dict[str, dict[str, Any]]:
-    """The manifest YAML: ``plugins: {name: {image, digest, version, aliases, from, versions}}``."""
+    """The manifest YAML: ``plugins: {name[/version]: {image, digest, version, aliases, …}}``."""
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -146,10 +227,19 @@ def load_manifest(text: str, source: str = "<manifest>") -> dict[str, dict[str, 
     return {str(name): spec or {} for name, spec in plugins.items()}
 
 
-def _check_manifest_item(source: str, name: Any, spec: Any) -> None:
-    where = f"{source}: plugins.{name}"
+def split_key(key: str) -> tuple[str, str | None]:
+    """A manifest key: ``name`` or ``name/version`` (when a name is served at several)."""
+    name, slash, version = key.partition("/")
+    return name, (version if slash else None)
+
+
+def _check_manifest_item(source: str, key: Any, spec: Any) -> None:
+    where = f"{source}: plugins.{key}"
+    name, version = split_key(key) if isinstance(key, str) else (key, None)
     if not isinstance(name, str) or not accept_name(name):
-        raise InputError(f"{source}: bad plugin name {name!r}")
+        raise InputError(f"{source}: bad plugin name {key!r}")
+    if version is not None and not accept_version(version):
+        raise InputError(f"{source}: bad version in {key!r}")
     if spec is None:
         return
     if not isinstance(spec, dict):
@@ -159,22 +249,22 @@ def _check_manifest_item(source: str, name: Any, spec: Any) -> None:
         raise InputError(
             f"{where}: unknown keys {sorted(map(str, unknown))}; allowed: {sorted(MANIFEST_KEYS)}"
         )
-    for key in ("image", "digest", "version", "from"):
-        if key in spec and not isinstance(spec[key], str):
-            raise InputError(f"{where}.{key}: expected a string (quote versions like '1.0')")
+    for item in ("image", "digest", "version", "from"):
+        if item in spec and not isinstance(spec[item], str):
+            raise InputError(f"{where}.{item}: expected a string (quote versions like '1.0')")
     if "digest" in spec and not DIGEST.match(spec["digest"]):
         raise InputError(f"{where}.digest: want sha256:<64 hex>, got {spec['digest']!r}")
-    for key in ("version",):
-        if key in spec and not accept_version(spec[key]):
-            raise InputError(f"{where}.{key}: bad version {spec[key]!r}")
-    for key in ("aliases", "versions"):
-        if key in spec:
-            _versions(where + "." + key, spec[key])
+    if "version" in spec and not accept_version(spec["version"]):
+        raise InputError(f"{where}.version: bad version {spec['version']!r}")
+    for item in ("aliases", "versions"):
+        if item in spec:
+            _versions(where + "." + item, spec[item])
     if "from" in spec and ({"image", "digest", "version", "aliases"} & set(spec)):
         raise InputError(f"{where}: 'from' takes only 'versions'")
-    if "from" in spec and not spec.get("versions"):
+    if "from" in spec and (version is not None or not spec.get("versions")):
         raise InputError(
             f"{where}: 'from' needs 'versions' (the versions this name is served under)"
+            " and a plain name as its key"
         )
     if "versions" in spec and "from" not in spec:
         raise InputError(f"{where}: 'versions' goes with 'from'; use 'aliases' for extra versions")
@@ -189,34 +279,39 @@ def _versions(where: str, value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
-def build_plan(properties: dict[str, Reference], manifest: dict[str, dict[str, Any]]) -> Plan:
+def build_plan(entries: Iterable[Entry], manifest: dict[str, dict[str, Any]]) -> Plan:
     """Merge the two sources; the manifest wins where both speak."""
     plan = Plan()
-    for name, ref in properties.items():
-        plan.entries[name] = Entry(name, ref, version=_tag_version(ref), pin=ref.digest)
-    for name, spec in manifest.items():
+    for entry in entries:
+        plan.add(entry)
+    for key, spec in manifest.items():
+        if "from" not in spec:
+            _merge(plan, key, spec)
+    for key, spec in manifest.items():
         if "from" in spec:
-            plan.name_aliases[name] = NameAlias(
-                name, spec["from"], _versions(name, spec["versions"])
-            )
-        else:
-            plan.entries[name] = _merge(name, plan.entries.get(name), spec)
-    _check_plan(plan)
+            plan.name_aliases[key] = _name_alias(plan, key, spec)
+    _check_aliases(plan)
     return plan
 
 
-def _tag_version(ref: Reference) -> str | None:
-    return ref.tag if ref.tag and accept_version(ref.tag) else None
-
-
-def _merge(name: str, entry: Entry | None, spec: dict[str, Any]) -> Entry:
-    where = f"manifest: plugins.{name}"
+def _merge(plan: Plan, key: str, spec: dict[str, Any]) -> None:
+    where = f"manifest: plugins.{key}"
+    name, selected = split_key(key)
+    matching = [e for e in plan.of(name) if selected is None or e.version == selected]
+    if len(matching) > 1:
+        versions = ", ".join(sorted(e.version for e in matching))
+        raise InputError(
+            f"{where}: {name} is served at several versions ({versions});"
+            f" key the item as '{name}/<version>'"
+        )
+    entry = matching[0] if matching else None
     if "image" in spec:
         try:
             ref = parse_reference(spec["image"])
         except ValueError as exc:
             raise InputError(f"{where}.image: {exc}") from None
-        entry = Entry(name, ref, version=_tag_version(ref), pin=ref.digest)
+        version = selected or ref.tag or ref.digest or ""
+        entry = Entry(name, version, ref, pin=ref.digest, source=where)
     if entry is None:
         raise InputError(f"{where}: not in the properties and has no 'image'")
     pin = spec.get("digest", entry.pin)
@@ -224,26 +319,50 @@ def _merge(name: str, entry: Entry | None, spec: dict[str, Any]) -> Entry:
         raise InputError(f"{where}.digest: {pin} contradicts the reference's {entry.pin}")
     version = spec.get("version", entry.version)
     aliases = _versions(where + ".aliases", spec.get("aliases", []))
-    return replace(
-        entry, pin=pin, version=version, aliases=tuple(v for v in aliases if v != version)
+    for old in matching:
+        del plan.entries[old.key]
+    merged = replace(
+        entry,
+        version=version,
+        pin=pin,
+        aliases=tuple(v for v in aliases if v != version),
+        source=where,
     )
+    if merged.key in plan.entries:
+        raise InputError(
+            f"{where}: {merged.label} is already pulled from {plan.entries[merged.key].ref}"
+        )
+    plan.entries[merged.key] = merged
 
 
-def _check_plan(plan: Plan) -> None:
+def _name_alias(plan: Plan, name: str, spec: dict[str, Any]) -> NameAlias:
+    where = f"manifest: plugins.{name}"
+    target = spec["from"]
+    if plan.of(name):
+        raise InputError(f"{where}: pulled from an image and also 'from' {target}")
+    candidates = {entry.version for entry in plan.of(target)}
+    if not candidates:
+        raise InputError(f"{where}.from: {target!r} is not a plugin being pulled")
+    links = []
+    for version in _versions(where + ".versions", spec["versions"]):
+        if version in candidates:
+            links.append((version, version))
+        elif len(candidates) == 1:
+            links.append((version, next(iter(candidates))))
+        else:
+            raise InputError(
+                f"{where}.versions: {target} is pulled at {sorted(candidates)}, not {version!r};"
+                " list only versions it has"
+            )
+    return NameAlias(name, target, tuple(links))
+
+
+def _check_aliases(plan: Plan) -> None:
+    """A version alias must not hide a pulled module of the same name and version."""
     for entry in plan.entries.values():
-        if entry.version is None and entry.ref.tag:
-            raise InputError(
-                f"{entry.name}: tag {entry.ref.tag!r} is not a version;"
-                f" set plugins.{entry.name}.version in the manifest"
-            )
-    for alias in plan.name_aliases.values():
-        if alias.name in plan.entries:
-            raise InputError(
-                f"manifest: plugins.{alias.name}: pulled from an image"
-                f" and also 'from' {alias.target}"
-            )
-        if alias.target not in plan.entries:
-            raise InputError(
-                f"manifest: plugins.{alias.name}.from:"
-                f" {alias.target!r} is not a plugin being pulled"
-            )
+        for alias in entry.aliases:
+            other = plan.entries.get((entry.name, alias))
+            if other is not None:
+                raise InputError(
+                    f"{entry.source}: alias {entry.name}/{alias} is also pulled from {other.ref}"
+                )

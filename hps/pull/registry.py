@@ -9,10 +9,11 @@ that starts with ``\\0asm``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
-import platform
+import os
 import re
 import socket
 import ssl
@@ -30,6 +31,7 @@ from typing import IO, Any
 from hps.guard import is_wasm_module
 from hps.pull.auth import Credentials
 from hps.pull.errors import AuthNeeded, DigestMismatch, NotFound, NotWasm, PullError, Unreachable
+from hps.pull.tree import MIN_MODULE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -43,7 +45,6 @@ TAR_LAYERS = frozenset(
         "application/vnd.docker.image.rootfs.diff.tar.gzip",
     }
 )
-VERSION_ANNOTATION = "org.opencontainers.image.version"
 MAX_MODULE = 256 * 1024 * 1024
 MAX_MANIFEST = 4 * 1024 * 1024
 CHUNK = 1024 * 1024
@@ -67,7 +68,6 @@ class Module:
     sha256: str
     manifest_digest: str
     layer_digest: str
-    version: str | None  # from the manifest's annotations, if any
 
 
 class _Retry(Exception):
@@ -114,7 +114,7 @@ class Client:
         self.on_bytes = on_bytes or (lambda n: None)
         self.authorization: str | None = None
         self.opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=ssl.create_default_context()), _KeepAuthOnSameHost()
+            urllib.request.HTTPSHandler(context=_tls_context()), _KeepAuthOnSameHost()
         )
 
     # -- the one public operation -------------------------------------------------
@@ -124,11 +124,9 @@ class Client:
     ) -> Module:
         """Resolve ``reference`` (tag or digest) to a verified Wasm module."""
         manifest, digest = self.manifest(reference, pin=pin)
-        version = _annotation(manifest)
         if _media_type(manifest) in INDEX_TYPES:
             child = pick_platform(manifest, f"{self.registry}/{self.repository}")
             manifest, _ = self.manifest(child["digest"], pin=child["digest"])
-            version = version or _annotation(manifest)
         layer = pick_layer(manifest)
         if layer_pin and layer["digest"] != layer_pin:
             raise DigestMismatch(f"layer is {layer['digest']}, the lock says {layer_pin}")
@@ -140,7 +138,7 @@ class Client:
             raise
         if module is not blob:
             blob.close()
-        return Module(module, size, sha, digest, layer["digest"], version)
+        return Module(module, size, sha, digest, layer["digest"])
 
     # -- manifests and blobs --------------------------------------------------------
 
@@ -207,7 +205,10 @@ class Client:
                 last = f"registry unreachable: {self.host}: {_reason(exc)}"
         if last.startswith("registry unreachable"):
             raise Unreachable(last)
-        raise PullError(f"{what}: {last} (after {self.retries + 1} attempts)")
+        raise PullError(
+            f"{what}: {last} from {self.registry}/{self.repository}"
+            f" (after {self.retries + 1} attempts)"
+        )
 
     def _open(
         self, url: str, accept: str, what: str, *, challenged: bool = False
@@ -290,6 +291,16 @@ class Client:
 # -- pure pieces ------------------------------------------------------------------------
 
 
+def _tls_context() -> ssl.SSLContext:
+    """Shared: loading the CA store costs ~60 ms per context, and a context is thread-safe."""
+    return _tls_context_for(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.cache
+def _tls_context_for(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context()  # reads SSL_CERT_FILE/DIR itself; they key the cache
+
+
 def _docker_hub(registry: str, repository: str) -> tuple[str, str]:
     if registry in ("docker.io", "index.docker.io"):
         return "registry-1.docker.io", repository if "/" in repository else f"library/{repository}"
@@ -303,36 +314,43 @@ def _media_type(manifest: dict[str, Any]) -> str:
     return media
 
 
-def _annotation(manifest: dict[str, Any]) -> str | None:
-    annotations = manifest.get("annotations")
-    value = annotations.get(VERSION_ANNOTATION) if isinstance(annotations, dict) else None
-    return value if isinstance(value, str) else None
+ATTESTATION = "attestation-manifest"
+WASM_PLATFORMS = (("wasip1", "wasm"), ("wasi", "wasm"), ("wasip2", "wasm"))
+PREFERRED = (*WASM_PLATFORMS, ("linux", "amd64"))
 
 
-def current_platform() -> tuple[str, str]:
-    machine = platform.machine().lower()
-    return "linux", {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+def _platform(entry: dict[str, Any]) -> tuple[str, str]:
+    plat = entry.get("platform") if isinstance(entry.get("platform"), dict) else {}
+    return str(plat.get("os")), str(plat.get("architecture"))
+
+
+def _is_attestation(entry: dict[str, Any]) -> bool:
+    annotations = entry.get("annotations") if isinstance(entry.get("annotations"), dict) else {}
+    return annotations.get("vnd.docker.reference.type") == ATTESTATION or _platform(entry) == (
+        "unknown",
+        "unknown",
+    )
 
 
 def pick_platform(index: dict[str, Any], where: str) -> dict[str, Any]:
-    """The only entry, or the one for this machine's platform; anything else is ambiguous."""
+    """The same child on every machine: a Wasm module has no CPU architecture.
+
+    Attestations (``unknown/unknown``) are skipped; of the rest, a Wasm platform
+    wins, then ``linux/amd64``, then the index's first entry. Never this machine's
+    platform, so amd64 and arm64 builds of the image serve identical bytes.
+    """
     entries = [
         m
         for m in index.get("manifests") or []
-        if isinstance(m, dict) and isinstance(m.get("digest"), str)
+        if isinstance(m, dict) and isinstance(m.get("digest"), str) and not _is_attestation(m)
     ]
-    if len(entries) == 1:
-        return entries[0]
-    os_name, arch = current_platform()
-    for entry in entries:
-        plat = entry.get("platform") or {}
-        if plat.get("os") == os_name and plat.get("architecture") == arch:
-            return entry
-    names = sorted(
-        f"{(e.get('platform') or {}).get('os')}/{(e.get('platform') or {}).get('architecture')}"
-        for e in entries
-    )
-    raise PullError(f"{where}: index has {len(entries)} entries {names}, none for {os_name}/{arch}")
+    if not entries:
+        raise PullError(f"{where}: index has no image entry (only attestations or nothing)")
+    for wanted in PREFERRED:
+        for entry in entries:
+            if _platform(entry) == wanted:
+                return entry
+    return entries[0]
 
 
 def pick_layer(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -357,10 +375,11 @@ def extract_module(blob: IO[bytes], media_type: str) -> tuple[IO[bytes], int, st
     blob.seek(0)
     module, size, sha = _measure(blob) if media_type == WASM_LAYER else _from_tar(blob)
     module.seek(0)
-    if not is_wasm_module(module.read(4)):
+    if size < MIN_MODULE or not is_wasm_module(module.read(4)):
         if module is not blob:
             module.close()
-        raise NotWasm("not a Wasm module (no \\0asm magic)")
+        why = f"{size} bytes" if size < MIN_MODULE else "no \\0asm magic"
+        raise NotWasm(f"not a Wasm module ({why})")
     module.seek(0)
     return module, size, sha
 

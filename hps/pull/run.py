@@ -1,20 +1,31 @@
-"""Pull a whole plan: entries in parallel, then aliases, then the lock."""
+"""Pull a whole plan: entries in parallel, then aliases, then the lock.
+
+The lock always describes the tree: it is written after every run, also an
+interrupted one, from what this run wrote plus the previous records of what it
+did not touch.
+"""
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import signal
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hps.guard import accept_version
-from hps.pull.auth import Credentials, from_docker_config
-from hps.pull.errors import Drift, PullError
+from hps.pull.auth import Credentials
+from hps.pull.errors import Drift, InputError, NotWasm, PullError
+from hps.pull.fetch import Options, fetch_to
 from hps.pull.lock import Record, write_lock
 from hps.pull.progress import Progress, human
-from hps.pull.properties import Entry, Plan
-from hps.pull.registry import Client, Module
-from hps.pull.tree import link_module, read_local, write_module
+from hps.pull.properties import Entry, Key, Plan, replace
+from hps.pull.tree import (
+    link_module,
+    module_path,
+    read_local,
+    refresh_gzip,
+    remove_temporaries,
+)
 
 
 @dataclass
@@ -28,48 +39,100 @@ class Settings:
     retries: int = 3
     timeout: float = 30.0
     credentials: Credentials | None = None  # from flags/env; else ~/.docker/config.json
+    registry: str | None = None  # pull every reference from this mirror instead
+    namespace: str | None = None
+
+    def options(self, progress: Progress) -> Options:
+        return Options(
+            plain_http=self.plain_http,
+            credentials=self.credentials,
+            timeout=self.timeout,
+            retries=self.retries,
+            registry=self.registry,
+            namespace=self.namespace,
+            on_bytes=progress.received,
+        )
 
 
 @dataclass
 class Outcome:
-    records: dict[str, Record] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
+    records: dict[Key, Record] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # "name/version": why
+    interrupted: bool = False
 
 
-def run(plan: Plan, settings: Settings, previous: dict[str, Record], progress: Progress) -> Outcome:
-    outcome = Outcome()
-    for name, (record, failure) in _pull_all(plan, settings, previous, progress).items():
-        if record:
-            outcome.records[name] = record
-        else:
-            outcome.failures[name] = failure
+def check_locked(plan: Plan, previous: dict[Key, Record]) -> None:
+    """``--locked``: the inputs and the lock must name the same modules, found before pulling."""
+    problems = []
+    for key, entry in sorted(plan.entries.items()):
+        record = previous.get(key)
+        if record is None:
+            problems.append(f"{entry.label}: not in the lock")
+        elif record.reference != str(entry.ref):
+            problems.append(
+                f"{entry.label}: reference is {entry.ref}, the lock says {record.reference}"
+            )
+        elif not record.manifest_digest:
+            problems.append(f"{entry.label}: the lock has no manifest digest (it was kept local)")
+    problems += [
+        f"{n}/{v}: in the lock, not in the inputs"
+        for n, v in sorted(set(previous) - set(plan.entries))
+    ]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InputError(f"--locked: {problems[0]}{more}; pull without --locked to update the lock")
+
+
+def run(plan: Plan, settings: Settings, previous: dict[Key, Record], progress: Progress) -> Outcome:
+    for leftover in remove_temporaries(settings.output, settings.lock.parent):
+        progress.note(f"removed {leftover}, left by an interrupted pull")
+    outcome = _pull_all(plan, settings, previous, progress)
     _link_aliases(plan, settings.output, outcome)
     if not settings.locked:
-        kept = {n: r for n, r in previous.items() if n in outcome.failures and n in plan.entries}
+        kept = {k: r for k, r in previous.items() if k in plan.entries and k not in outcome.records}
         write_lock(settings.lock, {**kept, **outcome.records})
     return outcome
 
 
 def _pull_all(
-    plan: Plan, settings: Settings, previous: dict[str, Record], progress: Progress
-) -> dict[str, tuple[Record | None, str]]:
+    plan: Plan, settings: Settings, previous: dict[Key, Record], progress: Progress
+) -> Outcome:
+    outcome = Outcome()
     pool = ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="pull")
+    futures: dict[Key, Future] = {
+        key: pool.submit(_guarded, entry, previous.get(key), settings, progress)
+        for key, entry in plan.entries.items()
+    }
     try:
-        futures = {
-            name: pool.submit(_guarded, entry, previous.get(name), settings, progress)
-            for name, entry in plan.entries.items()
-        }
-        return {name: future.result() for name, future in futures.items()}
-    finally:
-        # On Ctrl-C, start nothing new; pulls under way finish or clean up their temp file.
-        pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures.values():
+            future.result()
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        running = sum(f.running() for f in futures.values())
+        progress.note(f"interrupted: finishing {running} download(s) under way, starting no more")
+        # Ignore further Ctrl-C while the workers finish (bounded by --timeout): what they
+        # write must reach the lock, or it would describe old bytes.
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            signal.signal(signal.SIGINT, handler)
+    pool.shutdown(wait=True, cancel_futures=True)
+    for key, future in futures.items():
+        if future.done() and not future.cancelled():
+            record, failure = future.result()
+            if record:
+                outcome.records[key] = record
+            else:
+                outcome.failures[plan.entries[key].label] = failure
+    return outcome
 
 
 def _guarded(
     entry: Entry, previous: Record | None, settings: Settings, progress: Progress
 ) -> tuple[Record | None, str]:
     """One entry's failure is one line, never a traceback or a stopped run."""
-    progress.started(entry.name)
+    progress.started(entry.label)
     try:
         record = pull_one(entry, previous, settings, progress)
     except PullError as exc:
@@ -79,67 +142,68 @@ def _guarded(
     except Exception as exc:  # reported as one line, like every failure
         failure = f"unexpected {type(exc).__name__}: {exc}"
     else:
-        progress.finished(entry.name, _describe(entry.name, record))
+        progress.finished(entry.label, _describe(entry, record))
         return record, ""
-    progress.finished(entry.name, failure, ok=False)
+    progress.finished(entry.label, failure, ok=False)
     return None, failure
 
 
-def _describe(name: str, record: Record) -> str:
+def _describe(entry: Entry, record: Record) -> str:
     how = "kept local" if record.source == "local" else "pulled"
     size = human(record.size)
-    return f"{how} {name} {record.versions[0]} ({size}, sha256:{record.wasm_sha256[:12]})"
+    return f"{how} {entry.name} {entry.version} ({size}, sha256:{record.wasm_sha256[:12]})"
 
 
 def pull_one(
     entry: Entry, previous: Record | None, settings: Settings, progress: Progress
 ) -> Record:
-    locked = _locked_record(entry, previous) if settings.locked else None
-    version = entry.version or (locked.versions[0] if locked else None)
-    if settings.use_local and version:
-        local = read_local(settings.output, entry.name, version)
+    locked = previous if settings.locked else None  # check_locked made sure it exists
+    if settings.use_local:
+        local = _usable_local(entry, settings.output, progress)
         if local:
-            return _local_record(entry, version, local, previous, locked)
+            refresh_gzip(settings.output, entry.name, entry.version)
+            return _local_record(entry, local, previous, locked)
     if locked and not locked.manifest_digest:
         raise Drift("the lock has no manifest digest (it was kept local); pull without --locked")
-    module = _fetch(entry, locked, settings, progress)
-    with module.file:
-        version = version or _annotated_version(module)
-        if locked and module.sha256 != locked.wasm_sha256:
-            raise Drift(
-                f"module sha256 {module.sha256} differs from the lock's {locked.wasm_sha256}"
-            )
-        write_module(settings.output, entry.name, version, module.file)
+    ref, pin, layer_pin = entry.ref, entry.pin, None
+    if locked:
+        # By the locked digest: a tag moved upstream does not matter.
+        ref = replace(entry.ref, tag=None, digest=locked.manifest_digest)
+        pin, layer_pin = locked.manifest_digest, locked.layer_digest
+    fetched = fetch_to(
+        ref,
+        module_path(settings.output, entry.name, entry.version),
+        settings.options(progress),
+        pin=pin,
+        layer_pin=layer_pin,
+        expect_sha256=locked.wasm_sha256 if locked else None,
+        root=settings.output,
+    )
     return Record(
         str(entry.ref),
-        module.manifest_digest,
-        module.layer_digest,
-        module.sha256,
-        module.size,
-        [version, *entry.aliases],
+        fetched.manifest_digest,
+        fetched.layer_digest,
+        fetched.sha256,
+        fetched.size,
+        [entry.version, *entry.aliases],
     )
 
 
-def _locked_record(entry: Entry, previous: Record | None) -> Record:
-    if previous is None:
-        raise Drift("not in the lock; pull without --locked to add it")
-    if previous.reference != str(entry.ref):
-        raise Drift(f"reference is {entry.ref}, the lock says {previous.reference}")
-    return previous
+def _usable_local(entry: Entry, root: Path, progress: Progress) -> tuple[int, str] | None:
+    """A valid local module, or None; a corrupt one is downloaded again, as upstream does."""
+    try:
+        return read_local(root, entry.name, entry.version)
+    except NotWasm as exc:
+        progress.note(f"{entry.label}: {exc}; downloading it again")
+        return None
 
 
 def _local_record(
-    entry: Entry,
-    version: str,
-    local: tuple[int, str],
-    previous: Record | None,
-    locked: Record | None,
+    entry: Entry, local: tuple[int, str], previous: Record | None, locked: Record | None
 ) -> Record:
     size, sha = local
     if locked and sha != locked.wasm_sha256:
-        raise Drift(
-            f"local {entry.name}/{version} has sha256 {sha}, the lock says {locked.wasm_sha256}"
-        )
+        raise Drift(f"local {entry.label} has sha256 {sha}, the lock says {locked.wasm_sha256}")
     same = previous is not None and previous.wasm_sha256 == sha
     return Record(
         str(entry.ref),
@@ -147,56 +211,34 @@ def _local_record(
         previous.layer_digest if same else None,
         sha,
         size,
-        [version, *entry.aliases],
+        [entry.version, *entry.aliases],
         source="local",
     )
 
 
-def _fetch(entry: Entry, locked: Record | None, settings: Settings, progress: Progress) -> Module:
-    ref = entry.ref
-    client = Client(
-        ref.registry,
-        ref.repository,
-        plain_http=settings.plain_http,
-        credentials=settings.credentials or from_docker_config(ref.registry),
-        timeout=settings.timeout,
-        retries=settings.retries,
-        on_bytes=progress.received,
-    )
-    if locked:
-        digest = locked.manifest_digest or ""
-        return client.fetch_module(digest, pin=digest, layer_pin=locked.layer_digest)
-    return client.fetch_module(ref.tag or ref.digest or "", pin=entry.pin)
-
-
-def _annotated_version(module: Module) -> str:
-    if module.version is None:
-        raise PullError("pinned by digest and no version known: set 'version' in the manifest")
-    if not accept_version(module.version):
-        raise PullError(f"annotated version {module.version!r} is not a usable version")
-    return module.version
-
-
 def _link_aliases(plan: Plan, root: Path, outcome: Outcome) -> None:
-    for name, record in list(outcome.records.items()):
-        try:
-            for alias in record.versions[1:]:
-                link_module(root, name, alias, name, record.versions[0])
-        except OSError as exc:
-            outcome.failures[name] = f"cannot link alias: {exc.strerror or exc}"
-            del outcome.records[name]
+    for (name, version), record in outcome.records.items():
+        for alias in record.versions[1:]:
+            try:
+                link_module(root, name, alias, name, version)
+            except OSError as exc:
+                outcome.failures[f"{name}/{alias}"] = f"cannot link alias: {exc.strerror or exc}"
+        record.versions = [v for v in record.versions if f"{name}/{v}" not in outcome.failures]
     for alias in plan.name_aliases.values():
-        target = outcome.records.get(alias.target)
-        if target is None:
-            outcome.failures[alias.name] = f"not served: {alias.target} was not pulled"
-            continue
-        try:
-            for version in alias.versions:
-                link_module(root, alias.name, version, alias.target, target.versions[0])
-        except OSError as exc:
-            outcome.failures[alias.name] = f"cannot link alias: {exc.strerror or exc}"
-            continue
-        target.served_as[alias.name] = list(alias.versions)
+        for version, target_version in alias.links:
+            target = outcome.records.get((alias.target, target_version))
+            label = f"{alias.name}/{version}"
+            if target is None:
+                outcome.failures[label] = (
+                    f"not served: {alias.target}/{target_version} was not pulled"
+                )
+                continue
+            try:
+                link_module(root, alias.name, version, alias.target, target_version)
+            except OSError as exc:
+                outcome.failures[label] = f"cannot link alias: {exc.strerror or exc}"
+                continue
+            target.served_as.setdefault(alias.name, []).append(version)
 
 
 def default_jobs() -> int:

@@ -5,12 +5,18 @@ never lists dotfiles) in its final directory, is fsynced, renamed over the
 target and the directory fsynced: a server reading the same tree sees the old
 file or the new one, nothing in between. Aliases are relative symlinks to the
 module file, swapped in the same way.
+
+Beside each module goes ``plugin.wasm.gz`` (nginx's ``gzip_static`` convention),
+so the server can send gzip from the first download: best compression, and the
+same bytes on every machine and run (no name, mtime 0 in the gzip header).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,6 +28,10 @@ from hps.guard import MODULE_FILE, is_wasm_module, within_root
 from hps.pull.errors import NotWasm, PullError
 
 CHUNK = 1024 * 1024
+GZIP_FILE = MODULE_FILE + ".gz"
+MIN_MODULE = 8  # the magic and the version field: anything shorter is no Wasm module
+# What our own staging leaves behind when a pull is killed (SIGKILL, power loss).
+_OUR_TEMPORARY = re.compile(r"\.(?:plugin\.wasm|plugin\.wasm\.gz|[^/]+\.json)\.[^/]+\.tmp\Z")
 
 
 def module_path(root: Path, name: str, version: str) -> Path:
@@ -29,21 +39,91 @@ def module_path(root: Path, name: str, version: str) -> Path:
 
 
 def write_module(root: Path, name: str, version: str, source: IO[bytes]) -> Path:
-    """Copy ``source`` to ``<root>/<name>/<version>/plugin.wasm`` atomically."""
+    """Copy ``source`` to ``<root>/<name>/<version>/plugin.wasm`` atomically, with its ``.gz``.
+
+    The ``.gz`` lands first, so the module never appears without its matching
+    sibling; a stale or foreign ``.gz`` from before is replaced either way.
+    """
     target = module_path(root, name, version)
-    _make_dirs(root, target.parent)
-    with _staged(target) as out:
-        shutil.copyfileobj(source, out, CHUNK)
+    make_dirs(root, target.parent)
+    write_module_file(target, source)
     return target
 
 
+def prepare_dirs(root: Path, name: str, version: str) -> None:
+    """``<root>/<name>/<version>/`` as real directories (see :func:`_make_dirs`)."""
+    make_dirs(root, module_path(root, name, version).parent)
+
+
+def write_module_file(target: Path, source: IO[bytes]) -> None:
+    """``target`` and ``target.gz`` from ``source`` (read twice), both atomically."""
+    source.seek(0)
+    write_gzip(target.with_name(target.name + ".gz"), source)
+    source.seek(0)
+    with _staged(target) as out:
+        shutil.copyfileobj(source, out, CHUNK)
+
+
+def write_gzip(target: Path, source: IO[bytes]) -> None:
+    """Deterministic gzip of ``source`` at level 9: no file name, mtime 0."""
+    with (
+        _staged(target) as out,
+        gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=out, mtime=0) as gz,
+    ):
+        shutil.copyfileobj(source, gz, CHUNK)
+
+
+def refresh_gzip(root: Path, name: str, version: str) -> None:
+    """Rewrite the ``.gz`` beside a module kept as it is (``--use-local``)."""
+    module = module_path(root, name, version)
+    with module.open("rb") as source:
+        write_gzip(module.with_name(GZIP_FILE), source)
+
+
 def link_module(root: Path, name: str, version: str, target_name: str, target_version: str) -> Path:
-    """Serve ``target``'s module as ``name/version`` through a relative symlink."""
+    """Serve ``target``'s module (and its ``.gz``) as ``name/version`` through relative symlinks."""
     link = module_path(root, name, version)
-    _make_dirs(root, link.parent)
-    relative = os.path.relpath(module_path(root, target_name, target_version), link.parent)
+    make_dirs(root, link.parent)
+    target = module_path(root, target_name, target_version)
+    gz_link = link.with_name(GZIP_FILE)
+    if target.with_name(GZIP_FILE).exists():
+        relative_gz = os.path.relpath(target.with_name(GZIP_FILE), link.parent)
+        _replace(gz_link, lambda tmp: os.symlink(relative_gz, tmp))
+    else:
+        _unlink_quietly(str(gz_link))  # a stale one would describe other bytes
+    relative = os.path.relpath(target, link.parent)
     _replace(link, lambda tmp: os.symlink(relative, tmp))
     return link
+
+
+def remove_temporaries(root: Path, *others: Path) -> list[Path]:
+    """Delete the temp files a killed pull left in ``<root>/<name>/<version>/`` and ``others``.
+
+    Only names our own staging makes (``.plugin.wasm.XXXX.tmp``, ``.<lock>.json.XXXX.tmp``);
+    two pulls into one tree at once are not supported anyway.
+    """
+    directories = [*others]
+    for name_dir in _subdirs(root):
+        directories += _subdirs(name_dir)
+    removed = []
+    for directory in directories:
+        for entry in _scan(directory):
+            if entry.is_file(follow_symlinks=False) and _OUR_TEMPORARY.match(entry.name):
+                _unlink_quietly(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    return [Path(e.path) for e in _scan(directory) if e.is_dir(follow_symlinks=False)]
+
+
+def _scan(directory: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -63,8 +143,9 @@ def read_local(root: Path, name: str, version: str) -> tuple[int, str] | None:
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as source:
-        if not is_wasm_module(source.read(4)):
-            raise NotWasm(f"local {path} is not a Wasm module (no \\0asm magic)")
+        head = source.read(MIN_MODULE)
+        if len(head) < MIN_MODULE or not is_wasm_module(head):
+            raise NotWasm(f"local {path} is not a Wasm module")
         source.seek(0)
         while chunk := source.read(CHUNK):
             digest.update(chunk)
@@ -72,8 +153,8 @@ def read_local(root: Path, name: str, version: str) -> tuple[int, str] | None:
     return size, digest.hexdigest()
 
 
-def _make_dirs(root: Path, directory: Path) -> None:
-    """Create ``<name>/<version>`` as real directories, replacing old directory symlinks."""
+def make_dirs(root: Path, directory: Path) -> None:
+    """Create ``directory`` below ``root`` as real directories, replacing directory symlinks."""
     root.mkdir(parents=True, exist_ok=True)
     current = root
     for part in directory.relative_to(root).parts:
