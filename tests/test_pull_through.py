@@ -108,7 +108,7 @@ def test_what_the_registry_lacks_is_404_for_the_whole_herd(
     assert server.get(MODULE.format("9.9.9")).status == 404 and proxy.count() == 1
     # Outside the allow-list, or not a version: never reaches the registry.
     # A "+build" version is grammatical but no OCI tag can spell it: 404, nothing sent.
-    for path in ("/plugins/basic-auth/1.0.0/plugin.wasm", "/plugins/ai-proxy/latest/plugin.wasm",
+    for path in ("/plugins/basic-auth/1.0.0/plugin.wasm", "/plugins/ai-proxy/-latest/plugin.wasm",
                  "/plugins/ai-proxy/1.0.0%2F..%2F2/plugin.wasm",
                  "/plugins/ai-proxy/1.0.0+b1/plugin.wasm"):
         assert server.get(path).status == 404, path

@@ -33,9 +33,9 @@ class Exploding(io.BytesIO):
 
 
 def test_write_module_failure_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
-    write_module(tmp_path, "a", "1.0.0", io.BytesIO(wasm("old")))
+    write_module(tmp_path, "a", "1.0.0", io.BytesIO(wasm("old")), gzip_sibling=True)
     with pytest.raises(OSError):
-        write_module(tmp_path, "a", "1.0.0", Exploding(wasm("new") * 1000))
+        write_module(tmp_path, "a", "1.0.0", Exploding(wasm("new") * 1000), gzip_sibling=True)
     assert sorted(os.listdir(tmp_path / "a/1.0.0")) == ["plugin.wasm", "plugin.wasm.gz"]
     assert (tmp_path / "a/1.0.0/plugin.wasm").read_bytes() == wasm("old")
     assert oct((tmp_path / "a/1.0.0/plugin.wasm").stat().st_mode & 0o777) == "0o644"
@@ -53,7 +53,7 @@ def test_write_module_replaces_a_directory_symlink_instead_of_writing_through(
 
 
 def test_link_module_swaps_a_real_file_for_a_relative_link(tmp_path: Path) -> None:
-    write_module(tmp_path, "a", "2.0.0", io.BytesIO(wasm("two")))
+    write_module(tmp_path, "a", "2.0.0", io.BytesIO(wasm("two")), gzip_sibling=True)
     write_module(tmp_path, "a", "1.0.0", io.BytesIO(wasm("one")))
     link = link_module(tmp_path, "a", "1.0.0", "a", "2.0.0")
     assert os.readlink(link) == "../2.0.0/plugin.wasm"
@@ -145,13 +145,13 @@ def test_gz_sibling_is_deterministic_and_replaces_a_stale_one(tmp_path: Path) ->
     (tmp_path / "a/1.0.0").mkdir(parents=True)
     (tmp_path / "a/1.0.0/plugin.wasm.gz").write_bytes(gzip.compress(b"foreign", mtime=1))
     module = wasm("gz") * 100
-    write_module(tmp_path, "a", "1.0.0", io.BytesIO(module))
+    write_module(tmp_path, "a", "1.0.0", io.BytesIO(module), gzip_sibling=True)
     first = (tmp_path / "a/1.0.0/plugin.wasm.gz").read_bytes()
     assert gzip.decompress(first) == module
     assert first[3] == 0 and first[4:8] == b"\0\0\0\0"  # no FNAME flag, mtime 0
     assert first[8] == 2  # XFL: best compression
     os.utime(tmp_path / "a/1.0.0/plugin.wasm", (1, 1))
-    write_module(tmp_path, "b", "1.0.0", io.BytesIO(module))
+    write_module(tmp_path, "b", "1.0.0", io.BytesIO(module), gzip_sibling=True)
     assert (tmp_path / "b/1.0.0/plugin.wasm.gz").read_bytes() == first
 
 

@@ -38,28 +38,36 @@ def module_path(root: Path, name: str, version: str) -> Path:
     return root / name / version / MODULE_FILE
 
 
-def write_module(root: Path, name: str, version: str, source: IO[bytes]) -> Path:
-    """Copy ``source`` to ``<root>/<name>/<version>/plugin.wasm`` atomically, with its ``.gz``.
+def write_module(
+    root: Path, name: str, version: str, source: IO[bytes], *, gzip_sibling: bool = False
+) -> Path:
+    """Copy ``source`` to ``<root>/<name>/<version>/plugin.wasm`` atomically.
+
+    With ``gzip_sibling`` (what ``hps pull`` does), its ``.gz`` too: see
+    :func:`write_module_file`.
+    """
+    target = module_path(root, name, version)
+    make_dirs(root, target.parent)
+    if gzip_sibling:
+        write_module_file(target, source)
+    else:
+        _write_from(target, source)
+    return target
+
+
+def write_module_file(target: Path, source: IO[bytes]) -> None:
+    """``target`` and ``target.gz`` from ``source`` (read twice), both atomically.
 
     The ``.gz`` lands first, so the module never appears without its matching
     sibling; a stale or foreign ``.gz`` from before is replaced either way.
     """
-    target = module_path(root, name, version)
-    make_dirs(root, target.parent)
-    write_module_file(target, source)
-    return target
-
-
-def prepare_dirs(root: Path, name: str, version: str) -> None:
-    """``<root>/<name>/<version>/`` as real directories (see :func:`_make_dirs`)."""
-    make_dirs(root, module_path(root, name, version).parent)
-
-
-def write_module_file(target: Path, source: IO[bytes]) -> None:
-    """``target`` and ``target.gz`` from ``source`` (read twice), both atomically."""
     source.seek(0)
     write_gzip(target.with_name(target.name + ".gz"), source)
     source.seek(0)
+    _write_from(target, source)
+
+
+def _write_from(target: Path, source: IO[bytes]) -> None:
     with _staged(target) as out:
         shutil.copyfileobj(source, out, CHUNK)
 
