@@ -40,8 +40,9 @@ def upstream_template(value: str) -> str | None:
     """An ``oci://`` reference once ``${name}`` and ``${version}`` are filled in."""
     from hps.upstream import expand  # the one place that knows templates
 
-    if "${name}" not in value:
-        return f"{value!r} has no ${{name}}"
+    missing = [part for part in ("${name}", "${version}") if part not in value]
+    if missing:  # without ${version}, every asked-for version would get the same module
+        return f"{value!r} has no {missing[0]}"
     try:
         expand(value, "plugin", "1.0.0")
     except ValueError as err:

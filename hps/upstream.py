@@ -66,10 +66,9 @@ def expand(template: str, name: str, version: str) -> Any:
     """The ``Reference`` a template names for one plugin version; ValueError when bad."""
     from hps.pull.properties import parse_reference  # the pull client's own grammar
 
-    ref = parse_reference(template.replace("${name}", name).replace("${version}", version))
-    if ref.tag is None:
-        raise ValueError(f"{template!r} must end in a tag, e.g. :${{version}}")
-    return ref
+    if version.startswith("sha256:"):  # upstream serves a digest-only line at its digest
+        template = template.replace(":${version}", "@${version}")
+    return parse_reference(template.replace("${name}", name).replace("${version}", version))
 
 
 class Source(Protocol):
@@ -240,23 +239,22 @@ class RegistrySource:
 
     def pull(self, name: str, version: str) -> None:
         """Try each template in order; the first module found is written atomically."""
-        from hps.pull.auth import from_docker_config, from_environment
+        from hps.pull.auth import from_environment
         from hps.pull.errors import NotFound, NotWasm, PullError
-        from hps.pull.registry import Client
-        from hps.pull.tree import write_module
+        from hps.pull.fetch import Options, fetch_to
 
+        options = Options(plain_http=self.plain_http, credentials=from_environment(),
+                          timeout=self.timeout, retries=self.retries)
+        target = Path(self.cache_root, name, version, MODULE_FILE)
         errors: list[str] = []
         for template in self.templates:
             try:
                 ref = expand(template, name, version)
             except ValueError:  # e.g. a "+build" version: no OCI tag can spell it
                 continue
-            client = Client(ref.registry, ref.repository, plain_http=self.plain_http,
-                            credentials=from_environment() or from_docker_config(ref.registry),
-                            timeout=self.timeout, retries=self.retries)
             with self.slot(ref.registry):
                 try:
-                    module = client.fetch_module(ref.tag)
+                    fetch_to(ref, target, options, root=Path(self.cache_root))
                 except NotFound:
                     continue
                 except NotWasm as err:  # never served; another template may hold a module
@@ -265,9 +263,6 @@ class RegistrySource:
                 except PullError as err:
                     errors.append(str(err))
                     continue
-            with module.file:
-                try:
-                    write_module(Path(self.cache_root), name, version, module.file)
                 except OSError as err:
                     raise Unavailable(f"cannot write the cache tree: {err}") from None
             return

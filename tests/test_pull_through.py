@@ -7,6 +7,7 @@ registry, and can make it answer 500 or hang.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import os
@@ -78,7 +79,11 @@ def test_a_herd_costs_one_fetch_and_the_cache_survives_a_restart(
     assert {r.header("ETag") for r in replies} == {f'"{Tree.sha256(module)[:40]}"'}
     assert (proxy.count("manifests"), proxy.count("blobs"), proxy.count()) == (1, 1, 2)
     assert (cache / "plugins" / "ai-proxy" / "2.0.3" / "plugin.wasm").read_bytes() == module
-    assert files_under(cache / "plugins") == ["ai-proxy/2.0.3/plugin.wasm"]
+    # hps pull's own write: the module and its .gz sibling, nothing else.
+    assert files_under(cache / "plugins") == ["ai-proxy/2.0.3/plugin.wasm",
+                                               "ai-proxy/2.0.3/plugin.wasm.gz"]
+    assert gzip.decompress(
+        (cache / "plugins" / "ai-proxy" / "2.0.3" / "plugin.wasm.gz").read_bytes()) == module
     metadata = server.get("/plugins/ai-proxy/2.0.3/metadata.txt")
     assert metadata.status == 200 and Tree.sha256(module).encode() in metadata.body
     assert proxy.count() == 2  # from the cache tree now

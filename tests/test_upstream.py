@@ -136,7 +136,7 @@ def test_a_client_leaving_abandons_only_its_wait(world) -> None:
 
 def test_outside_the_allow_list_or_grammar_never_reaches_the_registry(world) -> None:
     _, source, upstream, _ = world
-    for name, version in [("basic-auth", "1.0.0"), ("ai-proxy", "latest"),
+    for name, version in [("basic-auth", "1.0.0"), ("ai-proxy", "-latest"),
                           ("AI-proxy", "1.0.0"), ("ai-proxy/../x", "1.0.0"),
                           ("ai-proxy", "1.0.0;rm")]:
         assert isinstance(outcomes([upstream.wait(name, version)])[0], Missing)
@@ -190,14 +190,18 @@ def test_templates_and_knobs() -> None:
     ref = expand("oci://127.0.0.1:5000/plugins/${name}:${version}", "ai-proxy", "1.0.0")
     assert (ref.registry, ref.repository, ref.tag) == ("127.0.0.1:5000", "plugins/ai-proxy",
                                                        "1.0.0")
-    with pytest.raises(ValueError):
-        expand("oci://reg/plugins/${name}", "ai-proxy", "1.0.0")
+    digest = "sha256:" + "a" * 64
+    assert expand("oci://r/plugins/${name}:${version}", "ai-proxy", digest).digest == digest
+    for version in ("1.0.0+b1", "-x"):
+        with pytest.raises(ValueError):
+            expand("oci://reg/plugins/${name}:${version}", "ai-proxy", version)
     config = build(None, {"root": "plugins", "upstream": ["oci://r/p/${name}:${version}"],
                           "upstream_allow": ["ai-*", "key-auth"]})
     assert config.upstream_allow == ("ai-*", "key-auth")
     # The wait must fit in the send timeout only when pull-through is on.
     assert build(None, {"root": "plugins", "send_timeout": 2}).send_timeout == 2
-    for bad in ({"upstream": ["oci://r/p/fixed:1.0"]}, {"upstream": ["http://x y"]},
+    for bad in ({"upstream": ["oci://r/p/fixed:1.0"]}, {"upstream": ["oci://r/${name}:latest"]},
+                {"upstream": ["http://x y/${name}:${version}"]},
                 {"upstream_allow": ["*"]}, {"upstream": ["oci://r/${name}:${version}"],
                                             "upstream_allow": ["*"], "upstream_wait": 30}):
         with pytest.raises(ConfigError):
