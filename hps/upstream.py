@@ -11,7 +11,8 @@ Like a Docker registry mirror, but for the plugin URLs the Console builds. Two h
 - :class:`RegistrySource` does the blocking part on a daemon thread with ``hps pull``'s
   own client, credentials, digest and Wasm checks and atomic writes: it tries each
   template in order and writes the module into the cache tree
-  ``<cache_dir>/plugins/<name>/<version>/plugin.wasm``, which the catalog scans after
+  ``<cache_dir>/plugins/<name>/<version>/plugin.wasm`` (and the ``.gz`` sibling
+  ``hps pull`` writes), which the catalog scans after
   the image's tree (the image's tree wins a conflict) and which survives restarts.
 """
 
@@ -116,26 +117,27 @@ class Upstream:
             return fail(Missing(f"{name} is not pulled through"))
         if self.negative_until(key) > self.clock.seconds():
             return fail(Missing(f"{name} {version}: not in the registry (remembered)"))
-        if key not in self.pending:
-            refusal = self.start(key)
-            if refusal is not None:
-                return fail(refusal)
+        fresh = key not in self.pending
+        refusal = self.refusal(key) if fresh else None
+        if refusal is not None:
+            return fail(refusal)
         waiter = Deferred(lambda d: self.forget(key, d))
-        self.pending[key].append(waiter)
+        self.pending.setdefault(key, []).append(waiter)
         waiter.addTimeout(self.wait_seconds, self.clock)
-        return waiter.addErrback(self.timed_out, name, version)
+        waiter.addErrback(self.timed_out, name, version)
+        if fresh:  # after the waiter is in place: a source may answer at once
+            self.log.info("pull-through: fetching {name} {version}", name=name, version=version)
+            self.source.fetch(name, version).addBoth(self.settled, key)
+        return waiter
 
-    def start(self, key: tuple[str, str]) -> Exception | None:
-        """Start the one fetch for ``key``, or say why not."""
+    def refusal(self, key: tuple[str, str]) -> Exception | None:
+        """Why no new fetch may start for ``key`` now, or None."""
         if len(self.pending) >= self.max_pending:
             return Unavailable("too many pull-through fetches under way")
         if self.cached_count() >= self.max_cached:
             self.log.warn("pull-through cache holds {n} modules (the limit); not fetching "
                           "{name} {version}", n=self.max_cached, name=key[0], version=key[1])
             return Missing("the pull-through cache is full")
-        self.pending[key] = []
-        self.log.info("pull-through: fetching {name} {version}", name=key[0], version=key[1])
-        self.source.fetch(*key).addBoth(self.settled, key)
         return None
 
     def settled(self, result: Artifact | Failure, key: tuple[str, str]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -132,6 +132,13 @@ def test_a_client_leaving_abandons_only_its_wait(world) -> None:
     first.cancel()
     source.succeed()
     assert isinstance(seen[0], Artifact)
+
+
+def test_a_source_that_answers_at_once(world) -> None:
+    _, source, upstream, _ = world
+    source.fetch = lambda name, version: fail(Missing("no"))
+    assert isinstance(outcomes([upstream.wait("ai-proxy", "7.0.0")])[0], Missing)
+    assert not upstream.pending
 
 
 def test_outside_the_allow_list_or_grammar_never_reaches_the_registry(world) -> None:
