@@ -100,6 +100,11 @@ class Config:
     upstream_wait: float = knob(10.0, "seconds a request waits for a pull-through fetch before "
                                 "it gets 503 + Retry-After", positive)
 
+    @property
+    def pull_through(self) -> bool:
+        """Pull-through is on: a template to fetch from and names allowed to be fetched."""
+        return bool(self.upstream and self.upstream_allow)
+
     def describe(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
 
@@ -185,7 +190,7 @@ def check(config: Config) -> None:
             raise ConfigError(f"{flag_name(key)}: {problem}")
     if config.upstream_allow and not config.upstream:
         raise ConfigError("upstream-allow: needs at least one --upstream template")
-    if config.upstream_allow and config.upstream_wait >= config.send_timeout:
+    if config.pull_through and config.upstream_wait >= config.send_timeout:
         raise ConfigError("upstream-wait: must be less than send-timeout, which would cut the "
                           "waiting request first")
     if not os.path.isdir(config.root):

@@ -31,6 +31,7 @@ class ServerState:
             return "draining"
         if not self.catalog.loaded:
             return "catalog not loaded yet"
-        if not len(self.catalog):
+        if not len(self.catalog) and not self.config.pull_through:
+            # With pull-through an empty tree can still serve; never wait on a registry.
             return "catalog holds no artifact"
         return None

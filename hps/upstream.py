@@ -281,7 +281,7 @@ def make_upstream(state: ServerState, reactor: Any,
                   source_factory: Callable[..., Source] = RegistrySource) -> Upstream | None:
     """The pull-through service for ``state.config``, or None when it is off."""
     config = state.config
-    if not (config.upstream and config.upstream_allow):
+    if not config.pull_through:
         return None
     cache_root = cache_tree(config.cache_dir)
     source = source_factory(config.upstream, cache_root, reactor,

@@ -215,6 +215,14 @@ def test_templates_and_knobs() -> None:
             build(None, {"root": "plugins", **bad})
 
 
+def test_ready_with_an_empty_tree_only_when_pull_through_is_on(tmp_path: Path) -> None:
+    on = Config(root=str(tmp_path), upstream=("oci://r/p/${name}:${version}",),
+                upstream_allow=("*",))
+    assert ServerState(config=on, catalog=scan(str(tmp_path))).unready_reason() is None
+    off = ServerState(config=Config(root=str(tmp_path)), catalog=scan(str(tmp_path)))
+    assert off.unready_reason() == "catalog holds no artifact"
+
+
 # -- through the real site, in memory -----------------------------------------------------
 
 
