@@ -11,19 +11,29 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
 from hps.pull.auth import Credentials, from_environment
 from hps.pull.errors import InputError
-from hps.pull.inventory import Source, default_sources, load_entries
+from hps.pull.inventory import (
+    CHECKOUT_UPSTREAM,
+    REPO_UPSTREAM,
+    Source,
+    default_sources,
+    load_entries,
+)
 from hps.pull.lock import Record, read_lock
 from hps.pull.progress import Progress
 from hps.pull.properties import REGISTRY_HOST, Key, Plan, build_plan, load_manifest, read_text
-from hps.pull.run import Settings, check_locked, default_jobs, run
+from hps.pull.run import Outcome, Settings, check_locked, default_jobs, run
+from hps.pull.snapshot import Served, read_json, snapshot_plan, write_inventory
 
 DEFAULT_OUTPUT = "plugins"
 LOCK_NAME = "plugins.lock.json"
+UNMANAGED_LOCK = "unmanaged-plugins.lock.json"
 MAX_JOBS = 32
 INTERRUPTED = 130
 _NAMESPACE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
@@ -50,6 +60,19 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="upstream's plugins.properties: each line also at 1.0.0 and 2.0.0 (repeatable)."
         " With neither flag: this repository's default inventory, or ./plugins.properties",
+    )
+    p.add_argument(
+        "--snapshot",
+        metavar="FILE",
+        type=Path,
+        help="upstream's production mode: a Higress snapshot JSON (schemaVersion 1)",
+    )
+    p.add_argument(
+        "--unmanaged-lock",
+        metavar="FILE",
+        type=Path,
+        help=f"with --snapshot: pins for the properties lines it does not manage"
+        f" (default {UNMANAGED_LOCK} beside the properties)",
     )
     p.add_argument(
         "--registry", metavar="HOST[:PORT]", help="pull every reference from this registry"
@@ -124,9 +147,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise InputError(f"--registry wants HOST[:PORT], got {args.registry!r}")
     if args.namespace is not None and not _NAMESPACE.match(args.namespace):
         raise InputError(f"--namespace wants a repository path component, got {args.namespace!r}")
+    _check_mode(args)
     return Settings(
         output=args.output,
-        lock=args.lock or sources(args)[0].path.parent / LOCK_NAME,
+        lock=None if args.snapshot else args.lock or sources(args)[0].path.parent / LOCK_NAME,
         locked=args.locked,
         use_local=args.use_local,
         plain_http=args.plain_http,
@@ -137,6 +161,25 @@ def settings_from(args: argparse.Namespace) -> Settings:
         registry=args.registry.removesuffix("/") if args.registry else None,
         namespace=args.namespace,
     )
+
+
+def _check_mode(args: argparse.Namespace) -> None:
+    if args.unmanaged_lock and not args.snapshot:
+        raise InputError("--unmanaged-lock goes with --snapshot")
+    if args.snapshot:
+        given = [
+            flag
+            for flag, value in (
+                ("--upstream-properties", args.upstream_properties),
+                ("--manifest", args.manifest),
+                ("--lock", args.lock),
+                ("--locked", args.locked),
+                ("--use-local", args.use_local),
+            )
+            if value
+        ]
+        if given:
+            raise InputError(f"--snapshot pins everything itself; it takes no {', '.join(given)}")
 
 
 def sources(args: argparse.Namespace) -> list[Source]:
@@ -169,8 +212,26 @@ def load_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
+def load_snapshot(args: argparse.Namespace) -> tuple[Plan, list[Served]]:
+    """``--snapshot``: the snapshot, the unmanaged lock and the properties, all checked."""
+    properties = args.properties or [_snapshot_properties()]
+    lines = load_entries([Source(path) for path in properties])
+    lock_path = args.unmanaged_lock or properties[0].parent / UNMANAGED_LOCK
+    snapshot = read_json(args.snapshot, "snapshot")
+    lock = read_json(lock_path, "unmanaged lock")
+    return snapshot_plan(snapshot, str(args.snapshot), lines, lock)
+
+
+def _snapshot_properties() -> Path:
+    """Upstream's ``plugins.properties`` here, or this repository's."""
+    for path in (CHECKOUT_UPSTREAM, REPO_UPSTREAM):
+        if path.exists():
+            return path
+    raise InputError(f"--snapshot: no ./{CHECKOUT_UPSTREAM} or {REPO_UPSTREAM}; give --properties")
+
+
 def previous_lock(settings: Settings, plan: Plan) -> dict[Key, Record]:
-    if not (settings.locked or settings.lock.exists()):
+    if settings.lock is None or not (settings.locked or settings.lock.exists()):
         return {}
     previous = read_lock(settings.lock)
     if settings.locked:
@@ -182,8 +243,14 @@ def main(argv: list[str]) -> int:
     try:
         args = parser().parse_args(argv)
         settings = settings_from(args)
-        plan = load_plan(args)
-        previous = previous_lock(settings, plan)
+        finish: Callable[[Outcome], object] | None = None
+        if args.snapshot:
+            plan, served = load_snapshot(args)
+            previous: dict[Key, Record] = {}
+            finish = partial(_write_inventory, settings.output, served)
+        else:
+            plan = load_plan(args)
+            previous = previous_lock(settings, plan)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except InputError as exc:
@@ -192,13 +259,25 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("hps pull: interrupted before pulling anything", file=sys.stderr)
         return INTERRUPTED
-    return pull(plan, settings, previous)
+    return pull(plan, settings, previous, finish)
 
 
-def pull(plan: Plan, settings: Settings, previous: dict[Key, Record]) -> int:
+def _write_inventory(output: Path, served: list[Served], outcome: Outcome) -> None:
+    write_inventory(output, served, outcome.records)
+
+
+def pull(
+    plan: Plan,
+    settings: Settings,
+    previous: dict[Key, Record],
+    finish: Callable[[Outcome], object] | None = None,
+) -> int:
+    """Run the plan; ``finish`` writes what else describes the tree (snapshot inventory)."""
     progress = Progress(total=len(plan.entries))
     try:
         outcome = run(plan, settings, previous, progress)
+        if finish:
+            finish(outcome)
     except KeyboardInterrupt:  # after the downloads (aliases, lock): still one line
         progress.close()
         print("hps pull: interrupted", file=sys.stderr)

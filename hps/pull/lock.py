@@ -49,13 +49,18 @@ def lock_key(key: Key) -> str:
     return f"{key[0]}/{key[1]}"
 
 
-def read_lock(path: Path) -> dict[Key, Record]:
+def load_json(path: Path, what: str) -> Any:
+    """A JSON input file, or one InputError line saying why not."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise InputError(f"cannot read lock {str(path)!r}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
     except ValueError as exc:
-        raise InputError(f"lock {str(path)!r} is not JSON: {exc}") from None
+        raise InputError(f"{what} {str(path)!r} is not JSON: {exc}") from None
+
+
+def read_lock(path: Path) -> dict[Key, Record]:
+    doc = load_json(path, "lock")
     if not isinstance(doc, dict) or doc.get("lockVersion") not in READABLE:
         raise InputError(f"lock {str(path)!r}: want an object with lockVersion {LOCK_VERSION}")
     plugins = doc.get("plugins")

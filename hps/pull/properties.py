@@ -73,6 +73,7 @@ class Entry:
     pin: str | None = None  # manifest digest the registry must return
     aliases: tuple[str, ...] = ()  # extra versions, symlinked to ``version``
     source: str = ""  # where the entry came from, for messages
+    sha256: str | None = None  # the module's hex SHA-256, when an input pins it
 
     @property
     def key(self) -> Key:

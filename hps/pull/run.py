@@ -31,7 +31,7 @@ from hps.pull.tree import (
 @dataclass
 class Settings:
     output: Path
-    lock: Path
+    lock: Path | None  # None: write no lock (snapshot mode: the inputs are the locks)
     locked: bool = False
     use_local: bool = False
     plain_http: bool = False
@@ -84,11 +84,12 @@ def check_locked(plan: Plan, previous: dict[Key, Record]) -> None:
 
 
 def run(plan: Plan, settings: Settings, previous: dict[Key, Record], progress: Progress) -> Outcome:
-    for leftover in remove_temporaries(settings.output, settings.lock.parent):
+    beside_lock = [settings.lock.parent] if settings.lock else []
+    for leftover in remove_temporaries(settings.output, *beside_lock):
         progress.note(f"removed {leftover}, left by an interrupted pull")
     outcome = _pull_all(plan, settings, previous, progress)
     _link_aliases(plan, settings.output, outcome)
-    if not settings.locked:
+    if settings.lock and not settings.locked:
         kept = {k: r for k, r in previous.items() if k in plan.entries and k not in outcome.records}
         write_lock(settings.lock, {**kept, **outcome.records})
     return outcome
@@ -176,7 +177,7 @@ def pull_one(
         settings.options(progress),
         pin=pin,
         layer_pin=layer_pin,
-        expect_sha256=locked.wasm_sha256 if locked else None,
+        expect_sha256=locked.wasm_sha256 if locked else entry.sha256,
         root=settings.output,
     )
     return Record(
