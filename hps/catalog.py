@@ -151,8 +151,11 @@ def scan(root: str, previous: Catalog | None = None) -> Catalog:
             skipped.add(f"{os.path.relpath(path, root)}: {why}")
             continue
         except OSError as err:
-            skipped.add(f"{os.path.relpath(path, root)}: unreadable ({err.strerror})")
-            continue
+            kept = _still_known(root, name, version, path, known)
+            if kept is None:
+                skipped.add(f"{os.path.relpath(path, root)}: unreadable ({err.strerror})")
+                continue
+            artifact = kept  # unreadable now, but hashed before: served from an open descriptor
         known[artifact.identity] = artifact
         artifacts[(name, version)] = artifact
     return Catalog(root=root, artifacts=artifacts, skipped=frozenset(skipped))
@@ -175,25 +178,50 @@ def examine(root: str, name: str, version: str) -> Artifact:
     return _examine(root, name, version, os.path.join(root, name, version, MODULE_FILE), {})
 
 
-def _listdir(path: str) -> list[str]:
+def _still_known(root: str, name: str, version: str, path: str,
+                 known: dict) -> Artifact | None:
+    """The artifact an earlier scan hashed, if the file that cannot be read now is still it."""
+    try:
+        real = os.path.realpath(path)
+        identity = identity_of(os.stat(real))
+    except OSError:
+        return None
+    cached = known.get(identity)
+    if cached is None or not within_root(real, root):
+        return None
+    return Artifact(name, version, real, cached.size, cached.mtime, cached.md5, cached.sha256,
+                    identity, _alias(os.path.relpath(real, os.path.realpath(root)), name, version))
+
+
+def _listdir(path: str, rel: str | None, skipped: set[str]) -> list[str]:
+    """The entries of ``path``; an unreadable plugin directory (``rel``) is noted."""
     try:
         return sorted(os.listdir(path))
-    except OSError:
+    except OSError as err:
+        if rel is not None:
+            skipped.add(f"{rel}: unreadable directory ({err.strerror})")
         return []
 
 
 def _candidates(root: str, skipped: set[str]) -> Iterator[tuple[str, str, str]]:
     """Yield ``(name, version, path)`` for every plausible module file."""
-    for name in _listdir(root):
+    for name in _listdir(root, None, skipped):
         name_dir = os.path.join(root, name)
         if not _sane_dir(root, name, name_dir, accept_name, skipped):
             continue
-        for version in _listdir(name_dir):
+        for version in _listdir(name_dir, name, skipped):
             version_dir = os.path.join(name_dir, version)
-            if _sane_dir(root, f"{name}/{version}", version_dir, accept_version, skipped):
+            rel = f"{name}/{version}"
+            if _sane_dir(root, rel, version_dir, accept_version, skipped):
                 path = os.path.join(version_dir, MODULE_FILE)
-                if os.path.lexists(path):
-                    yield name, version, path
+                try:
+                    os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as err:
+                    skipped.add(f"{rel}: unreadable directory ({err.strerror})")
+                    continue
+                yield name, version, path
 
 
 def _sane_dir(root: str, rel: str, path: str, accept, skipped: set[str]) -> bool:

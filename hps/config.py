@@ -82,8 +82,6 @@ class Config:
     trust_forwarded: bool = knob(False, "log the client from X-Forwarded-For (behind a proxy)")
     rescan_interval: float = knob(30.0, "seconds between full rescans of the tree (inotify is a "
                                   "hint, this is the fallback)", positive)
-    memory_budget: int = knob(128, "MiB of artifact bytes (identity + gzip) kept in memory; "
-                              "the rest is read from disk", non_negative)
     cache_max_age: int = knob(300, "seconds clients and caches may reuse an artifact "
                               "(Cache-Control max-age)", non_negative)
     immutable: bool = knob(False, "declare that a name/version never changes its bytes "

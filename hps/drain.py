@@ -20,6 +20,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from hps import metrics
+from hps._twisted import forget_exit_signal
 from hps.site import PluginSite
 from hps.state import ServerState
 
@@ -54,8 +55,7 @@ class Drain(MultiService):
     def exit_cleanly(self, _: object) -> None:
         # twistd re-raises the stopping signal at exit (status 143). A drain that ran its
         # course is a clean stop, and Kubernetes and systemd read 0 as exactly that.
-        if hasattr(self.clock, "_exitSignal"):
-            self.clock._exitSignal = None
+        forget_exit_signal(self.clock)
 
     def wait_for_responses(self) -> defer.Deferred:
         started = self.clock.seconds()

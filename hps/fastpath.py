@@ -2,9 +2,10 @@
 
 twisted.web spends ~130 µs of per-request machinery on every download (see
 NOTES.md); a gateway's ``GET /plugins/<name>/<version>/plugin.wasm`` needs
-none of it. This module answers exactly that request, from a prebuilt header
-block and the shared in-memory body, and hands *everything else* back to
-twisted.web untouched.
+none of it. This module answers exactly that request, with a prebuilt header
+block and ``os.sendfile`` from the verified descriptor (through the same
+:class:`hps.sender.Sender` and :class:`hps.transfer.Transfer` as twisted.web's
+responses), and hands *everything else* back to twisted.web untouched.
 
 The accepted subset is deliberately strict, so the two parsers can never
 disagree on where a request ends (the root of request smuggling):
@@ -21,8 +22,10 @@ disagree on where a request ends (the root of request smuggling):
   HTTP2-Settings or any ``If-*`` header (ranges and conditionals live in one
   place, :mod:`hps.transfer`); at most one Accept-Encoding and one Connection,
   the latter only ``keep-alive`` or ``close``;
-- the channel is idle over a plain TCP transport, the server is not draining,
-  and the artifact's body is in the memory cache.
+- the connection is plain TCP, twisted.web has never seen a byte of it (a sticky
+  per-connection flag: once twisted.web parsed something there, it owns the
+  connection), nothing of ours waits in the transport, and the server is not
+  draining.
 
 Unknown but well-formed headers (User-Agent, Accept, Cookie…) are accepted:
 they change nothing in an artifact response.
@@ -30,28 +33,28 @@ they change nothing in an artifact response.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import tcp
-from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.web import http
 
-from hps.bodies import BodyCache
+from hps._twisted import inner_channel, wake_when_writable
 from hps.catalog import Artifact, Catalog
+from hps.files import Source
 from hps.head import host_ok, keeps_alive
-from hps.negotiate import Variant, accepts_gzip
+from hps.negotiate import accepts_gzip
+from hps.sender import Sender, zero_copy
 from hps.site import SERVER_NAME, PluginChannel
 from hps.state import ServerState
-from hps.transfer import Policy, SliceProducer, variant_headers
+from hps.transfer import Transfer, Variant, variant_headers
 
 MAX_REQUEST = 8192
 MAX_HEADERS = 64
-SEND_LIMIT = 1 << 20
-"""Per-transport send size: Twisted's default 128 KiB costs a reactor turn per 128 KiB."""
 PAUSE_READING_AT = 16384
 PARSED_CACHE = 256
 PARSED_KEY_LIMIT = 1024
@@ -141,50 +144,26 @@ def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
     return seen
 
 
-def channel_idle(channel: Any) -> bool:
-    """No request parsed, buffered or answering, on a plain TCP transport."""
-    transport = channel.transport
-    return (
-        # TLS encrypts a whole write at once: bounded chunks need the plain transport.
-        not ISSLTransport.providedBy(transport)
-        and not getattr(transport, "TLS", False)
-        and not transport.disconnecting
-        and not channel.requests
-        and not channel._handlingRequest
-        and channel._requestProducer is None
-        and not channel._dataBuffer
-        and channel._transferDecoder is None
-        and not channel._buffer
-        and channel.line_mode
-        and getattr(channel, "_HTTPChannel__first_line", 1)
-        and not getattr(channel, "_HTTPChannel__header", b"")
-    )
+def send_head(channel: PluginChannel, head: bytes, more: bool) -> bool:
+    """Send a response head on the socket now; True when all of it went.
 
-
-def send_now(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, but try the socket at once when nothing is queued.
-
-    ``write`` only queues: the bytes go out on the next reactor turn, after an epoll
-    register, a write event, ``doWrite`` and an unregister, which cost as much per
-    response as everything else the fast path does. When the transport is a plain TCP
-    connection with an empty buffer, its own ``writeSomeData`` (the very call ``doWrite``
-    makes, on the transport's socket) sends now; only a remainder is queued. A partial
-    send leaves the transport exactly as ``doWrite`` leaves it after one: the same
-    ``bytes`` object plus an offset, so a client that stops reading pins the shared
-    block, not a copy of its tail.
+    ``transport.write`` only queues: the bytes would go out on the next reactor turn,
+    after an epoll register, a write event and an unregister, which cost as much per
+    response as everything else the fast path does. ``more`` (a body follows by
+    ``sendfile``) lets the kernel put head and body in one segment (nginx's
+    ``tcp_nopush``). A remainder is queued on the transport, which sends it first.
     """
-    if (type(transport) is not tcp.Server or transport.dataBuffer
-            or transport._tempDataBuffer or not transport.connected
-            or transport._writeDisconnected or transport.disconnecting):
-        transport.write(data)
-        return
-    sent = transport.writeSomeData(data)
-    if isinstance(sent, Exception) or sent <= 0:
-        transport.write(data)  # full kernel buffer or a lost connection: doWrite will see it
-        return
-    if sent < len(data):
-        transport.dataBuffer, transport.offset = data, sent
-        transport.startWriting()
+    transport = channel.transport
+    try:
+        sent = transport.getHandle().send(head, socket.MSG_MORE if more else 0)
+    except OSError:
+        sent = 0  # full (BlockingIOError) or broken: the transport finds out which
+    if sent == len(head):
+        return True
+    transport.write(head[sent:])
+    channel.fast_queued = True  # cleared by the channel when the transport drains
+    wake_when_writable(transport)
+    return False
 
 
 class Clock:
@@ -205,15 +184,15 @@ class Clock:
 
 
 class ArtifactFastPath:
-    """Implements ``hps.site.FastPath`` for cached artifacts."""
+    """Implements ``hps.site.FastPath`` for artifact downloads."""
 
     log = Logger()
 
-    def __init__(self, state: ServerState, cache: BodyCache, policy: Policy) -> None:
-        self.state, self.cache, self.policy = state, cache, policy
+    def __init__(self, state: ServerState, transfer: Transfer) -> None:
+        self.state, self.transfer = state, transfer
         self.clock = Clock()
-        self.blocks: dict[bytes, bytes] = {}
-        self.openings: dict[tuple[bytes, bool, bool], tuple[bytes, bytes]] = {}
+        self.blocks: dict[tuple[Artifact, bytes], bytes] = {}
+        self.openings: dict[tuple[Artifact, bytes, bool, bool], tuple[bytes, bytes]] = {}
         self.parsed: dict[bytes, Parsed | None] = {}
 
     def parse(self, data: bytes) -> Parsed | None:
@@ -238,166 +217,180 @@ class ArtifactFastPath:
         if reply is not None:
             reply.hold(data)  # a request behind ours: replayed when ours is done
             return True
+        if channel.web_owned or channel.fast_queued:
+            return False
         parsed = self.parse(data)
-        if parsed is None or self.state.draining or not channel_idle(channel):
+        if parsed is None or self.state.draining:
+            return False
+        transport = channel.transport
+        if not zero_copy(transport) or transport.disconnecting:
             return False
         artifact = self.state.catalog.get(parsed.name, parsed.version)
         if artifact is None:
             return False
-        body = self.cache.get(artifact)
-        if body is None:
-            return False
-        variant = body.variant(self.policy.gzip, parsed.wants_gzip)
-        chunks = variant.chunks
-        assert chunks is not None
-        if not parsed.head and len(chunks) != 1:
-            Reply(self, channel, parsed, artifact, variant).start()
-            return True
-        # Handed over whole in this call. This is Reply.start() then Reply.finished(),
-        # minus what nothing can observe in between (no callback runs until we return):
-        # the in-flight counts that would rise and fall again, the reply attribute set
-        # and cleared, the send-watchdog stamp (read only while the channel is busy,
-        # and every later response stamps its own), no producer to unregister, and
-        # ``state.draining``, checked above. The idle timer stays armed (pushed back
-        # below), which saves a cancel and a callLater per response.
-        transport = channel.transport
-        transport.SEND_LIMIT = SEND_LIMIT
+        opened = self.transfer.open(artifact, parsed.wants_gzip, quiet=True)
+        if opened is None:
+            return False  # twisted.web answers the 503 (and logs why)
+        variant, source = opened
         second = int(time.time())
-        send_now(transport, self.opening(artifact, variant, parsed.close, parsed.head, second))
-        self.account(channel, parsed, variant, second)
+        body = not parsed.head
+        flushed = send_head(channel, self.opening(artifact, variant, parsed.close,
+                                                  parsed.head, second), body)
+        sent = 0
+        if body and flushed:
+            sent = send_inline(transport.fileno(), source, variant.size)
+        if body and sent < variant.size:
+            Reply(self, channel, parsed, variant, source, sent).start(flushed)
+            return True
+        # Done in this call: Reply.start() then Reply.finished(), minus what nothing can
+        # observe in between (no callback runs until we return): the in-flight counts
+        # that would rise and fall again, the reply attribute set and cleared, the
+        # send-watchdog stamp (read only while the channel is busy, and every later
+        # response stamps its own). The idle timer stays armed (pushed back below).
+        self.account(channel, parsed, variant.size if body else 0, second)
         if parsed.close or not channel.persistent:
             channel.loseConnection()  # unregisters itself first, else the close waits forever
             return True
         channel.resetTimeout()
         return True
 
-    def account(self, channel: PluginChannel, parsed: Parsed, variant: Variant,
+    def account(self, channel: PluginChannel, parsed: Parsed, nbytes: int,
                 second: int) -> None:
         """Log and count through the site, exactly as twisted.web's responses are.
 
-        The access line depends only on the request bytes (``parsed``), the variant's
-        size, the peer (fixed per connection) and the second, so a connection that
-        repeats its request within a second reuses the line it built last time.
+        The access line depends only on the request bytes (``parsed``), the body size,
+        the peer (fixed per connection) and the second, so a connection that repeats
+        its request within a second reuses the line it built last time.
         """
-        nbytes = 0 if parsed.head else variant.size
         download = None if parsed.head else (parsed.name, parsed.version)
         site = channel.site
         memo = channel.fast_line
-        if memo is not None and memo[0] is parsed and memo[1] is variant and memo[2] == second:
+        if memo is not None and memo[0] is parsed and memo[1] == nbytes and memo[2] == second:
             site.finished_fast(nbytes, download, memo[3])
             return
+        line = site.access.line(**self.line_fields(channel, parsed, nbytes), status=200,
+                                now=second)
+        channel.fast_line = (parsed, nbytes, second, line)
+        site.finished_fast(nbytes, download, line)
+
+    @staticmethod
+    def line_fields(channel: PluginChannel, parsed: Parsed, nbytes: int) -> dict[str, Any]:
         headers = parsed.headers
         peer = channel.peer_host
         if peer is None:
             # getPeer() builds an address object per call; the peer of a connection is fixed.
             peer = channel.peer_host = getattr(channel.transport.getPeer(), "host", "-")
-        line = site.access.line(
-            peer=peer, forwarded=headers.get(b"x-forwarded-for"), method=parsed.method,
-            uri=parsed.target, proto=b"HTTP/1.1", status=200, nbytes=nbytes,
-            referer=headers.get(b"referer"), agent=headers.get(b"user-agent"), now=second)
-        channel.fast_line = (parsed, variant, second, line)
-        site.finished_fast(nbytes, download, line)
+        return dict(peer=peer, forwarded=headers.get(b"x-forwarded-for"), method=parsed.method,
+                    uri=parsed.target, proto=b"HTTP/1.1", nbytes=nbytes,
+                    referer=headers.get(b"referer"), agent=headers.get(b"user-agent"))
 
     def fixed_headers(self, artifact: Artifact, variant: Variant) -> bytes:
-        fixed = self.blocks.get(variant.etag)
+        """The headers of one variant of one artifact (keyed by the artifact's whole
+        identity: copies of the same bytes differ in Last-Modified)."""
+        key = (artifact, variant.etag)
+        fixed = self.blocks.get(key)
         if fixed is None:
-            pairs = variant_headers(artifact, variant, self.policy)
+            pairs = variant_headers(artifact, variant, self.transfer.policy)
             lines = [b"%s: %s\r\n" % pair for pair in pairs]
             lines.append(b"X-Content-Type-Options: nosniff\r\n")
             lines.append(b"Content-Length: %d\r\n" % variant.size)
-            fixed = self.blocks[variant.etag] = b"".join(lines)
+            fixed = self.blocks[key] = b"".join(lines)
         return fixed
 
     def opening(self, artifact: Artifact, variant: Variant, close: bool, head: bool,
                 second: int) -> bytes:
-        """Status line, headers and (for GET) the first chunk, built once a second.
-
-        Shared by every response of that second: a client that never reads pins
-        this object, not a copy of it.
-        """
+        """Status line and headers, built once a second and shared by every response."""
         date = self.clock.at(second)
-        key = (variant.etag, close, head)
+        key = (artifact, variant.etag, close, head)
         cached = self.openings.get(key)
         if cached is not None and cached[0] is date:
             return cached[1]
-        assert variant.chunks is not None
         block = b"".join((
             b"HTTP/1.1 200 OK\r\nServer: ", SERVER_NAME, b"\r\nDate: ", date, b"\r\n",
             self.fixed_headers(artifact, variant),
             b"Connection: close\r\n\r\n" if close else b"\r\n",
-            b"" if head else variant.chunks[0],
         ))
         self.openings[key] = (date, block)
         return block
 
 
+def send_inline(fd: int, source: Source, size: int) -> int:
+    """``sendfile`` the whole body now if the socket takes it; the count it took."""
+    try:
+        return os.sendfile(fd, source.fd, 0, size)
+    except OSError:
+        return 0  # full, or broken: the Reply's sender finds out which
+
+
 class Reply:
-    """One fast-path response in flight on one channel."""
+    """One fast-path response that outlives the read event that brought its request."""
 
     def __init__(self, path: ArtifactFastPath, channel: PluginChannel, parsed: Parsed,
-                 artifact: Artifact, variant: Variant) -> None:
+                 variant: Variant, source: Source, sent: int) -> None:
         self.path, self.channel, self.parsed = path, channel, parsed
-        self.artifact, self.variant = artifact, variant
+        self.variant, self.source, self.sent = variant, source, sent
         self.pending: list[bytes] = []
         self.paused_reading = False
         self.saved_timeout: Any = None
-        self.timer_off = False
 
-    def start(self) -> None:
+    def start(self, flushed: bool) -> None:
         channel, transport = self.channel, self.channel.transport
-        transport.SEND_LIMIT = SEND_LIMIT
         channel.fast_reply = self
         channel.response_began()
-        variant = self.variant
-        send_now(transport, self.path.opening(self.artifact, variant, self.parsed.close,
-                                              self.parsed.head, int(time.time())))
-        assert variant.chunks is not None
-        # Several chunks (a one-call response never gets here: see ArtifactFastPath.handle).
         # Like twisted.web, no idle timeout while answering; the send watchdog guards progress.
         self.saved_timeout = channel.setTimeout(None)
-        self.timer_off = True
-        producer = SliceProducer(transport.write, variant.chunks,
-                                 (len(variant.chunks[0]), variant.size - 1),
-                                 self.finished, channel.progress)
-        channel.registerProducer(producer, True)
-        producer.resumeProducing()
+        sender = Sender(self.source, (self.sent, self.variant.size - 1), transport,
+                        transport.write, self.progress, self.finished,
+                        transport.abortConnection)
+        self.source = None  # the sender holds it, and lets go when done
+        channel.registerProducer(sender, True)
+        sender.start(flushed)
+
+    def progress(self, count: int) -> None:
+        self.sent += count
+        self.channel.progress()
 
     def hold(self, data: bytes) -> None:
         self.pending.append(data)
-        if not self.paused_reading and sum(map(len, self.pending)) > PAUSE_READING_AT:
+        if sum(map(len, self.pending)) > PAUSE_READING_AT:
             self.paused_reading = True
             self.channel.transport.pauseProducing()
 
     def finished(self) -> None:
         channel = self.channel
         channel.fast_reply = None
-        if channel._requestProducer is not None:
-            channel.unregisterProducer()
+        channel.unregisterProducer()
         channel.response_ended()
-        self.path.account(channel, self.parsed, self.variant, int(time.time()))
+        self.path.account(channel, self.parsed, self.sent, int(time.time()))
         # A drain that began meanwhile wants the connection closed once this response is out.
         if self.parsed.close or self.path.state.draining or not channel.persistent:
             channel.loseConnection()  # unregisters itself first, else the close waits forever
             return
-        if self.timer_off:
-            channel.setTimeout(self.saved_timeout)
+        channel.setTimeout(self.saved_timeout)
         channel.resetTimeout()
         if self.paused_reading:
             channel.transport.resumeProducing()
         if self.pending:
             channel.dataReceived(b"".join(self.pending))
 
+    def lost(self) -> None:
+        """The client went before the last byte: log and count the cut download."""
+        channel = self.channel
+        channel.fast_reply = None
+        fields = ArtifactFastPath.line_fields(channel, self.parsed, self.sent)
+        channel.site.finished_response(route="artifact", status=200, aborted=True, **fields)
 
-def install(state: ServerState, site: Any, cache: BodyCache, policy: Policy) -> ArtifactFastPath:
-    """Put a fast path, sharing the site's body cache and policy, in front of every channel."""
-    fast = ArtifactFastPath(state, cache, policy)
+
+def install(state: ServerState, site: Any, transfer: Transfer) -> ArtifactFastPath:
+    """Put a fast path, sharing the site's transfer, in front of every channel."""
+    fast = ArtifactFastPath(state, transfer)
     state.on_swap.append(fast.on_swap)
     build = site.protocol
 
     def protocol() -> Any:
         # Per site (an instance attribute), so two services in one process never share one.
         wrapper = build()
-        wrapper._channel.fast_path = fast
+        inner_channel(wrapper).fast_path = fast
         return wrapper
 
     site.protocol = protocol

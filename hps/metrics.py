@@ -125,6 +125,9 @@ RELOAD_ERRORS = Counter("hps_catalog_reload_errors", "Catalog rescans that faile
                         registry=REGISTRY)
 FETCHES = Counter("hps_upstream_fetches", "Pull-through fetches that ended, by outcome: "
                   "fetched, missing (404) or failed (503).", ["outcome"], registry=REGISTRY)
+GZIP_PENDING = Gauge("hps_gzip_variants_pending",
+                     "Modules whose gzip variant is still being checked or compressed.",
+                     registry=REGISTRY)
 DRAINING = Gauge("hps_draining", "1 while the server drains before exiting, else 0.",
                  registry=REGISTRY)
 
@@ -218,6 +221,10 @@ def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> N
 def track_misses(table: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
     """Expose the server's table of recent misses as ``hps_misses_total``."""
     MISSES.table = table
+
+
+def track_variants(pending: Callable[[], float]) -> None:
+    GZIP_PENDING.set_function(pending)
 
 
 def exposition() -> tuple[bytes, str]:

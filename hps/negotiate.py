@@ -8,12 +8,7 @@ definition of "matches", "satisfiable" and "accepts gzip" and cannot disagree.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-
-CHUNK = 512 * 1024
-"""Size of the pre-split pieces of an in-memory body: few syscalls per response, and
-progress for the send watchdog at least every half MiB."""
 
 MAX_RANGES = 64
 """More range specs than this is abuse, not a download manager: the header is ignored."""
@@ -168,23 +163,6 @@ def accepts_gzip(header: bytes | None) -> bool:
     if named is not None:
         return named > 0
     return star is not None and star > 0
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One representation of an artifact: identity or gzip, in memory or on disk."""
-
-    etag: bytes
-    encoding: bytes | None
-    size: int
-    chunks: tuple[bytes, ...] | None
-    """The bytes when held in memory, pre-split into CHUNK-sized pieces that every
-    response hands to its transport as they are (no per-client copy); None means
-    read the artifact's file."""
-
-
-def split(data: bytes) -> tuple[bytes, ...]:
-    return tuple(data[i:i + CHUNK] for i in range(0, len(data), CHUNK))
 
 
 def gzip_etag(etag: str) -> str:

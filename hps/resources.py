@@ -18,12 +18,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from hps import metrics, pages
-from hps.bodies import BodyCache
 from hps.catalog import Artifact
 from hps.guard import MODULE_FILE, Verdict, accept_name, accept_version, judge_path
 from hps.misses import Misses
 from hps.state import ServerState
-from hps.transfer import ArtifactFile, Policy
+from hps.transfer import ArtifactFile, Policy, Transfer
 from hps.upstream import RETRY_AFTER, Missing, Upstream
 
 ALLOWED = b"GET, HEAD"
@@ -76,17 +75,15 @@ class Root(Resource):
 
     isLeaf = True
     log = Logger()
-    def __init__(self, state: ServerState, bodies: BodyCache | None = None,
-                 policy: Policy | None = None, misses: Misses | None = None,
-                 upstream: Upstream | None = None) -> None:
+    def __init__(self, state: ServerState, transfer: Transfer | None = None,
+                 misses: Misses | None = None, upstream: Upstream | None = None) -> None:
         super().__init__()
         self.state = state
-        self.bodies = bodies
         self.misses = misses
         self.upstream = upstream
         config = state.config
-        self.policy = policy or Policy.from_config(config.cache_max_age, config.immutable,
-                                                   config.gzip)
+        self.transfer = transfer or Transfer(Policy.from_config(
+            config.cache_max_age, config.immutable, config.gzip))
 
     def render(self, request: Request) -> bytes | int:
         request.setHeader(b"x-content-type-options", b"nosniff")
@@ -148,7 +145,7 @@ class Root(Resource):
     def file_page(self, artifact: Artifact, file: str) -> Page:
         """``plugin.wasm`` or ``metadata.txt`` of one artifact."""
         if file == MODULE_FILE:
-            return ArtifactFile(artifact, self.policy, self.bodies).render
+            return ArtifactFile(artifact, self.transfer).render
         body = pages.metadata_text(artifact)
         return lambda request: reply(request, http.OK, body, "text/plain; charset=utf-8", SHORT)
 

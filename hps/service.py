@@ -21,15 +21,15 @@ from twisted.web.server import Site
 
 from hps import catalog, fastpath, metrics
 from hps.access import AccessLog
-from hps.bodies import BodyCache
 from hps.config import Config, ConfigError, fail
 from hps.drain import Drain
 from hps.misses import Misses
 from hps.resources import Root
 from hps.site import Limits, PluginSite
 from hps.state import ServerState
-from hps.transfer import Policy
+from hps.transfer import Policy, Transfer
 from hps.upstream import cache_tree, make_upstream
+from hps.variants import GzipVariants
 from hps.watch import Watcher
 
 LISTEN_BACKLOG = 1024
@@ -154,19 +154,22 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     state = ServerState(config=config, catalog=catalog.unloaded(config.root))
-    # One body cache and one policy, shared by twisted.web's responses and the fast path.
-    policy = Policy.from_config(config.cache_max_age, config.immutable, config.gzip)
-    bodies = BodyCache(config.memory_budget << 20, config.gzip)
-    state.on_swap.append(bodies.on_swap)
+    # One transfer (policy, open files, gzip variants), shared by twisted.web and the fast path.
+    variants = GzipVariants(config.cache_dir, config.gzip)
+    state.on_swap.append(variants.on_swap)
+    metrics.track_variants(lambda: variants.pending)
+    transfer = Transfer(Policy.from_config(config.cache_max_age, config.immutable, config.gzip),
+                        variants=variants)
+    state.on_swap.append(transfer.on_swap)
     misses = Misses(reactor)
     metrics.track_misses(lambda: [(m.name, m.version, m.count) for m in misses.recent()])
     upstream = make_upstream(state, reactor)
     roots = [config.root, cache_tree(config.cache_dir)] if upstream else [config.root]
-    site = PluginSite(Root(state, bodies, policy, misses, upstream), state=state,
+    site = PluginSite(Root(state, transfer, misses, upstream), state=state,
                       limits=Limits.from_config(config),
                       access=AccessLog(config.access_log, config.trust_forwarded),
                       reactor=reactor)
-    fastpath.install(state, site, bodies, policy)
+    fastpath.install(state, site, transfer)
     # Access lines are batched between sweeps; the last ones (drain, disconnectAll) go
     # out after every connection is closed.
     reactor.addSystemEventTrigger("after", "shutdown", site.access.flush)

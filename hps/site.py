@@ -39,10 +39,16 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from hps import metrics
+from hps._twisted import (
+    GenericHTTPChannelProtocol,
+    inner_channel,
+    request_line,
+    request_method,
+)
 from hps.access import AccessLog
 from hps.head import host_ok, keeps_alive, origin_form
 
@@ -198,7 +204,17 @@ class PluginChannel(HTTPChannel):
         self.fast_reply: Any = None
         """The fast path's multi-chunk response in flight on this channel, if any."""
         self.fast_line: Any = None
-        """The fast path's last (request, variant, second, access line), for reuse."""
+        """The fast path's last (request, body size, second, access line), for reuse."""
+        self.web_owned = False
+        """Sticky: twisted.web has parsed bytes of this connection, so it owns it."""
+        self.fast_queued = False
+        """The fast path left bytes in the transport's buffer (cleared once it drains)."""
+        self.handling = False
+        """twisted.web has a whole request and has not finished answering it."""
+        self.producing = False
+        """A producer (a response body) is registered on this channel."""
+        self.blocked = False
+        """The transport paused us: bytes wait for a client that does not read."""
 
     def now(self) -> float:
         return self.site.reactor.seconds()
@@ -215,19 +231,20 @@ class PluginChannel(HTTPChannel):
         if fast is not None and not self.probe_only and fast.handle(self, data):
             self.head_since = None
             return
+        self.web_owned = True
         # After the fast path (which never reads head_since) it comes to the same.
-        if self.head_since is None and not self._handlingRequest:
+        if self.head_since is None and not self.handling:
             self.head_since = self.now()
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
         self.head_since = None
         request = self.requests[-1]
-        if refuses_body(self._command, self.length):
+        if refuses_body(request_method(self), self.length):
             self.refuse(TOO_LARGE, "body")
-        elif not host_ok(request.requestHeaders.getRawHeaders(b"host"), self._version):
+        elif not host_ok(request.requestHeaders.getRawHeaders(b"host"), request_line(self)[2]):
             self.refuse(BAD_HOST, "bad_host")
-        elif self.probe_only and origin_form(self._path)[0] not in PROBE_PATHS:
+        elif self.probe_only and origin_form(request_line(self)[1] or b"")[0] not in PROBE_PATHS:
             metrics.observe_shed()
             self.refuse(SHED, "shed")
         else:
@@ -244,7 +261,20 @@ class PluginChannel(HTTPChannel):
 
     def allContentReceived(self) -> None:
         self.last_progress = self.now()
+        self.handling = True
         super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        self.handling = False
+        super().requestDone(request)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producing = True
+        super().registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.producing = False
+        super().unregisterProducer()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.refuse(HEAD_TOO_BIG, "head_too_big")
@@ -252,7 +282,7 @@ class PluginChannel(HTTPChannel):
     def refuse(self, reply: Canned, reason: str) -> None:
         """Answer with a canned reply and close, reading nothing more."""
         metrics.observe_refused(reason)
-        head = getattr(self, "_command", None) == b"HEAD"  # set once the request line is read
+        head = request_method(self) == b"HEAD"  # known once the request line is read
         self.head_since = None
         self.persistent = False
         # Instance attributes shadow the parser, so the rest of the body is dropped unread
@@ -276,8 +306,13 @@ class PluginChannel(HTTPChannel):
         self.last_progress = self.now()
         super().writeSequence(iovec)
 
+    def pauseProducing(self) -> None:
+        self.blocked = True
+        super().pauseProducing()
+
     def resumeProducing(self) -> None:
         self.last_progress = self.now()  # the transport drained its buffer: the client reads
+        self.fast_queued = self.blocked = False
         super().resumeProducing()
 
     def response_began(self) -> None:
@@ -293,8 +328,7 @@ class PluginChannel(HTTPChannel):
 
     def busy(self) -> bool:
         """A response is being produced, or its bytes wait for a client that does not read."""
-        return (self._handlingRequest or self._waitingForTransport or self.fast_responses > 0
-                or self._requestProducer is not None)
+        return self.handling or self.blocked or self.fast_responses > 0 or self.producing
 
     def overdue(self, now: float, limits: Limits) -> str | None:
         """Which deadline this connection has missed, if any."""
@@ -305,6 +339,8 @@ class PluginChannel(HTTPChannel):
         return None
 
     def connectionLost(self, reason: Failure) -> None:
+        if self.fast_reply is not None:
+            self.fast_reply.lost()
         while self.fast_responses:
             self.response_ended()
         super().connectionLost(reason)
@@ -314,7 +350,7 @@ def _ignore(*args: object) -> None:
     return None
 
 
-class TrackedProtocol(_GenericHTTPChannelProtocol):
+class TrackedProtocol(GenericHTTPChannelProtocol):
     """Twisted's HTTP/1.1-or-h2 switch, admitted and tracked by the site.
 
     Tracking here, not in the channel, because after ALPN picks h2 the wrapper
@@ -326,7 +362,7 @@ class TrackedProtocol(_GenericHTTPChannelProtocol):
 
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
-        if not self._site.admit(self):
+        if not self.factory.admit(self):
             self.shed = True
             transport.write(canned(SHED))
             transport.loseConnection()
@@ -340,17 +376,17 @@ class TrackedProtocol(_GenericHTTPChannelProtocol):
     def connectionLost(self, reason: Failure) -> None:
         if self.shed:
             return
-        self._site.forget(self)
+        self.factory.forget(self)
         super().connectionLost(reason)
 
     def busy(self) -> bool:
-        channel = self._channel
+        channel = inner_channel(self)
         if isinstance(channel, PluginChannel):
             return channel.busy()
         return bool(getattr(channel, "streams", None))  # h2: any stream still open
 
     def check(self, now: float, limits: Limits) -> None:
-        channel = self._channel
+        channel = inner_channel(self)
         if not isinstance(channel, PluginChannel):
             return  # h2 has its own flow control; Twisted's idle timeout applies
         reason = channel.overdue(now, limits)
@@ -368,7 +404,7 @@ class TrackedProtocol(_GenericHTTPChannelProtocol):
 
     def evict(self) -> None:
         """Make room for a new connection: this one is idle, silent or still sending a head."""
-        channel = self._channel
+        channel = inner_channel(self)
         if (isinstance(channel, PluginChannel) and channel.received
                 and channel.head_since is not None):
             channel.refuse(SHED, "evicted")  # a head in progress learns to retry
@@ -377,7 +413,7 @@ class TrackedProtocol(_GenericHTTPChannelProtocol):
 
     def close(self) -> None:
         """Close gracefully: whatever is written still reaches the client."""
-        self._channel.transport.loseConnection()
+        inner_channel(self).transport.loseConnection()
 
 
 def _plugin_protocol(factory: Site) -> TrackedProtocol:
@@ -443,14 +479,14 @@ class PluginSite(Site):
             victim = self.idle_victim(pool)
             if victim is not None:
                 pool[conn] = None
-                conn._channel.probe_only = pool is self.probes
+                inner_channel(conn).probe_only = pool is self.probes
                 self.forget(victim)
                 metrics.observe_abort("evicted")
                 victim.evict()
                 return True
             if pool is self.connections and len(self.probes) < PROBE_RESERVE:
                 self.probes[conn] = None
-                conn._channel.probe_only = True
+                inner_channel(conn).probe_only = True
                 return True
         metrics.observe_shed()
         return False
@@ -494,8 +530,8 @@ class PluginSite(Site):
     def begin_drain(self) -> None:
         """SIGTERM: responses in flight on HTTP/1.1 end their connection when done."""
         for conn in self.everyone():
-            if isinstance(conn._channel, PluginChannel) and conn.busy():
-                conn._channel.persistent = False
+            if isinstance(inner_channel(conn), PluginChannel) and conn.busy():
+                inner_channel(conn).persistent = False
 
     def close_idle(self) -> None:
         """Ports are closed: idle keep-alive connections go now, busy ones when done."""

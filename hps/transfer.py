@@ -1,39 +1,38 @@
-"""Sending one artifact through twisted.web: validators, ranges, gzip, bytes out.
+"""Sending one artifact: which variant, which validators, which span, and its bytes.
 
-``ArtifactFile`` stays a ``static.File`` (its range producers read the file
-when the body is not in memory), but every decision is made by the pure
-functions in :mod:`hps.negotiate`, shared with :mod:`hps.fastpath`.
+``ArtifactFile`` stays a ``static.File`` for twisted.web, but every decision is
+made by the pure functions in :mod:`hps.negotiate` and by :class:`Transfer`, both
+shared with :mod:`hps.fastpath`, and the bytes move through one
+:class:`hps.sender.Sender` (sendfile on plain TCP, bounded reads elsewhere).
 
-The body always matches the headers: in-memory bodies are immutable
-snapshots keyed by SHA-256, and an opened file must be the very file the
-catalog hashed (same identity), else the client gets a retryable 503.
+The body always matches the headers: the descriptor a response reads from was
+opened and checked against the identity the catalog hashed (see
+:mod:`hps.files`), and the response keeps it to the end, else the client gets a
+retryable 503.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any
 
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import http, static
 from twisted.web.server import NOT_DONE_YET, Request
-from zope.interface import implementer
 
-from hps.bodies import BodyCache
-from hps.catalog import Artifact, identity_of
+from hps.catalog import Artifact, Catalog, Identity
+from hps.files import FileTable, Replaced, Source
 from hps.negotiate import (
-    CHUNK,
     UNSATISFIABLE,
     Span,
-    Variant,
     accepts_gzip,
+    gzip_etag,
     not_modified,
     pick_range,
     range_applies,
 )
+from hps.sender import Sender, zero_copy
+from hps.variants import GzipFile, GzipVariants
 
 WASM_TYPE = b"application/wasm"
 
@@ -51,18 +50,25 @@ class Policy:
         return cls(value.encode(), gzip)
 
 
-def choose_variant(artifact: Artifact, cache: BodyCache | None, policy: Policy,
-                   accept_encoding: bytes | None) -> Variant:
-    """gzip when the client takes it and a smaller copy exists; identity otherwise."""
-    body = cache.get(artifact) if cache is not None else None
-    if body is None:
-        return Variant(artifact.etag.encode(), None, artifact.size, None)
-    return body.variant(policy.gzip, accepts_gzip(accept_encoding))
+@dataclass(frozen=True)
+class Variant:
+    """One representation of an artifact: the module itself, or its gzip file."""
+
+    etag: bytes
+    encoding: bytes | None
+    size: int
+    gzip: GzipFile | None = None
+
+
+def identity_variant(artifact: Artifact) -> Variant:
+    return Variant(artifact.etag.encode(), None, artifact.size)
 
 
 def variant_headers(artifact: Artifact, variant: Variant,
                     policy: Policy) -> list[tuple[bytes, bytes]]:
-    """Headers shared by 200, 206, 304 and 416 of one variant (both paths use these)."""
+    """Headers shared by 200, 206, 304 and 416 of one variant: the one builder both paths
+    use. They depend on the artifact's whole identity (two copies of the same bytes
+    differ in Last-Modified), never on the ETag alone."""
     headers = [
         (b"Content-Type", WASM_TYPE),
         (b"ETag", variant.etag),
@@ -77,57 +83,74 @@ def variant_headers(artifact: Artifact, variant: Variant,
     return headers
 
 
-@implementer(IPushProducer)
-class SliceProducer:
-    """Feed ``span`` of a chunked body to ``write``, a chunk at a time, honouring back-pressure.
-
-    Whole chunks are handed over as they are, shared by every client; only the
-    ends of a range are sliced (copied).
-    """
-
-    def __init__(self, write: Callable[[bytes], None], chunks: tuple[bytes, ...], span: Span,
-                 finished: Callable[[], None], progress: Callable[[], None]) -> None:
-        self.write, self.chunks, self.finished, self.progress = write, chunks, finished, progress
-        self.pos, self.end = span[0], span[1] + 1
-        self.paused = self.stopped = False
-
-    def next_piece(self) -> bytes:
-        index, offset = divmod(self.pos, CHUNK)
-        chunk = self.chunks[index]
-        stop = min(len(chunk), self.end - index * CHUNK)
-        self.pos += stop - offset
-        return chunk if offset == 0 and stop == len(chunk) else chunk[offset:stop]
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        while not self.paused and not self.stopped and self.pos < self.end:
-            self.write(self.next_piece())
-            self.progress()
-        if self.pos >= self.end and not self.stopped:
-            self.stopped = True
-            self.finished()
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-
-
-class Replaced(Exception):
-    """The file on disk is no longer the one the catalog describes."""
-
-
-class ArtifactFile(static.File):
-    """One artifact through twisted.web: conditionals, ranges, gzip, memory or file."""
+class Transfer:
+    """What every artifact response needs: the policy, the open files, the gzip variants."""
 
     log = Logger()
 
-    def __init__(self, artifact: Artifact, policy: Policy,
-                 cache: BodyCache | None = None) -> None:
+    def __init__(self, policy: Policy, files: FileTable | None = None,
+                 variants: GzipVariants | None = None) -> None:
+        self.policy = policy
+        self.files = files or FileTable()
+        self.variants = variants
+        self.unreadable: set[tuple[str, Identity]] = set()
+
+    def on_swap(self, old: Catalog, new: Catalog) -> None:
+        """Close (once no response holds them) the files no artifact of ``new`` names."""
+        self.files.forget_except({(a.path, a.identity) for a in new.artifacts.values()}
+                                 | self.variant_files())
+        self.unreadable.clear()
+
+    def variant_files(self) -> set[tuple[str, Identity]]:
+        if self.variants is None:
+            return set()
+        return {(f.path, f.identity) for f in self.variants.ready.values()}
+
+    def choose(self, artifact: Artifact, wants_gzip: bool) -> Variant:
+        """gzip when enabled, accepted and ready; identity otherwise."""
+        if self.policy.gzip and wants_gzip and self.variants is not None:
+            found = self.variants.get(artifact)
+            if found is not None:
+                return Variant(gzip_etag(artifact.etag).encode(), b"gzip", found.size, found)
+        return identity_variant(artifact)
+
+    def open(self, artifact: Artifact, wants_gzip: bool,
+             quiet: bool = False) -> tuple[Variant, Source] | None:
+        """The variant to send and a verified source of its bytes; None: answer 503
+        (logged, unless ``quiet``: the fast path declines and twisted.web asks again)."""
+        variant = self.choose(artifact, wants_gzip)
+        found = variant.gzip
+        if found is not None:
+            try:
+                return variant, found.source or self.files.get(found.path, found.identity)
+            except OSError:  # Replaced included: our variant file changed; make it again
+                assert self.variants is not None
+                self.variants.drop(artifact)
+                variant = identity_variant(artifact)
+        try:
+            return variant, self.files.get(artifact.path, artifact.identity)
+        except Replaced:
+            if not quiet:
+                self.log.info("{path} changed since the last scan; asking the client to retry",
+                              path=artifact.path)
+        except OSError as err:
+            key = (artifact.path, artifact.identity)
+            if not quiet and key not in self.unreadable:  # one line per file, not per request
+                self.unreadable.add(key)
+                self.log.warn("{path} is unreadable ({why}); answering 503 until it is "
+                              "readable or gone", path=artifact.path, why=err.strerror)
+        return None
+
+
+class ArtifactFile(static.File):
+    """One artifact through twisted.web: conditionals, ranges, gzip, bytes via a Sender."""
+
+    log = Logger()
+
+    def __init__(self, artifact: Artifact, transfer: Transfer) -> None:
         super().__init__(artifact.path, defaultType="application/octet-stream")
         self.type, self.encoding = WASM_TYPE.decode(), None
-        self.artifact, self.policy, self.cache = artifact, policy, cache
+        self.artifact, self.transfer = artifact, transfer
 
     def getFileSize(self) -> int:
         return self.artifact.size
@@ -135,31 +158,23 @@ class ArtifactFile(static.File):
     def getModificationTime(self) -> float:
         return self.artifact.mtime
 
-    def openForReading(self) -> BinaryIO:
-        handle = super().openForReading()
-        if identity_of(os.fstat(handle.fileno())) != self.artifact.identity:
-            handle.close()
-            raise Replaced(self.artifact.path)
-        return handle
-
     def render_GET(self, request: Request) -> bytes | int:
-        variant = choose_variant(self.artifact, self.cache, self.policy,
-                                 request.getHeader(b"accept-encoding"))
-        handle = None
-        if variant.chunks is None:
-            try:
-                handle = self.openForReading()
-            except (Replaced, OSError):
-                return self.replaced(request)
-        for name, value in variant_headers(self.artifact, variant, self.policy):
+        opened = self.transfer.open(self.artifact,
+                                    accepts_gzip(request.getHeader(b"accept-encoding")))
+        if opened is None:
+            return self.unavailable(request)
+        variant, source = opened
+        for name, value in variant_headers(self.artifact, variant, self.transfer.policy):
             request.setHeader(name, value)
         span = self.decide(request, variant)
         if span is None or request.method == b"HEAD":
-            return self.finish_early(request, handle)
-        return self.send(request, variant, span, handle)
+            request.write(b"")
+            request.finish()
+            return NOT_DONE_YET
+        self.send(request, source, span)
+        return NOT_DONE_YET
 
     render_HEAD = render_GET
-
     def decide(self, request: Request, variant: Variant) -> Span | None:
         """Set the status and length; return the span to send (None: no body)."""
         mtime = self.artifact.mtime
@@ -185,38 +200,32 @@ class ArtifactFile(static.File):
         request.setHeader(b"content-length", b"%d" % (span[1] - span[0] + 1))
         return span
 
-    def finish_early(self, request: Request, handle: BinaryIO | None) -> int:
-        """No body (HEAD, 304, 416): headers only, then done."""
-        if handle is not None:
-            handle.close()
-        request.write(b"")
-        request.finish()
-        return NOT_DONE_YET
+    def send(self, request: Request, source: Source, span: Span) -> None:
+        channel: Any = request.channel
+        transport = channel.transport  # None on HTTP/2: the stream is the consumer
+        direct = zero_copy(transport)
+        keep_alive = getattr(channel, "progress", None)
 
-    def send(self, request: Request, variant: Variant, span: Span,
-             handle: BinaryIO | None) -> int:
-        if variant.chunks is None:
-            assert handle is not None
-            size = span[1] - span[0] + 1
-            static.SingleRangeStaticProducer(request, handle, span[0], size).start()
-            return NOT_DONE_YET
+        def progress(count: int) -> None:
+            if direct:
+                request.sentLength += count  # request.write counted the others
+            if keep_alive is not None:
+                keep_alive()
 
         def finished() -> None:
             request.unregisterProducer()
             request.finish()
 
-        channel = request.channel
-        progress = getattr(channel, "progress", None) or (lambda: None)
-        producer = SliceProducer(request.write, variant.chunks, span, finished, progress)
-        request.registerProducer(producer, True)
-        producer.resumeProducing()
-        return NOT_DONE_YET
+        request.write(b"")  # the head goes first
+        sender = Sender(source, span, transport, request.write, progress, finished,
+                        (transport or channel).abortConnection)
+        request.registerProducer(sender, True)
+        sender.start(flushed=False)
 
-    def replaced(self, request: Request) -> bytes:
-        self.log.info("{path} changed since the last scan; asking the client to retry",
-                      path=self.artifact.path)
+    def unavailable(self, request: Request) -> bytes:
+        """503, retryable: the file changed since the scan, or cannot be read (logged)."""
         request.setResponseCode(http.SERVICE_UNAVAILABLE)
         request.setHeader(b"retry-after", b"1")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"plugin is being replaced, retry\n"
+        return b"plugin is being replaced or is unreadable, retry\n"

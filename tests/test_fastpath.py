@@ -1,23 +1,28 @@
-"""Unit: the fast path's strict request subset, and what it writes on a StringTransport."""
+"""Unit: the fast path's strict request subset, and what it sends on a real TCP transport."""
 
 from __future__ import annotations
 
+import os
+import socket
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
 
 from hps import fastpath
-from hps.bodies import BodyCache, build_body
+from hps._twisted import inner_channel
 from hps.catalog import scan
 from hps.config import Config
 from hps.fastpath import parse_request
 from hps.resources import Root
 from hps.site import PluginSite
 from hps.state import ServerState
-from hps.transfer import Policy
+from hps.transfer import Policy, Transfer
 from tests.support.server import wasm_bytes
+from tests.support.sockets import Reactor, pump, tcp_pair
 
 GET = b"GET /plugins/demo/1.0.0/plugin.wasm HTTP/1.1\r\nHost: x\r\n"
 
@@ -62,49 +67,91 @@ def test_everything_else_goes_to_twisted_web(data: bytes) -> None:
     assert parse_request(data) is None
 
 
+@dataclass
+class Rig:
+    site: PluginSite
+    reactor: Reactor
+    root: Path
+    body: bytes
+
+
 @pytest.fixture
-def site(tmp_path: Path) -> tuple[PluginSite, bytes]:
-    body = wasm_bytes(1_200_000)
+def rig(tmp_path: Path) -> Rig:
+    body = wasm_bytes(600_000)
     target = tmp_path / "demo" / "1.0.0" / "plugin.wasm"
     target.parent.mkdir(parents=True)
     target.write_bytes(body)
     state = ServerState(config=Config(root=str(tmp_path)), catalog=scan(str(tmp_path)))
-    policy = Policy.from_config(300, immutable=False, gzip=True)
-    cache = BodyCache(128 << 20, with_gzip=True)
-    site = PluginSite(Root(state, cache, policy), state=state)
-    fast = fastpath.install(state, site, cache, policy)
-    artifact = state.catalog.get("demo", "1.0.0")
-    fast.cache.entries[artifact.sha256] = build_body(artifact, body, with_gzip=True)
-    return site, body
+    transfer = Transfer(Policy.from_config(300, immutable=False, gzip=True))
+    reactor = Reactor()
+    site = PluginSite(Root(state, transfer), state=state, reactor=reactor)
+    fastpath.install(state, site, transfer)
+    return Rig(site, reactor, tmp_path, body)
 
 
-def connect(site: PluginSite) -> tuple[object, StringTransport]:
-    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1234))
-    proto.makeConnection(transport)
-    return proto, transport
+def connect(rig: Rig, sndbuf: int | None = None) -> tuple[Any, tcp.Server, socket.socket]:
+    proto = rig.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+    server, peer = tcp_pair(proto, rig.reactor, sndbuf)
+    return proto, server, peer
 
 
-def test_fast_path_answers_and_stays_ready(site) -> None:
-    site, body = site
-    proto, transport = connect(site)
+def response(rig: Rig, server: tcp.Server, peer: socket.socket, size: int) -> tuple[bytes, bytes]:
+    data = pump(rig.reactor, server, peer, 1)
+    while b"\r\n\r\n" not in data:
+        data += pump(rig.reactor, server, peer, 1)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if len(rest) < size:
+        rest += pump(rig.reactor, server, peer, size - len(rest))
+    return head, rest
+
+
+def test_fast_path_sends_the_file_and_stays_ready(rig: Rig) -> None:
+    proto, server, peer = connect(rig)
     proto.dataReceived(GET + b"\r\n")
-    head, _, rest = transport.value().partition(b"\r\n\r\n")
+    head, body = response(rig, server, peer, len(rig.body))
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert b"Content-Length: %d" % len(body) in head
-    # StringTransport never pushes back, so every chunk is written at once.
-    assert rest == body
-    assert not proto._channel.requests  # twisted.web never saw it
-    transport.clear()
+    assert b"Content-Length: %d" % len(rig.body) in head
+    assert body == rig.body
+    channel = inner_channel(proto)
+    assert not channel.requests and not channel.web_owned  # twisted.web never saw it
     proto.dataReceived(b"HEAD" + GET[3:] + b"Connection: close\r\n\r\n")
-    assert transport.value().endswith(b"Connection: close\r\n\r\n")
-    assert transport.disconnecting
+    head, rest = response(rig, server, peer, 0)
+    assert head.endswith(b"Connection: close") and rest == b""
+    assert server.disconnecting
 
 
-def test_other_requests_reach_twisted_web(site) -> None:
-    site, body = site
-    proto, transport = connect(site)
+def test_a_reader_that_stalls_is_resumed_when_the_socket_drains(rig: Rig) -> None:
+    proto, server, peer = connect(rig, sndbuf=65536)
+    proto.dataReceived(GET + b"\r\n")
+    channel = inner_channel(proto)
+    assert channel.fast_reply is not None and server in rig.reactor.writers
+    _, body = response(rig, server, peer, len(rig.body))
+    assert body == rig.body and channel.fast_reply is None
+    assert rig.site.in_flight == 0
+
+
+def test_a_file_rewritten_in_place_mid_download_cuts_the_connection(rig: Rig) -> None:
+    proto, server, peer = connect(rig, sndbuf=8192)
+    proto.dataReceived(GET + b"\r\n")
+    target = rig.root / "demo" / "1.0.0" / "plugin.wasm"
+    with open(target, "r+b") as handle:  # same inode, new bytes and mtime
+        handle.write(b"\0asm-rewritten")
+    os.utime(target, ns=(1, 1))
+    _, body = response(rig, server, peer, len(rig.body))
+    # Short, so the client knows it failed. (Bytes already in the socket buffer are page
+    # references under sendfile: they may show the new bytes, as with nginx.)
+    assert len(body) < len(rig.body)
+    rig.reactor.advance(0)  # an abort closes the socket on the next reactor turn
+    assert server.disconnected
+
+
+def test_other_requests_reach_twisted_web_which_keeps_the_connection(rig: Rig) -> None:
+    proto, server, peer = connect(rig)
     proto.dataReceived(GET + b"Range: bytes=0-3\r\n\r\n")
-    # twisted.web parsed it and is now answering through ArtifactFile.
-    assert b"206 Partial Content" in transport.value()
-    assert transport.value().endswith(body[:4])
+    head, body = response(rig, server, peer, 4)
+    assert b"206 Partial Content" in head and body == rig.body[:4]
+    channel = inner_channel(proto)
+    assert channel.web_owned
+    proto.dataReceived(GET + b"\r\n")  # plain, but twisted.web owns the connection now
+    head, body = response(rig, server, peer, len(rig.body))
+    assert body == rig.body and len(channel.requests) == 0

@@ -6,14 +6,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hps.negotiate import (
-    CHUNK,
     UNSATISFIABLE,
     accepts_gzip,
     none_match,
     not_modified,
     pick_range,
     range_applies,
-    split,
 )
 
 ETAG = b'"abc"'
@@ -99,9 +97,3 @@ def test_header_parsers_never_raise(value) -> None:
     range_applies(value, ETAG, 0)
     span = pick_range(value, 10)
     assert span is None or span is UNSATISFIABLE or span[1] < 10
-
-
-@given(st.integers(0, 3 * CHUNK + 5))
-def test_split_keeps_every_byte(size) -> None:
-    data = bytes(size)
-    assert b"".join(split(data)) == data

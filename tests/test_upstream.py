@@ -237,7 +237,7 @@ def connect(site: PluginSite) -> tuple[object, StringTransport]:
 def site(world):
     state, source, upstream, clock = world
     misses = Misses(clock)
-    return PluginSite(Root(state, None, None, misses, upstream), state=state,
+    return PluginSite(Root(state, None, misses, upstream), state=state,
                       reactor=clock), source, clock, misses
 
 

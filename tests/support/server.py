@@ -164,8 +164,9 @@ def run_twistd(
 
 
 def start_server(*args: str, cwd: Path | None = None, ready: bool = True,
-                 listen: str = "tcp:0:interface=127.0.0.1") -> Server:
-    command = [twistd_path(), "-n", "--pidfile=", "hps", "--listen", listen, *args]
+                 listen: str = "tcp:0:interface=127.0.0.1", wrap: tuple[str, ...] = ()) -> Server:
+    """Start ``twistd hps``; ``wrap`` is a command that runs it (e.g. ``setpriv ...``)."""
+    command = [*wrap, twistd_path(), "-n", "--pidfile=", "hps", "--listen", listen, *args]
     process = subprocess.Popen(command, cwd=cwd or REPO, env=server_env(), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     server = Server(process)

@@ -1,0 +1,56 @@
+"""The few Twisted internals hps cannot avoid, in one room, each guarded by a canary.
+
+Everything else in hps uses Twisted's public API. Each name here has a test in
+``tests/test__twisted.py`` that fails loudly when a Twisted release renames or
+changes it, and ``setup.py`` bounds Twisted's version to the releases those
+canaries were run against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.http import _GenericHTTPChannelProtocol
+
+GenericHTTPChannelProtocol = _GenericHTTPChannelProtocol
+"""twisted.web's HTTP/1.1-or-HTTP/2 switch (ALPN). Private, but the only way to keep
+HTTP/2 while using our own HTTP/1.1 channel class: ``Site.protocol`` builds it."""
+
+
+def inner_channel(protocol: Any) -> Any:
+    """The channel a :data:`GenericHTTPChannelProtocol` currently forwards to
+    (our ``PluginChannel``, or twisted.web's ``H2Connection`` after ALPN picked h2)."""
+    return protocol._channel
+
+
+def request_line(channel: Any) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """(method, target, version) of the request whose head an ``HTTPChannel`` is parsing,
+    (None, None, None) before its request line; the Request object learns them only in
+    ``requestReceived``, after ``allHeadersReceived``, where hps must decide."""
+    return (getattr(channel, "_command", None), getattr(channel, "_path", None),
+            getattr(channel, "_version", None))
+
+
+def request_method(channel: Any) -> bytes | None:
+    return request_line(channel)[0]
+
+
+def wake_when_writable(transport: Any) -> None:
+    """Have a plain TCP transport resume its (streaming) producer once the socket is writable.
+
+    For a sender that writes to the socket itself (``os.sendfile``), bypassing the
+    transport's buffer. ``FileDescriptor.doWrite`` with nothing buffered stops
+    writing and calls ``producer.resumeProducing()`` when the producer is marked
+    paused; ``producerPaused`` and ``startWriting`` are public names, but that
+    call sequence is an implementation detail, hence this room and its canary.
+    Bytes already buffered (a response head) are sent first, in order.
+    """
+    transport.producerPaused = True
+    transport.startWriting()
+
+
+def forget_exit_signal(reactor: Any) -> None:
+    """Make twistd exit 0 after a SIGTERM that hps handled (a finished drain): twistd
+    re-raises the signal the reactor recorded in ``_exitSignal`` (exit status 143)."""
+    if hasattr(reactor, "_exitSignal"):
+        reactor._exitSignal = None

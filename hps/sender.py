@@ -1,0 +1,144 @@
+"""Moving a span of one open file to a connection: the one engine for every response.
+
+:mod:`hps.transfer` decides *what* to send (variant, range, headers); a
+:class:`Sender` decides *how* the bytes move:
+
+- on a plain TCP transport, ``os.sendfile`` from the verified descriptor to the
+  socket: no copy of the body in user space, the page cache is the cache. When
+  the socket is full it asks the transport to wake it once writable
+  (:func:`hps._twisted.wake_when_writable`), so a client that stops reading
+  costs nothing but its socket buffers;
+- on TLS and HTTP/2 (bytes must pass through OpenSSL or be framed), bounded
+  reads of ``READ_CHUNK`` bytes, written while the transport does not push back
+  (it pauses this producer once its buffer holds 64 KiB).
+
+A sender is an ``IPushProducer`` registered on the channel (twisted.web's
+``request.registerProducer`` or the fast path's ``channel.registerProducer``), so
+the channel's own flow control drives it either way. Before every turn it checks
+the file still has the identity the catalog hashed: a module rewritten in place
+mid-download cuts the connection (the client sees a short body and retries)
+rather than sending bytes its ETag does not name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from hps._twisted import wake_when_writable
+from hps.files import Source
+from hps.negotiate import Span
+
+SENDFILE_TURN = 4 << 20
+"""At most this many bytes per connection per reactor turn, so one fast reader on
+loopback cannot starve the others; then it yields and is woken when writable."""
+
+READ_CHUNK = 16384
+"""Bytes read per write on TLS and HTTP/2 (one TLS record): with the transport's
+64 KiB pause threshold, at most ~80 KiB of a body is held per connection."""
+
+
+def zero_copy(transport: Any) -> bool:
+    """Can bytes go from a file straight to this transport's socket?"""
+    return isinstance(transport, tcp.Connection) and not ISSLTransport.providedBy(transport)
+
+
+@implementer(IPushProducer)
+class Sender:
+    """Send ``span`` of ``source`` through ``write`` (or, zero-copy, to ``transport``'s socket).
+
+    ``progress(n)`` runs after each ``n`` bytes handed over; ``finished`` once the last
+    byte is; ``abort`` when the file
+    changed under the response (the connection must be cut); neither when the
+    connection is lost first (``stopProducing``).
+    """
+
+    log = Logger()
+
+    def __init__(self, source: Source, span: Span, transport: Any,
+                 write: Callable[[bytes], None], progress: Callable[[int], None],
+                 finished: Callable[[], None], abort: Callable[[], None]) -> None:
+        self.source: Source | None = source
+        self.pos, self.end = span[0], span[1] + 1
+        self.transport, self.write, self.progress = transport, write, progress
+        self.finished, self.abort = finished, abort
+        self.zero_copy = zero_copy(transport)
+        self.paused = self.done = self.running = False
+
+    def start(self, flushed: bool) -> None:
+        """Begin; ``flushed`` says the transport holds no bytes of ours (the head) yet."""
+        if self.zero_copy and not flushed:
+            wake_when_writable(self.transport)  # the head goes first, then we resume
+        else:
+            self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.done or self.running:
+            return  # re-entered from inside a write: the running loop continues
+        assert self.source is not None
+        if not self.source.fresh():
+            self.changed()
+            return
+        self.running = True
+        try:
+            if self.zero_copy:
+                self.send_file(self.source)
+            else:
+                self.send_reads(self.source)
+        finally:
+            self.running = False
+        if self.pos >= self.end and not self.done:
+            self.close()
+            self.finished()
+
+    def send_file(self, source: Source) -> None:
+        fd, budget = self.transport.fileno(), SENDFILE_TURN
+        while not self.paused and not self.done and self.pos < self.end:
+            if budget <= 0:
+                wake_when_writable(self.transport)  # yield the reactor to other clients
+                return
+            try:
+                count = os.sendfile(fd, source.fd, self.pos, min(self.end - self.pos, budget))
+            except BlockingIOError:
+                wake_when_writable(self.transport)
+                return
+            except OSError:
+                return  # the connection broke: the transport notices and stops us
+            if count == 0:
+                self.changed()  # the file is shorter than the catalog says: truncated
+                return
+            self.pos += count
+            budget -= count
+            self.progress(count)
+
+    def send_reads(self, source: Source) -> None:
+        while not self.paused and not self.done and self.pos < self.end:
+            data = source.read(self.pos, min(READ_CHUNK, self.end - self.pos))
+            if not data:
+                self.changed()
+                return
+            self.pos += len(data)
+            self.write(data)
+            self.progress(len(data))
+
+    def changed(self) -> None:
+        self.log.warn("a file changed while it was being sent; cutting the download")
+        self.close()
+        self.abort()
+
+    def close(self) -> None:
+        self.done = True
+        self.source = None  # the descriptor closes once the file table lets go too
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.close()

@@ -1,0 +1,264 @@
+"""gzip variants of modules, on disk, before the first download.
+
+A module's gzip representation is a file:
+
+- a ``plugin.wasm.gz`` beside it (nginx's ``gzip_static`` convention, written
+  by ``hps pull``), used only when it decompresses to bytes with the module's
+  SHA-256; a bad one is skipped with one log line;
+- else one the server compressed, once, into ``<cache_dir>/gzip/<sha256>.gz``
+  (atomic write; a restart or a rescan reuses it);
+- else, when the cache directory cannot be written, an unlinked temporary file
+  (one warning), so the memory goal still holds.
+
+Everything here runs off the reactor thread, one module at a time (a rollout's
+downloads keep the other core), right after each catalog swap. Until a
+module's variant is ready it is served as identity; readiness does not wait,
+and ``/metrics`` shows how many are pending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from hps.catalog import Artifact, Catalog, Identity, identity_of
+from hps.files import Source, open_verified
+
+GZIP_LEVEL = 6
+"""For the server's own compression: level 9 costs ~3x the CPU for ~1 % fewer bytes.
+``hps pull`` writes its siblings at level 9, once, where CPU is cheap."""
+
+SIBLING_SUFFIX = ".gz"
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class GzipFile:
+    """Where a module's gzip bytes are: a path and the identity it had when checked,
+    or an already open (unlinked) source."""
+
+    path: str
+    identity: Identity
+    size: int
+    source: Source | None = None
+
+
+class Bad(Exception):
+    """A sibling ``.gz`` that is not this module (the message says why)."""
+
+
+def _regular(path: str) -> os.stat_result | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
+def check_sibling(artifact: Artifact) -> GzipFile | None:
+    """The module's ``.gz`` sibling if it holds exactly the module's bytes; None if absent.
+
+    Raises :class:`Bad` for a sibling that exists but does not match. A symlink is
+    not followed (it could lead out of the tree).
+    """
+    path = artifact.path + SIBLING_SUFFIX
+    if _regular(path) is None:
+        return None
+    try:
+        source = open_verified(path, identity_of(os.lstat(path)))
+        digest, size, offset = hashlib.sha256(), 0, 0
+        inflate = zlib.decompressobj(31)
+        while block := source.read(offset, _BLOCK):
+            offset += len(block)
+            while block and size <= artifact.size:
+                data = inflate.decompress(block, _BLOCK)  # bounded: a gzip bomb stays small
+                digest.update(data)
+                size += len(data)
+                block = inflate.unconsumed_tail
+    except (OSError, zlib.error) as err:
+        raise Bad(f"unreadable or not gzip ({err})") from None
+    if (size != artifact.size or digest.hexdigest() != artifact.sha256 or not inflate.eof
+            or inflate.unused_data):
+        raise Bad("does not decompress to the module's bytes")
+    if offset >= artifact.size:
+        raise Bad("not smaller than the module")
+    return GzipFile(path, source.identity, offset)
+
+
+def _deflate(source: Source, out: BinaryIO) -> str:
+    """Write the gzip of ``source`` to ``out``; return the SHA-256 of what was read."""
+    digest = hashlib.sha256()
+    deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # gzip, mtime 0: same anywhere
+    offset = 0
+    while block := source.read(offset, _BLOCK):
+        offset += len(block)
+        digest.update(block)
+        out.write(deflate.compress(block))
+    out.write(deflate.flush())
+    out.flush()
+    return digest.hexdigest()
+
+
+def compress(artifact: Artifact, directory: str | None) -> GzipFile | None:
+    """Compress the module into ``directory`` (``<sha256>.gz``, atomically), or into an
+    unlinked temporary file when ``directory`` is None. None if the module changed or
+    compression does not make it smaller."""
+    source = open_verified(artifact.path, artifact.identity)
+    if directory is None:
+        with tempfile.TemporaryFile(prefix="hps-gzip-") as handle:
+            if _deflate(source, handle) != artifact.sha256 or handle.tell() >= artifact.size:
+                return None
+            fd = os.dup(handle.fileno())  # the unlinked file lives as long as this descriptor
+        identity = identity_of(os.fstat(fd))
+        return GzipFile("", identity, identity[2], Source(fd, identity))
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", delete=False) as handle:
+        good = _deflate(source, handle) == artifact.sha256 and handle.tell() < artifact.size
+        if good:
+            os.fsync(handle.fileno())
+    if not good:
+        os.unlink(handle.name)
+        return None
+    final = os.path.join(directory, f"{artifact.sha256}.gz")
+    os.replace(handle.name, final)
+    return GzipFile(final, identity_of(os.stat(final)), os.stat(final).st_size)
+
+
+def cached(artifact: Artifact, directory: str) -> GzipFile | None:
+    """A variant compressed by an earlier run, if there is a plausible one.
+
+    Ours, written atomically under the module's SHA-256; its gzip trailer must give
+    the module's size (a cheap check against a truncated or foreign file).
+    """
+    path = os.path.join(directory, f"{artifact.sha256}.gz")
+    info = _regular(path)
+    if info is None or info.st_size < 18:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        if int.from_bytes(handle.read(4), "little") != artifact.size & 0xFFFFFFFF:
+            return None
+    return GzipFile(path, identity_of(info), info.st_size)
+
+
+def usable_dir(cache_dir: str) -> str | None:
+    """``<cache_dir>/gzip``, created, if the server can write there; else None."""
+    path = os.path.join(cache_dir, "gzip")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError:
+        return None
+    return path
+
+
+def prepare(artifact: Artifact, directory: str | None) -> tuple[GzipFile | None, str | None]:
+    """Find or make the module's gzip variant (runs in a thread), and why its sibling
+    ``.gz`` was skipped, if it was (the server then compresses the module itself)."""
+    bad = None
+    try:
+        sibling = check_sibling(artifact)
+    except Bad as why:
+        sibling, bad = None, str(why)
+    if sibling is not None:
+        return sibling, None
+    found = cached(artifact, directory) if directory else None
+    if found is None:
+        try:
+            found = compress(artifact, directory)
+        except OSError:
+            found = None
+    return found, bad
+
+
+Runner = Callable[..., Deferred]
+
+
+class GzipVariants:
+    """The gzip variant of every module, by SHA-256, made ready in the background."""
+
+    log = Logger()
+
+    def __init__(self, cache_dir: str, enabled: bool = True,
+                 run: Runner = threads.deferToThread) -> None:
+        self.cache_dir, self.enabled, self.run = cache_dir, enabled, run
+        self.ready: dict[str, GzipFile] = {}
+        self.queue: dict[str, Artifact] = {}
+        self.busy = False
+        self.directory: str | bool | None = False  # False: not probed yet
+        self.live: frozenset[str] = frozenset()
+        self.tried: set[str] = set()
+        """Modules already prepared once (found or not): a rescan does not redo them."""
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue) + self.busy
+
+    def get(self, artifact: Artifact) -> GzipFile | None:
+        return self.ready.get(artifact.sha256) if self.enabled else None
+
+    def drop(self, artifact: Artifact) -> None:
+        """The variant's file changed on disk: forget it and make it again."""
+        if self.ready.pop(artifact.sha256, None) is not None:
+            self.tried.discard(artifact.sha256)
+            self.queue[artifact.sha256] = artifact
+            self.next()
+
+    def on_swap(self, old: Catalog, new: Catalog) -> None:
+        if not self.enabled:
+            return
+        self.live = frozenset(a.sha256 for a in new.artifacts.values())
+        for key in [k for k in self.ready if k not in self.live]:
+            del self.ready[key]
+        self.tried &= self.live
+        for artifact in new.artifacts.values():
+            if artifact.sha256 not in self.ready and artifact.sha256 not in self.tried:
+                self.queue.setdefault(artifact.sha256, artifact)
+        for key in [k for k in self.queue if k not in self.live]:
+            del self.queue[key]
+        self.next()
+
+    def next(self) -> None:
+        if self.busy or not self.queue:
+            return
+        if self.directory is False:
+            self.directory = usable_dir(self.cache_dir)
+            if self.directory is None:
+                self.log.warn("cache directory {path} is not writable; gzip variants go to "
+                              "unlinked temporary files", path=self.cache_dir)
+        key, artifact = next(iter(self.queue.items()))
+        del self.queue[key]
+        self.tried.add(key)
+        self.busy = True
+        d = self.run(prepare, artifact, self.directory or None)
+        d.addCallbacks(self.prepared, self.failed, (artifact,), None, (artifact,))
+        d.addBoth(self.idle)
+
+    def prepared(self, result: tuple[GzipFile | None, str | None], artifact: Artifact) -> None:
+        found, bad = result
+        if bad is not None:
+            self.bad_sibling(artifact, bad)
+        if found is not None and artifact.sha256 in self.live:
+            self.ready[artifact.sha256] = found
+
+    def bad_sibling(self, artifact: Artifact, why: str) -> None:
+        self.log.warn("skipped {path}{suffix}: {why}", path=artifact.path,
+                      suffix=SIBLING_SUFFIX, why=why)
+
+    def failed(self, failure: Any, artifact: Artifact) -> None:
+        self.log.failure("making the gzip variant of {path} failed", failure,
+                         path=artifact.path)
+
+    def idle(self, _: Any) -> None:
+        self.busy = False
+        self.next()

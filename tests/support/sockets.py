@@ -1,0 +1,69 @@
+"""A real TCP transport (``tcp.Server`` on a loopback connection) under a fake reactor.
+
+For unit tests of code that writes to the socket itself (``os.sendfile``): the
+peer end is a plain socket the test reads, and the reactor only records which
+descriptors want write events, so the test decides when ``doWrite`` runs.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.testing import MemoryReactorClock
+
+
+class Reactor(MemoryReactorClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: set[Any] = set()
+
+    def addWriter(self, writer: Any) -> None:
+        self.writers.add(writer)
+
+    def removeWriter(self, writer: Any) -> None:
+        self.writers.discard(writer)
+
+
+class Port:
+    _realPortNumber = 8080
+
+
+def tcp_pair(protocol: Any, reactor: Reactor,
+             sndbuf: int | None = None) -> tuple[tcp.Server, socket.socket]:
+    """A connected ``tcp.Server`` for ``protocol`` (connection made) and the peer socket."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        theirs = socket.create_connection(listener.getsockname())
+        ours, _ = listener.accept()
+    ours.setblocking(False)
+    if sndbuf:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
+    server = tcp.Server(ours, protocol, ("127.0.0.1", 1), Port(), 1, reactor)
+    protocol.makeConnection(server)
+    return server, theirs
+
+
+def pump(reactor: Reactor, server: tcp.Server, peer: socket.socket, want: int,
+         timeout: float = 10) -> bytes:
+    """Read ``want`` bytes from ``peer``, running the transport's write events when its
+    socket is writable (as the reactor would); stop early when nothing more can come."""
+    peer.setblocking(False)
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        writing = [server] if server in reactor.writers else []
+        readable, writable, _ = select.select([peer], writing, [], 0.5)
+        if readable:
+            chunk = peer.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        if writable:
+            server.doWrite()
+        if not readable and not writing:
+            break
+    return bytes(got)

@@ -1,0 +1,106 @@
+"""Canaries: each private Twisted name hps uses (hps/_twisted.py) still behaves as relied on.
+
+A failure here means a Twisted release changed an internal; fix hps/_twisted.py before
+raising the upper bound on twisted in setup.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import signal
+from typing import Any
+
+from twisted.application import app
+from twisted.internet.base import ReactorBase
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.testing import StringTransport
+from twisted.web.http import HTTPChannel
+from zope.interface import implementer
+
+from hps._twisted import (
+    GenericHTTPChannelProtocol,
+    forget_exit_signal,
+    inner_channel,
+    request_line,
+    request_method,
+    wake_when_writable,
+)
+from tests.support.sockets import Reactor, pump, tcp_pair
+
+
+def test_generic_protocol_wraps_the_channel_it_is_given() -> None:
+    channel = HTTPChannel()
+    wrapper = GenericHTTPChannelProtocol(channel)
+    assert inner_channel(wrapper) is channel
+
+
+def test_request_line_is_known_when_all_headers_are_in() -> None:
+    seen: list[tuple] = []
+
+    class Channel(HTTPChannel):
+        def allHeadersReceived(self) -> None:
+            seen.append((request_line(self), request_method(self)))
+            super().allHeadersReceived()
+
+    channel = Channel()
+    assert request_line(channel) == (None, None, None)
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"DELETE /x?y HTTP/1.0\r\nHost: a\r\n\r\n")
+    assert seen == [((b"DELETE", b"/x?y", b"HTTP/1.0"), b"DELETE")]
+
+
+class QuietReactor(ReactorBase):
+    """A real ReactorBase (signal bookkeeping included) that needs no descriptors."""
+
+    def installWaker(self) -> None:
+        pass
+
+    def wakeUp(self) -> None:
+        pass
+
+
+def test_twistd_exits_with_the_signal_the_reactor_recorded() -> None:
+    reactor = QuietReactor()
+    reactor.sigTerm(signal.SIGTERM)  # what a SIGTERM does: record it, then stop the reactor
+    assert reactor._exitSignal == signal.SIGTERM
+    assert "_exitSignal" in inspect.getsource(app.ApplicationRunner)  # twistd reads it
+    forget_exit_signal(reactor)
+    assert reactor._exitSignal is None
+
+
+@implementer(IPushProducer)
+class Recorder:
+    def __init__(self) -> None:
+        self.resumed = 0
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class Silent:
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+
+def test_wake_when_writable_resumes_a_streaming_producer_after_buffered_bytes() -> None:
+    reactor = Reactor()
+    server, peer = tcp_pair(Silent(), reactor)
+    producer = Recorder()
+    server.registerProducer(producer, True)
+    server.write(b"head")
+    wake_when_writable(server)
+    assert server in reactor.writers and producer.resumed == 0
+    assert pump(reactor, server, peer, 4) == b"head"
+    assert producer.resumed == 1 and server not in reactor.writers
+    wake_when_writable(server)  # nothing buffered: resumed on the next write event
+    server.doWrite()
+    assert producer.resumed == 2
