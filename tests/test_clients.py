@@ -83,7 +83,7 @@ def test_request_bodies_are_refused_early(tree: Tree, serve) -> None:
 
 def test_connection_cap_sheds_with_503_but_answers_probes(tree: Tree, serve) -> None:
     tree.add("key-auth", "1.0.0", size=8 << 20)
-    server = serve("--root", str(tree.root), "--max-connections", "3", "--memory-budget", "0")
+    server = serve("--root", str(tree.root), "--max-connections", "3")
     # Three downloads nobody reads: every connection is answering, none can make room.
     stalled = []
     for _ in range(3):
