@@ -228,6 +228,8 @@ class ArtifactFastPath:
         artifact = self.state.catalog.get(parsed.name, parsed.version)
         if artifact is None:
             return False
+        if self.transfer.gzip_pending(artifact, parsed.wants_gzip):
+            return False  # twisted.web waits for the variant
         opened = self.transfer.open(artifact, parsed.wants_gzip, quiet=True)
         if opened is None:
             return False  # twisted.web answers the 503 (and logs why)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from twisted.internet import threads
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from hps.catalog import Artifact, Catalog, Identity, identity_of
@@ -194,7 +194,9 @@ class GzipVariants:
         self.cache_dir, self.enabled, self.run = cache_dir, enabled, run
         self.ready: dict[str, GzipFile] = {}
         self.queue: dict[str, Artifact] = {}
-        self.busy = False
+        self.busy: str | None = None
+        """The SHA-256 of the module being prepared now, if any."""
+        self.waiters: dict[str, list[Deferred]] = {}
         self.directory: str | bool | None = False  # False: not probed yet
         self.live: frozenset[str] = frozenset()
         self.tried: set[str] = set()
@@ -202,10 +204,28 @@ class GzipVariants:
 
     @property
     def pending(self) -> int:
-        return len(self.queue) + self.busy
+        return len(self.queue) + (self.busy is not None)
 
     def get(self, artifact: Artifact) -> GzipFile | None:
         return self.ready.get(artifact.sha256) if self.enabled else None
+
+    def preparing(self, artifact: Artifact) -> bool:
+        """Is this module's variant queued or being made right now?"""
+        key = artifact.sha256
+        return self.enabled and (key in self.queue or key == self.busy)
+
+    def when_ready(self, artifact: Artifact) -> Deferred:
+        """Fires once the module's variant is ready or known not to exist; moves it to the
+        front of the queue (a client is waiting for it: the first download of a module
+        after start is the one that matters)."""
+        key = artifact.sha256
+        if not self.preparing(artifact):
+            return succeed(None)
+        if key in self.queue:
+            self.queue = {key: self.queue[key], **self.queue}
+        d: Deferred = Deferred()
+        self.waiters.setdefault(key, []).append(d)
+        return d
 
     def drop(self, artifact: Artifact) -> None:
         """The variant's file changed on disk: forget it and make it again."""
@@ -229,7 +249,7 @@ class GzipVariants:
         self.next()
 
     def next(self) -> None:
-        if self.busy or not self.queue:
+        if self.busy is not None or not self.queue:
             return
         if self.directory is False:
             self.directory = usable_dir(self.cache_dir)
@@ -239,7 +259,7 @@ class GzipVariants:
         key, artifact = next(iter(self.queue.items()))
         del self.queue[key]
         self.tried.add(key)
-        self.busy = True
+        self.busy = key
         d = self.run(prepare, artifact, self.directory or None)
         d.addCallbacks(self.prepared, self.failed, (artifact,), None, (artifact,))
         d.addBoth(self.idle)
@@ -260,5 +280,8 @@ class GzipVariants:
                          path=artifact.path)
 
     def idle(self, _: Any) -> None:
-        self.busy = False
+        key, self.busy = self.busy, None
+        for d in self.waiters.pop(key or "", []):
+            if not d.called:  # a waiter that timed out was cancelled
+                d.callback(None)
         self.next()

@@ -210,3 +210,50 @@ def test_stalled_readers_hold_no_body_bytes(tree: Tree, serve) -> None:
     head, _, received = reply.partition(b"\r\n\r\n")
     assert received == body != replaced
     assert etag_of(received).encode() in head
+
+
+def test_pipelined_downloads_are_watched_by_progress(tree: Tree, serve) -> None:
+    """A slow but steady reader of pipelined downloads is never cut by the send watchdog."""
+    tree.add("demo", "1.0.0", size=300_000)
+    server = serve("--root", str(tree.root), "--send-timeout", "1")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    request = f"GET {URL} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    sock.sendall(request)  # the fast path answers this one...
+    time.sleep(0.05)
+    sock.sendall(request * 9)  # ...and holds these until it is done
+    received, started = 0, time.monotonic()
+    while received < 10 * 300_000 and time.monotonic() - started < 20:
+        chunk = sock.recv(32768)  # ~1 MB/s: the whole takes ~3 s, three send timeouts
+        if not chunk:
+            break
+        received += len(chunk)
+        time.sleep(0.03)
+    sock.close()
+    assert received >= 10 * 300_000, received
+    metrics = server.get("/metrics").body.decode()
+    assert not re.search(r'hps_responses_aborted_total\{reason="send_timeout"\} [1-9]', metrics)
+
+
+def test_a_download_cut_by_the_client_is_logged_and_counted(tree: Tree, serve) -> None:
+    size = 8_000_000
+    tree.add("demo", "1.0.0", size=size)
+    server = serve("--root", str(tree.root))
+    sock = raw_get(server.port, URL)
+    assert sock.recv(65536)
+    sock.close()
+    line = server.wait_log(rf'"GET {re.escape(URL)} HTTP/1\.1" 200 (\d+)')
+    assert int(line.rsplit(" ", 1)[1]) < size
+    metrics = server.get("/metrics").body.decode()
+    assert re.search(r'hps_requests_total\{route="artifact",status="200"\} 1\.0', metrics)
+
+
+def test_the_first_gzip_download_after_start_is_gzip(tree: Tree, serve, tmp_path: Path) -> None:
+    bodies = {f"p{i}": tree.add(f"p{i}", "1.0.0", size=400_000) for i in range(12)}
+    server = serve("--root", str(tree.root), "--cache-dir", str(tmp_path / "fresh"))
+    # Asked at once after ready, most variants are still queued: each request waits for its
+    # own, moved to the front of the queue.
+    for name in reversed(list(bodies)):
+        reply = server.get(f"/plugins/{name}/1.0.0/plugin.wasm", Accept_Encoding="gzip")
+        assert reply.header("Content-Encoding") == "gzip", name
+        assert gzip.decompress(reply.body) == bodies[name]
