@@ -116,6 +116,9 @@ def test_registry_and_namespace_rewrite_every_reference(
         "mcp-server": f"oci://{upstream}/plugins/all-in-one:1.0.0",
     }
     flags = ("--registry", registry.host, "--namespace", "mirror")
+    # Empty values are "not given" (a Dockerfile passes its build args unconditionally).
+    direct = {"key-auth": registry.ref("mirror/key-auth", "2.0.0")}
+    assert workspace.pull(direct, None, "--registry", "", "--namespace", "").code == 0
     result = workspace.pull(entries, None, *flags)
     assert result.code == 0, result.err
     assert workspace.module("key-auth", "2.0.0") == wasm("mirrored")

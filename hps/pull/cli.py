@@ -143,7 +143,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise InputError(f"--jobs must be between 1 and {MAX_JOBS}")
     if args.retries < 0 or args.timeout <= 0:
         raise InputError("--retries must be >= 0 and --timeout > 0")
-    if args.registry is not None and not REGISTRY_HOST.match(args.registry.removesuffix("/")):
+    # Empty means "not given", so a Dockerfile can pass "$PLUGIN_REGISTRY" unconditionally.
+    args.registry = args.registry.removesuffix("/") if args.registry else None
+    args.namespace = args.namespace or None
+    if args.registry is not None and not REGISTRY_HOST.match(args.registry):
         raise InputError(f"--registry wants HOST[:PORT], got {args.registry!r}")
     if args.namespace is not None and not _NAMESPACE.match(args.namespace):
         raise InputError(f"--namespace wants a repository path component, got {args.namespace!r}")
@@ -158,7 +161,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         retries=args.retries,
         timeout=args.timeout,
         credentials=_credentials(args),
-        registry=args.registry.removesuffix("/") if args.registry else None,
+        registry=args.registry,
         namespace=args.namespace,
     )
 
