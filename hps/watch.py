@@ -29,7 +29,6 @@ from twisted.python.filepath import FilePath
 from hps.guard import hidden_or_temporary
 
 DEBOUNCE = 0.25
-RETRY_NOTIFIER = 5.0
 
 Scan = Callable[[], defer.Deferred]
 
@@ -91,6 +90,8 @@ class Watcher(Service):
         self.periodic = LoopingCall(self.rescanner.request, 0)
         self.periodic.clock = clock
         self._retry: IDelayedCall | None = None
+        self.degraded = False
+        """inotify failed and the periodic rescan is in charge (warned once)."""
 
     def startService(self) -> None:
         super().startService()
@@ -121,20 +122,34 @@ class Watcher(Service):
         self.rescanner.request(0)
 
     def start_notifier(self) -> None:
-        """Watch the whole tree; new directories are added as they appear."""
+        """Watch the whole tree; new directories are added as they appear.
+
+        A tree inotify cannot watch (a symlink cycle, a directory unreadable at
+        start, the per-user watch limit) leaves the periodic rescan in charge: one
+        warning, the half-built notifier closed (its descriptor is per-user and
+        shared by every pod of a node), and a quiet retry every rescan interval.
+        """
         from twisted.internet import inotify  # Linux only; imported late on purpose
 
         self._retry = None
+        notifier = None
         try:
             notifier = _Notifier(self.clock, self.notifier_died)
             notifier.startReading()
             notifier.watch(FilePath(self.root), mask=_mask(inotify), autoAdd=True,
                            recursive=True, callbacks=[self.notified])
-        except Exception as err:  # no inotify, too many watches, root gone: all mean "poll"
-            self.log.warn("inotify unavailable ({err}); rescanning every {interval}s only",
-                          err=err, interval=self.interval)
-            self._retry = self.clock.callLater(RETRY_NOTIFIER, self.start_notifier)
+        except Exception as err:  # no inotify, cycles, unreadable, too many watches: "poll"
+            if notifier is not None:
+                notifier.loseConnection()
+            if not self.degraded:
+                self.degraded = True
+                self.log.warn("inotify unavailable ({err}); rescanning every {interval}s only",
+                              err=err, interval=self.interval)
+            self._retry = self.clock.callLater(self.interval, self.start_notifier)
             return
+        if self.degraded:
+            self.degraded = False
+            self.log.info("inotify watches {root} again", root=self.root)
         self.notifier = notifier
 
     def notified(self, watch: object, path: FilePath, mask: int) -> None:

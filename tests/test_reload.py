@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
+import os
 import re
 import signal
 import threading
 import time
+from pathlib import Path
 
 from tests.support.server import Server, Tree
 
@@ -109,3 +112,31 @@ def test_sighup_forces_a_rescan(tree: Tree, serve) -> None:
     wait_for(lambda: reloads(server) == before + 1)
     assert server.process.poll() is None
     assert server.get("/readyz").status == 200
+
+
+def inotify_descriptors(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):  # closed while we looked
+            count += os.readlink(fd) == "anon_inode:inotify"
+    return count
+
+
+def test_a_symlink_cycle_leaks_no_inotify_descriptor(tree: Tree, serve) -> None:
+    body = tree.add("key-auth", "1.0.0")
+    os.symlink("..", tree.root / "key-auth" / "1.0.0" / "loop")  # inotify's walk never ends
+    server = serve("--root", str(tree.root), "--rescan-interval", "0.5")
+    assert server.get("/plugins/key-auth/1.0.0/plugin.wasm").body == body
+    seen = []
+    for _ in range(30):  # 6 s: a dozen retries of the notifier
+        seen.append(inotify_descriptors(server.process.pid))
+        time.sleep(0.2)
+    print(f"inotify descriptors over 6 s with a symlink cycle: {seen}")
+    assert max(seen) <= 1 and seen[-1] == 0, seen
+    assert server.log().count("inotify unavailable") == 1
+    tree.add("key-auth", "2.0.0")  # the periodic rescan is in charge
+    deadline = time.monotonic() + 5
+    while server.get("/plugins/key-auth/2.0.0/plugin.wasm").status != 200:
+        assert time.monotonic() < deadline, "the periodic rescan never saw the new version"
+        time.sleep(0.1)
