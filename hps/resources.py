@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -17,8 +18,8 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from hps import metrics, pages
-from hps.catalog import Artifact
+from hps import listings, metrics, pages
+from hps.catalog import Artifact, Catalog
 from hps.guard import MODULE_FILE, Verdict, accept_name, accept_version, judge_path
 from hps.misses import Misses
 from hps.state import ServerState
@@ -27,9 +28,11 @@ from hps.upstream import RETRY_AFTER, Missing, Upstream
 
 ALLOWED = b"GET, HEAD"
 NO_STORE = "no-store"
-SHORT = "public, max-age=10"
+SHORT = listings.CACHE_CONTROL.decode()
 METADATA_FILE = "metadata.txt"
 PLUGIN_FILES = (MODULE_FILE, METADATA_FILE)
+HTML = "text/html; charset=utf-8"
+JSON = "application/json"
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 Page = Callable[[Request], bytes | int]
@@ -76,8 +79,13 @@ class Root(Resource):
     isLeaf = True
     log = Logger()
     def __init__(self, state: ServerState, transfer: Transfer | None = None,
-                 misses: Misses | None = None, upstream: Upstream | None = None) -> None:
+                 misses: Misses | None = None, upstream: Upstream | None = None,
+                 clock: Any = None) -> None:
         super().__init__()
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.listings = listings.Listings(
+            clock, extra=lambda: misses.generation if misses is not None else 0)
         self.state = state
         self.misses = misses
         self.upstream = upstream
@@ -110,9 +118,12 @@ class Root(Resource):
             case ["plugins"]:
                 return redirect("/plugins/")
             case ["plugins", ""]:
-                return self.html(lambda: pages.plugins_page(catalog))
+                return self.listing(catalog, ("plugins",), HTML, heavy=True,
+                                    make=lambda: pages.plugins_page(catalog))
             case ["plugins", "index.json"]:
-                return self.json(lambda: pages.index_json(catalog, missing=self.missing()))
+                missing = self.missing()  # read here, on the reactor thread
+                return self.listing(catalog, ("index",), JSON, heavy=True,
+                                    make=lambda: pages.index_json(catalog, missing=missing))
             case ["plugins", name, version, file] if file in PLUGIN_FILES and (
                     catalog.get(name, version) is None
                     and accept_name(name) and accept_version(version)):
@@ -127,9 +138,11 @@ class Root(Resource):
             case []:
                 return redirect(f"/plugins/{name}/")
             case [""]:
-                return self.html(lambda: pages.plugin_page(catalog, name))
+                return self.listing(catalog, ("plugin", name), HTML,
+                                    make=lambda: pages.plugin_page(catalog, name))
             case ["index.json"]:
-                return self.json(lambda: pages.index_json(catalog, [name]))
+                return self.listing(catalog, ("index", name), JSON,
+                                    make=lambda: pages.index_json(catalog, [name]))
         artifact = catalog.get(name, rest[0])
         if artifact is None:
             return None
@@ -137,7 +150,8 @@ class Root(Resource):
             case []:
                 return redirect(f"/plugins/{name}/{artifact.version}/")
             case [""]:
-                return self.html(lambda: pages.version_page(artifact))
+                return self.listing(catalog, ("version", name, artifact.version), HTML,
+                                    make=lambda: pages.version_page(artifact))
             case [file] if file in PLUGIN_FILES:
                 return self.file_page(artifact, file)
         return None
@@ -213,10 +227,8 @@ class Root(Resource):
         body = json.dumps({"ready": False, "reason": reason}).encode() + b"\n"
         return reply(request, http.SERVICE_UNAVAILABLE, body, "application/json")
 
-    @staticmethod
-    def html(make: Callable[[], bytes]) -> Page:
-        return lambda request: reply(request, http.OK, make(), "text/html; charset=utf-8", SHORT)
-
-    @staticmethod
-    def json(make: Callable[[], bytes]) -> Page:
-        return lambda request: reply(request, http.OK, make(), "application/json", SHORT)
+    def listing(self, catalog: Catalog, key: tuple[str, ...], content_type: str,
+                make: Callable[[], bytes], heavy: bool = False) -> Page:
+        """A page built once per catalog snapshot (see :mod:`hps.listings`)."""
+        return lambda request: listings.answer(
+            request, self.listings.get(catalog, key, make, content_type, heavy))

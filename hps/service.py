@@ -165,7 +165,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     metrics.track_misses(lambda: [(m.name, m.version, m.count) for m in misses.recent()])
     upstream = make_upstream(state, reactor)
     roots = [config.root, cache_tree(config.cache_dir)] if upstream else [config.root]
-    site = PluginSite(Root(state, transfer, misses, upstream), state=state,
+    site = PluginSite(Root(state, transfer, misses, upstream, reactor), state=state,
                       limits=Limits.from_config(config),
                       access=AccessLog(config.access_log, config.trust_forwarded),
                       reactor=reactor)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, task, threads
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -91,7 +91,9 @@ class Watcher(Service):
         self.periodic.clock = clock
         self._retry: IDelayedCall | None = None
         self.degraded = False
-        """inotify failed and the periodic rescan is in charge (warned once)."""
+        """inotify failed somewhere and the periodic rescan is in charge (warned once)."""
+        self.cooperator = task.Cooperator(scheduler=lambda work: clock.callLater(0, work))
+        """Adds watches a slice at a time, on ``clock`` (not the global reactor)."""
 
     def startService(self) -> None:
         super().startService()
@@ -124,38 +126,75 @@ class Watcher(Service):
     def start_notifier(self) -> None:
         """Watch the whole tree; new directories are added as they appear.
 
-        A tree inotify cannot watch (a symlink cycle, a directory unreadable at
-        start, the per-user watch limit) leaves the periodic rescan in charge: one
-        warning, the half-built notifier closed (its descriptor is per-user and
-        shared by every pod of a node), and a quiet retry every rescan interval.
+        Twisted's own recursive watch walks the tree on the reactor thread,
+        following symlinks (~19 s for 20,000 directories, and a symlink cycle makes
+        it fail); here the walk runs in a thread without following symlinks (an
+        alias's target is inside the root and watched anyway) and the watches are
+        added a slice at a time. A tree inotify cannot watch (the per-user watch
+        limit, no inotify) leaves the periodic rescan in charge: one warning, the
+        half-built notifier closed (its descriptor is per user, shared by every pod
+        of a node), and a quiet retry every rescan interval.
         """
-        from twisted.internet import inotify  # Linux only; imported late on purpose
-
         self._retry = None
-        notifier = None
         try:
             notifier = _Notifier(self.clock, self.notifier_died)
             notifier.startReading()
-            notifier.watch(FilePath(self.root), mask=_mask(inotify), autoAdd=True,
-                           recursive=True, callbacks=[self.notified])
-        except Exception as err:  # no inotify, cycles, unreadable, too many watches: "poll"
-            if notifier is not None:
-                notifier.loseConnection()
-            if not self.degraded:
-                self.degraded = True
-                self.log.warn("inotify unavailable ({err}); rescanning every {interval}s only",
-                              err=err, interval=self.interval)
-            self._retry = self.clock.callLater(self.interval, self.start_notifier)
+        except Exception as err:  # no inotify, too many instances: "poll"
+            self.degrade(None, err)
             return
-        if self.degraded:
-            self.degraded = False
-            self.log.info("inotify watches {root} again", root=self.root)
         self.notifier = notifier
+        self.add_tree(self.root)
+
+    def add_tree(self, top: str) -> defer.Deferred:
+        notifier = self.notifier
+        walking = threads.deferToThread(directories, top)
+        walking.addCallback(self.add_watches, notifier)
+        walking.addErrback(lambda failure: self.degrade(notifier, failure.value))
+        return walking
+
+    def add_watches(self, walked: tuple[list[str], list[str]], notifier: Any) -> Any:
+        found, unreadable = walked
+        if unreadable and not self.degraded:
+            self.degraded = True
+            more = ", ..." if len(unreadable) > 3 else ""
+            self.log.warn("cannot watch {paths} (unreadable); the periodic rescan covers them",
+                          paths=", ".join(unreadable[:3]) + more)
+
+        def adding() -> Any:
+            from twisted.internet import inotify
+
+            for path in found:
+                if notifier is not self.notifier:
+                    return  # stopped, died or replaced meanwhile
+                try:
+                    notifier.watch(FilePath(path), mask=_mask(inotify), callbacks=[self.notified])
+                except Exception as err:
+                    if os.path.isdir(path):  # else it went away meanwhile: nothing to watch
+                        self.degrade(notifier, err)
+                        return
+                yield None
+
+        return self.cooperator.cooperate(adding()).whenDone()
+
+    def degrade(self, notifier: Any, err: object) -> None:
+        """inotify cannot watch the tree: close what was built, warn once, retry later."""
+        if notifier is not None:
+            if notifier is self.notifier:
+                self.notifier = None
+            notifier.loseConnection()
+        if not self.degraded:
+            self.degraded = True
+            self.log.warn("inotify unavailable ({err}); rescanning every {interval}s only",
+                          err=err, interval=self.interval)
+        if self.running and (self._retry is None or not self._retry.active()):
+            self._retry = self.clock.callLater(self.interval, self.start_notifier)
 
     def notified(self, watch: object, path: FilePath, mask: int) -> None:
         name = os.fsdecode(path.basename())
         if hidden_or_temporary(name):
             return  # a file still being written; its final rename will be seen
+        if mask & IN_ISDIR and mask & NEW and not path.islink():
+            self.add_tree(path.path)  # a new directory (with whatever it holds already)
         self.rescanner.request()
 
     def notifier_died(self, notifier: Any) -> None:
@@ -165,6 +204,23 @@ class Watcher(Service):
         self.notifier = None
         self.rescanner.request()
         self._retry = self.clock.callLater(DEBOUNCE, self.start_notifier)
+
+
+IN_ISDIR = 0x40000000
+NEW = 0x00000100 | 0x00000080
+"""IN_CREATE | IN_MOVED_TO (the inotify ABI), without importing the Linux-only module."""
+
+
+def directories(top: str) -> tuple[list[str], list[str]]:
+    """(every directory under ``top``, those that could not be read); symlinks not followed.
+
+    Runs in a thread: it only lists directories.
+    """
+    found: list[str] = []
+    unreadable: list[str] = []
+    for here, _, _ in os.walk(top, onerror=lambda err: unreadable.append(str(err.filename))):
+        found.append(here)
+    return found, unreadable
 
 
 def _mask(inotify: Any) -> int:

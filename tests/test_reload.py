@@ -125,18 +125,18 @@ def inotify_descriptors(pid: int) -> int:
 
 def test_a_symlink_cycle_leaks_no_inotify_descriptor(tree: Tree, serve) -> None:
     body = tree.add("key-auth", "1.0.0")
-    os.symlink("..", tree.root / "key-auth" / "1.0.0" / "loop")  # inotify's walk never ends
-    server = serve("--root", str(tree.root), "--rescan-interval", "0.5")
+    os.symlink("..", tree.root / "key-auth" / "1.0.0" / "loop")  # Twisted's own walk never ends
+    server = serve("--root", str(tree.root), "--rescan-interval", "60")
     assert server.get("/plugins/key-auth/1.0.0/plugin.wasm").body == body
     seen = []
-    for _ in range(30):  # 6 s: a dozen retries of the notifier
+    for _ in range(20):
         seen.append(inotify_descriptors(server.process.pid))
         time.sleep(0.2)
-    print(f"inotify descriptors over 6 s with a symlink cycle: {seen}")
-    assert max(seen) <= 1 and seen[-1] == 0, seen
-    assert server.log().count("inotify unavailable") == 1
-    tree.add("key-auth", "2.0.0")  # the periodic rescan is in charge
+    print(f"inotify descriptors over 4 s with a symlink cycle: {seen}")
+    assert set(seen) == {1}, seen
+    assert "inotify unavailable" not in server.log()
+    tree.add("key-auth", "2.0.0")  # seen through inotify: the rescan is a minute away
     deadline = time.monotonic() + 5
     while server.get("/plugins/key-auth/2.0.0/plugin.wasm").status != 200:
-        assert time.monotonic() < deadline, "the periodic rescan never saw the new version"
+        assert time.monotonic() < deadline, "inotify never saw the new version"
         time.sleep(0.1)

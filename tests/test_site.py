@@ -19,13 +19,15 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 class Site:
-    def __init__(self, root: Path, limits: Limits) -> None:
+    def __init__(self, root: Path, limits: Limits | None) -> None:
         target = root / "demo" / "1.0.0" / "plugin.wasm"
         target.parent.mkdir(parents=True)
         target.write_bytes(wasm_bytes(1000))
-        state = ServerState(config=Config(root=str(root)), catalog=scan(str(root)))
+        self.root = root
+        self.state = ServerState(config=Config(root=str(root)), catalog=scan(str(root)))
         self.clock = MemoryReactorClock()
-        self.site = PluginSite(Root(state), state=state, limits=limits, reactor=self.clock)
+        self.site = PluginSite(Root(self.state, clock=self.clock), state=self.state,
+                               limits=limits, reactor=self.clock)
         self.site.startFactory()
 
     def connect(self) -> tuple[TrackedProtocol, StringTransport]:

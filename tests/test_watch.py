@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from twisted.internet import defer, task
+from twisted.logger import globalLogPublisher
 
-from hps.watch import DEBOUNCE, Rescanner
+from hps.watch import DEBOUNCE, Rescanner, Watcher
 
 
 def make() -> tuple[Rescanner, task.Clock, list[defer.Deferred]]:
@@ -61,3 +62,37 @@ def test_stop_cancels_a_pending_scan() -> None:
     rescanner.stop()
     clock.advance(10)
     assert calls == []
+
+
+class FullNotifier:
+    """A notifier that hit the per-user watch limit."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def watch(self, *args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device (inotify watches)")
+
+    def loseConnection(self) -> None:
+        self.closed = True
+
+
+def test_a_failed_watch_closes_the_notifier_warns_once_and_retries(tmp_path) -> None:
+    clock = task.Clock()
+    watcher = Watcher(str(tmp_path), lambda: defer.succeed(None), 30.0, clock, use_inotify=False)
+    watcher.startService()
+    warnings: list[str] = []
+    observer = lambda event: warnings.append(event.get("log_format") or "")  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    retries = []
+    watcher.start_notifier = lambda: retries.append(clock.seconds())  # type: ignore
+    for _ in range(3):
+        notifier = watcher.notifier = FullNotifier()
+        watcher.add_watches(([str(tmp_path)], []), notifier)
+        clock.advance(0)
+        assert notifier.closed and watcher.notifier is None
+        clock.advance(30)
+    globalLogPublisher.removeObserver(observer)
+    assert sum("inotify unavailable" in w for w in warnings) == 1
+    assert retries == [30.0, 60.0, 90.0]
+    watcher.stopService()

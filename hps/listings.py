@@ -1,0 +1,238 @@
+"""The catalog's listings (JSON indexes, HTML pages), built once per snapshot and served
+like artifacts: strong ETag, ``If-None-Match`` → 304, a gzip variant, shared chunks.
+
+With 10,000 artifacts ``/plugins/index.json`` is 3.2 MB and ~100 ms of work; built
+per request on the reactor it stalled every download behind it. Here each page is
+built once per *generation* and kept until the generation changes:
+
+    generation = (catalog snapshot, extra generation)
+
+- a new snapshot (a rescan swapped one in) starts a new generation at once;
+- ``extra``, a function given to :class:`Listings`, returns a counter that changes
+  whenever anything else the pages show changes (e.g. ``Misses.generation``, the
+  recent misses of pull-through in ``index.json`` and on the landing page). A change
+  seen on a request bumps the *extra generation*, at most once per
+  ``REBUILD_EVERY`` seconds however often the counter moves (in between, the pages
+  built last are served). The page's ``build`` closure reads that data itself when
+  it runs, possibly in a thread, so it must read a snapshot of it taken on the
+  reactor thread (a list built for the request, a tuple).
+
+Pages whose size grows with the catalog (``heavy``) are built off the reactor
+thread once the catalog holds ``THREAD_ABOVE`` artifacts; requests arriving
+meanwhile wait for the one build in progress.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
+
+from hps.catalog import Catalog
+from hps.negotiate import accepts_gzip, gzip_etag, not_modified
+
+THREAD_ABOVE = 500
+"""Artifacts above which heavy pages are built in a thread (~5 ms of work on the reactor)."""
+REBUILD_EVERY = 5.0
+"""Seconds between rebuilds caused by a change of ``extra`` (see :class:`Listings`)."""
+GZIP_ABOVE = 1024
+CHUNK = 65536
+"""Pieces a body is pre-split into, handed to every transport as they are (shared, no copy)."""
+CACHE_CONTROL = b"public, max-age=10"
+
+Key = tuple[str, ...]
+Build = Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One encoding of a page."""
+
+    etag: bytes
+    encoding: bytes | None
+    size: int
+    chunks: tuple[bytes, ...]
+
+
+def split(data: bytes) -> tuple[bytes, ...]:
+    return tuple(data[i:i + CHUNK] for i in range(0, len(data), CHUNK)) or (b"",)
+
+
+@implementer(IPushProducer)
+class Chunks:
+    """Feed pre-split chunks to a request, honouring the transport's back-pressure."""
+
+    def __init__(self, request: Request, chunks: tuple[bytes, ...]) -> None:
+        self.request, self.chunks, self.next = request, chunks, 0
+        self.paused = self.stopped = False
+        self.progress = getattr(request.channel, "progress", None) or (lambda: None)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and not self.stopped and self.next < len(self.chunks):
+            self.request.write(self.chunks[self.next])
+            self.next += 1
+            self.progress()
+        if self.next == len(self.chunks) and not self.stopped:
+            self.stopped = True
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One page, both encodings, ready to send to any number of clients."""
+
+    content_type: bytes
+    identity: Variant
+    gzipped: Variant | None
+
+    def variant(self, accept_encoding: bytes | None) -> Variant:
+        if self.gzipped is not None and accepts_gzip(accept_encoding):
+            return self.gzipped
+        return self.identity
+
+
+def render(body: bytes, content_type: str) -> Rendered:
+    """Hash and compress ``body`` once (may run in a thread: touches nothing shared)."""
+    etag = '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
+    identity = Variant(etag.encode(), None, len(body), split(body))
+    gzipped = None
+    if len(body) > GZIP_ABOVE:
+        packed = gzip.compress(body, compresslevel=6, mtime=0)
+        if len(packed) < len(body):
+            gzipped = Variant(gzip_etag(etag).encode(), b"gzip", len(packed), split(packed))
+    return Rendered(content_type.encode(), identity, gzipped)
+
+
+class Listings:
+    """Rendered pages of the current generation; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(self, clock: Any, extra: Callable[[], int] = lambda: 0,
+                 in_thread: Callable[..., Deferred] | None = None) -> None:
+        self.clock = clock
+        self.extra = extra
+        self.in_thread = in_thread or threads.deferToThread
+        self.extra_seen = extra()
+        self.extra_generation = 0
+        self.last_bump = float("-inf")
+        self.generation: tuple[Catalog, int] | None = None
+        self.pages: dict[Key, Rendered | list[Deferred]] = {}
+
+    def follow_extra(self) -> None:
+        """Bump the extra generation if ``extra`` moved, at most once per REBUILD_EVERY."""
+        seen = self.extra()
+        now = self.clock.seconds()
+        if seen != self.extra_seen and now - self.last_bump >= REBUILD_EVERY:
+            self.extra_seen, self.last_bump = seen, now
+            self.extra_generation += 1
+
+    def get(self, catalog: Catalog, key: Key, build: Build, content_type: str,
+            heavy: bool = False) -> Rendered | Deferred:
+        """The page ``key`` of ``catalog``'s generation: at once, or a Deferred while built."""
+        self.follow_extra()
+        generation = (catalog, self.extra_generation)
+        if self.generation is None or self.generation[0] is not catalog \
+                or self.generation[1] != generation[1]:
+            self.generation, self.pages = generation, {}  # builds in flight keep their waiters
+        found = self.pages.get(key)
+        if isinstance(found, Rendered):
+            return found
+        waiter: Deferred = Deferred()
+        if found is not None:
+            found.append(waiter)
+            return waiter
+        if not (heavy and len(catalog) > THREAD_ABOVE):
+            rendered = render(build(), content_type)
+            self.pages[key] = rendered
+            return rendered
+        waiting = self.pages[key] = [waiter]
+        building = self.in_thread(lambda: render(build(), content_type))
+        building.addBoth(self._built, generation, key, waiting)
+        return waiter
+
+    def _built(self, result: Rendered | Failure, generation: tuple[Catalog, int], key: Key,
+               waiting: list[Deferred]) -> None:
+        if isinstance(result, Failure):
+            self.log.failure("building {key} failed", result, key="/".join(key))
+            if self.pages.get(key) is waiting:
+                del self.pages[key]  # the next request tries again
+        elif self.generation == generation and self.pages.get(key) is waiting:
+            self.pages[key] = result
+        for waiter in waiting:
+            waiter.callback(result if isinstance(result, Rendered) else None)
+
+
+def send(request: Request, rendered: Rendered) -> bytes | int:
+    """Answer ``request`` with ``rendered``: 200 (body or HEAD) or 304."""
+    variant = rendered.variant(request.getHeader(b"accept-encoding"))
+    request.setHeader(b"content-type", rendered.content_type)
+    request.setHeader(b"cache-control", CACHE_CONTROL)
+    request.setHeader(b"etag", variant.etag)
+    if rendered.gzipped is not None:
+        request.setHeader(b"vary", b"Accept-Encoding")
+    if variant.encoding:
+        request.setHeader(b"content-encoding", variant.encoding)
+    if not_modified(request.getHeader(b"if-none-match"), None, variant.etag, 0):
+        request.setResponseCode(http.NOT_MODIFIED)
+        return _no_body(request)
+    request.setHeader(b"content-length", b"%d" % variant.size)
+    if request.method == b"HEAD":
+        return _no_body(request)
+    if len(variant.chunks) == 1:
+        return variant.chunks[0]
+    producer = Chunks(request, variant.chunks)
+    request.registerProducer(producer, True)
+    producer.resumeProducing()
+    return NOT_DONE_YET
+
+
+def _no_body(request: Request) -> int:
+    request.write(b"")
+    request.finish()
+    return NOT_DONE_YET
+
+
+def answer(request: Request, page: Rendered | Deferred) -> bytes | int:
+    """:func:`send` now, or when the page is built (503 if that failed)."""
+    if isinstance(page, Rendered):
+        return send(request, page)
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def ready(rendered: Rendered | None) -> None:
+        if gone:
+            return
+        if rendered is None:
+            request.setResponseCode(http.SERVICE_UNAVAILABLE)
+            request.setHeader(b"retry-after", b"1")
+            request.setHeader(b"cache-control", b"no-store")
+            body = b""
+        else:
+            body = send(request, rendered)
+        if body is not NOT_DONE_YET:
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+    page.addCallback(ready)
+    return NOT_DONE_YET
