@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hps.pull.auth import Credentials
@@ -18,7 +18,7 @@ from hps.pull.errors import Drift, InputError, NotWasm, PullError
 from hps.pull.fetch import Options, fetch_to
 from hps.pull.lock import Record, write_lock
 from hps.pull.progress import Progress, human
-from hps.pull.properties import Entry, Key, Plan, replace
+from hps.pull.properties import Entry, Key, Plan
 from hps.pull.tree import (
     link_module,
     module_path,
