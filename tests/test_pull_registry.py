@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hps.catalog import scan
+from hps.pull.errors import DigestMismatch, PullError
+from hps.pull.fetch import Options, fetch_to
 from tests.support.registry import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -362,3 +366,22 @@ def test_the_catalog_serves_what_pull_wrote(registry: Registry, workspace: Works
     }
     lock = workspace.locked()
     assert catalog.get("key-auth", "1.0.0").sha256 == lock["key-auth/2.0.0"]["wasmSha256"]
+
+
+def test_fetch_to_is_one_verified_atomic_module(registry: Registry, tmp_path: Path) -> None:
+    """The function pull-through and hps pull share: reference in, module and .gz out."""
+    registry.push_wasm("one/a", "1.0.0", wasm("one a"))
+    target = tmp_path / "cache" / "a" / "1.0.0" / "plugin.wasm"
+    options = Options(plain_http=True, retries=0, timeout=5)
+    fetched = fetch_to(registry.ref("one/a", "1.0.0"), target, options)
+    assert target.read_bytes() == wasm("one a")
+    assert gzip.decompress(target.with_name("plugin.wasm.gz").read_bytes()) == wasm("one a")
+    assert fetched.sha256 == sha256(wasm("one a")).removeprefix("sha256:")
+    assert fetched.size == len(wasm("one a"))
+    registry.push_wasm("one/a", "1.0.0", wasm("moved"))
+    with pytest.raises(DigestMismatch, match="differs from the expected"):
+        fetch_to(registry.ref("one/a", "1.0.0"), target, options, expect_sha256=fetched.sha256)
+    assert target.read_bytes() == wasm("one a")  # untouched
+    with pytest.raises(PullError, match="does not name a registry host"):
+        fetch_to("oci://nohost:1", target, options)
+    assert sorted(os.listdir(target.parent)) == ["plugin.wasm", "plugin.wasm.gz"]

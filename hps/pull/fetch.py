@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hps.pull.auth import Credentials, from_docker_config
+from hps.pull.auth import Credentials, from_docker_config, from_environment
 from hps.pull.errors import DigestMismatch, PullError
 from hps.pull.properties import Reference, parse_reference
 from hps.pull.registry import Client
@@ -24,7 +24,7 @@ class Options:
     """How to talk to registries."""
 
     plain_http: bool = False
-    credentials: Credentials | None = None  # None: the registry's ~/.docker/config.json entry
+    credentials: Credentials | None = None  # None: HPS_REGISTRY_* env, else ~/.docker/config.json
     timeout: float = 30.0
     retries: int = 3
     registry: str | None = None  # rewrite every reference to this HOST[:PORT] (a mirror)
@@ -48,7 +48,7 @@ def client_for(ref: Reference, options: Options) -> Client:
         ref.registry,
         ref.repository,
         plain_http=options.plain_http,
-        credentials=options.credentials or from_docker_config(ref.registry),
+        credentials=options.credentials or from_environment() or from_docker_config(ref.registry),
         timeout=options.timeout,
         retries=options.retries,
         on_bytes=options.on_bytes,
