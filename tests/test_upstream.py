@@ -237,7 +237,7 @@ def connect(site: PluginSite) -> tuple[object, StringTransport]:
 def site(world):
     state, source, upstream, clock = world
     misses = Misses(clock)
-    return PluginSite(Root(state, None, misses, upstream), state=state,
+    return PluginSite(Root(state, None, misses, upstream, clock), state=state,
                       reactor=clock), source, clock, misses
 
 
@@ -270,7 +270,7 @@ def test_http_slow_fetch_is_503_with_retry_after(site) -> None:
 
 
 def test_http_404_names_what_exists_and_the_alias(site) -> None:
-    site, source, _clock, misses = site
+    site, source, clock, misses = site
     for path in ("/plugins/key-auth/2.0.1/plugin.wasm", "/plugins/basic-auth/1.0.0/plugin.wasm"):
         transport = ask(site, path)
         if "key-auth" in path:
@@ -285,10 +285,17 @@ def test_http_404_names_what_exists_and_the_alias(site) -> None:
     index = json.loads(ask(site, "/plugins/index.json").value().partition(b"\r\n\r\n")[2])
     assert [(m["name"], m["version"], m["requests"]) for m in index["missing"]] == [
         ("basic-auth", "1.0.0", 2), ("key-auth", "2.0.1", 2)]
+    # index.json is cached per snapshot; a new miss shows once the 5 s rebuild limit allows.
+    ask(site, "/plugins/mcp-server/1.0.0/plugin.wasm")
+    assert len(json.loads(ask(site, "/plugins/index.json").value().partition(
+        b"\r\n\r\n")[2])["missing"]) == 2
+    clock.advance(5)
+    index = json.loads(ask(site, "/plugins/index.json").value().partition(b"\r\n\r\n")[2])
+    assert index["missing"][0]["name"] == "mcp-server"
     landing = ask(site, "/").value().decode()
     assert "Recently asked for but not here" in landing and "basic-auth" in landing
     assert "Pull-through is on" in landing and "ai-*" in landing
     # Not a plugin URL, or not grammatical: plain 404, not counted.
     for path in ("/plugins/key-auth/2.0.1/other.txt", "/plugins/Key/1.0.0/plugin.wasm"):
         assert ask(site, path).value().startswith(b"HTTP/1.1 404")
-    assert len(misses.table) == 2
+    assert len(misses.table) == 3
