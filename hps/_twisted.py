@@ -12,6 +12,11 @@ from typing import Any
 
 from twisted.web.http import _GenericHTTPChannelProtocol
 
+try:
+    from twisted.web._http2 import H2Connection
+except ImportError:  # h2 not installed (the http2 extra): no HTTP/2, and no subclass of it
+    H2Connection = None  # type: ignore[assignment,misc]
+
 GenericHTTPChannelProtocol = _GenericHTTPChannelProtocol
 """twisted.web's HTTP/1.1-or-HTTP/2 switch (ALPN). Private, but the only way to keep
 HTTP/2 while using our own HTTP/1.1 channel class: ``Site.protocol`` builds it."""
@@ -21,6 +26,31 @@ def inner_channel(protocol: Any) -> Any:
     """The channel a :data:`GenericHTTPChannelProtocol` currently forwards to
     (our ``PluginChannel``, or twisted.web's ``H2Connection`` after ALPN picked h2)."""
     return protocol._channel
+
+
+def negotiating(protocol: Any) -> bool:
+    """Has a :data:`GenericHTTPChannelProtocol` yet to pick its protocol (on first data)?"""
+    return protocol._negotiatedProtocol is None
+
+
+def switch_to_h2(protocol: Any, connection: Any) -> None:
+    """What ``GenericHTTPChannelProtocol.dataReceived`` does when ALPN picked h2, with
+    ``connection`` (hps's ``H2Connection`` subclass) instead of a plain ``H2Connection()``:
+    the switch builds its class by name, with no hook."""
+    old = protocol._channel
+    network = old._networkProducer
+    network.unregisterProducer()  # the transport's producer becomes the h2 connection
+    old.setTimeout(None)
+    transport = old.transport
+    protocol._channel = connection
+    connection.requestFactory = protocol._requestFactory
+    connection.site = protocol._site
+    connection.factory = protocol._factory
+    connection.timeOut = protocol._timeOut
+    connection.callLater = protocol._callLater
+    connection.makeConnection(transport)
+    network.registerProducer(connection, True)
+    protocol._negotiatedProtocol = b"h2"
 
 
 def request_line(channel: Any) -> tuple[bytes | None, bytes | None, bytes | None]:

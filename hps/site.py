@@ -46,8 +46,10 @@ from hps import metrics
 from hps._twisted import (
     GenericHTTPChannelProtocol,
     inner_channel,
+    negotiating,
     request_line,
     request_method,
+    switch_to_h2,
 )
 from hps.access import AccessLog
 from hps.head import host_ok, keeps_alive, origin_form
@@ -175,6 +177,14 @@ class PluginRequest(Request):
         if authority is not None:  # RFC 9112 3.2.2: the target's authority replaces Host
             self.requestHeaders.setRawHeaders(b"host", [authority])
         super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """However the request ends (connection lost, HTTP/2 stream reset or cut), its
+        body's producer stops, and lets go of the file it reads."""
+        producer = self.producer
+        super().connectionLost(reason)
+        if producer is not None:
+            producer.stopProducing()
 
     def process(self) -> None:
         site = self.channel.site
@@ -370,8 +380,13 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
         super().makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
-        if not self.shed:
-            super().dataReceived(data)
+        if self.shed:
+            return
+        if negotiating(self) and getattr(self.transport, "negotiatedProtocol", None) == b"h2":
+            from hps.http2 import PluginH2Connection  # h2 is an extra; ALPN offers it only then
+
+            switch_to_h2(self, PluginH2Connection(self.factory.reactor))
+        super().dataReceived(data)
 
     def connectionLost(self, reason: Failure) -> None:
         if self.shed:
@@ -388,7 +403,8 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
     def check(self, now: float, limits: Limits) -> None:
         channel = inner_channel(self)
         if not isinstance(channel, PluginChannel):
-            return  # h2 has its own flow control; Twisted's idle timeout applies
+            channel.check(now, limits.send_timeout)  # hps.http2.PluginH2Connection
+            return
         reason = channel.overdue(now, limits)
         if reason is None:
             return

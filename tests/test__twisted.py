@@ -21,8 +21,10 @@ from hps._twisted import (
     GenericHTTPChannelProtocol,
     forget_exit_signal,
     inner_channel,
+    negotiating,
     request_line,
     request_method,
+    switch_to_h2,
     wake_when_writable,
 )
 from tests.support.sockets import Reactor, pump, tcp_pair
@@ -104,3 +106,25 @@ def test_wake_when_writable_resumes_a_streaming_producer_after_buffered_bytes() 
     wake_when_writable(server)  # nothing buffered: resumed on the next write event
     server.doWrite()
     assert producer.resumed == 2
+
+
+def test_switch_to_h2_puts_our_connection_where_twisted_puts_its_own() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from hps.http2 import MAX_STREAMS, PluginH2Connection
+
+    site = Site(Resource())
+    wrapper = site.buildProtocol(None)
+    assert isinstance(wrapper, GenericHTTPChannelProtocol)
+    transport = StringTransport()
+    wrapper.makeConnection(transport)
+    assert negotiating(wrapper)
+    connection = PluginH2Connection(MemoryReactorClock())
+    switch_to_h2(wrapper, connection)
+    assert inner_channel(wrapper) is connection and not negotiating(wrapper)
+    assert connection.site is site and connection.requestFactory is site.requestFactory
+    assert connection.transport is transport and connection.timeOut == site.timeOut
+    assert connection.conn.local_settings.max_concurrent_streams == MAX_STREAMS
+    assert transport.value(), "the connection preface (SETTINGS) went out"
