@@ -241,12 +241,11 @@ class RegistrySource:
 
     def pull(self, name: str, version: str) -> None:
         """Try each template in order; the first module found is written atomically."""
-        from hps.pull.auth import from_environment
         from hps.pull.errors import NotFound, NotWasm, PullError
         from hps.pull.fetch import Options, fetch_to
 
-        options = Options(plain_http=self.plain_http, credentials=from_environment(),
-                          timeout=self.timeout, retries=self.retries)
+        # Credentials as hps pull finds them: HPS_REGISTRY_* env, else ~/.docker/config.json.
+        options = Options(plain_http=self.plain_http, timeout=self.timeout, retries=self.retries)
         target = Path(self.cache_root, name, version, MODULE_FILE)
         errors: list[str] = []
         for template in self.templates:
