@@ -32,8 +32,12 @@ class Replaced(Exception):
 class Source:
     """One open file descriptor, closed when the last holder lets go of it."""
 
+    open = 0
+    """Descriptors open in all sources: the connection cap counts them (hps.site)."""
+
     def __init__(self, fd: int, identity: Identity) -> None:
         self.fd, self.identity = fd, identity
+        Source.open += 1
 
     def fresh(self) -> bool:
         """Are the file's bytes still the ones the catalog hashed (not rewritten in place)?"""
@@ -47,6 +51,7 @@ class Source:
 
     def __del__(self) -> None:
         # Held by the table and by each response in flight; CPython closes on the last drop.
+        Source.open -= 1
         os.close(self.fd)
 
 

@@ -52,6 +52,7 @@ from hps._twisted import (
     switch_to_h2,
 )
 from hps.access import AccessLog
+from hps.files import Source
 from hps.head import host_ok, keeps_alive, origin_form
 
 if TYPE_CHECKING:
@@ -523,7 +524,8 @@ class PluginSite(Site):
         return None
 
     def descriptors_in_use(self) -> int:
-        return len(self.connections) + len(self.probes)
+        """Sockets and open files: what runs out (HTTP/2 streams share their module's file)."""
+        return len(self.connections) + len(self.probes) + Source.open
 
     def forget(self, conn: TrackedProtocol) -> None:
         self.connections.pop(conn, None)

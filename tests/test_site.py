@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from hps.catalog import scan
+from hps.catalog import identity_of, scan
 from hps.config import Config
+from hps.files import Source, open_verified
 from hps.resources import Root
 from hps.site import PROBE_RESERVE, SWEEP_SECONDS, Limits, PluginSite, TrackedProtocol
 from hps.state import ServerState
@@ -133,3 +135,24 @@ def test_when_everyone_is_answering_probes_still_get_through(make) -> None:
         site.connect()[0]._channel.response_began()
     _, shed = site.connect()
     assert shed.value().startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in shed.value()
+
+
+def test_open_files_count_against_the_descriptor_budget(make, tmp_path: Path) -> None:
+    module = tmp_path / "module"
+    module.write_bytes(b"\0asm")
+    held = [open_verified(str(module), identity_of(os.stat(module))) for _ in range(2)]
+    site = make(max_connections=10, descriptors=Source.open + 1)  # room for one socket
+    busy, _ = site.connect()
+    busy._channel.response_began()
+    _, second = site.ask(b"GET /plugins/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert second.value().startswith(b"HTTP/1.1 503 "), "two files and a socket: no room"
+    del held
+
+
+def test_generated_error_pages_carry_no_body_on_head(make) -> None:
+    site = make()
+    for head in (b"HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+                 b"HEAD /plugins/%00 HTTP/1.1\r\nHost: x\r\n\r\n"):
+        _, transport = site.ask(head)
+        assert transport.value().split(b" ")[1] in (b"400", b"404")
+        assert transport.value().endswith(b"\r\n\r\n"), transport.value()
