@@ -194,6 +194,23 @@ class PluginRequest(Request):
         super().process()
 
 
+class ProbeRequest(PluginRequest):
+    """A request on an HTTP/2 connection admitted beyond the cap: probes only, else 503."""
+
+    def process(self) -> None:
+        if self.path in PROBE_PATHS:
+            super().process()
+            return
+        metrics.observe_shed()
+        status, body, _ = SHED
+        self.setResponseCode(int(status[:3]))
+        self.setHeader(b"retry-after", b"1")
+        self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+
 class PluginChannel(HTTPChannel):
     """HTTP/1.1 channel with an optional fast path in front of the parser."""
 
@@ -386,7 +403,11 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
         if negotiating(self) and getattr(self.transport, "negotiatedProtocol", None) == b"h2":
             from hps.http2 import PluginH2Connection  # h2 is an extra; ALPN offers it only then
 
-            switch_to_h2(self, PluginH2Connection(self.factory.reactor))
+            probe_only = inner_channel(self).probe_only
+            connection = PluginH2Connection(self.factory.reactor)
+            switch_to_h2(self, connection)
+            if probe_only:
+                connection.requestFactory = ProbeRequest
         super().dataReceived(data)
 
     def connectionLost(self, reason: Failure) -> None:

@@ -126,3 +126,19 @@ def test_protocol_errors_close_the_connection_with_one_line_every_few_seconds() 
     finally:
         globalLogPublisher.removeObserver(observe)
     assert len(lines) == 2 and "(2 more not logged)" in lines[1]
+
+
+def test_a_probe_slot_past_the_cap_answers_probes_only_on_http2_too(h2server) -> None:
+    server, _ = h2server("--max-connections", "1")
+    stalled = H2Client(server.port, window=0)  # the one connection, answering (window 0)
+    stalled.get(BIG)
+    stalled.pump(0.3)
+    probe = H2Client(server.port)
+    try:
+        health, download = probe.get("/healthz"), probe.get(SMALL)
+        assert probe.wait(lambda: {health, download} <= probe.ended)
+        assert probe.status[health] == 200 and bytes(probe.bodies[health]) == b"ok\n"
+        assert probe.status[download] == 503
+    finally:
+        probe.close()
+        stalled.close()
