@@ -34,6 +34,9 @@ from twisted.python.failure import Failure
 from hps import metrics
 from hps.catalog import Artifact, Skip, examine
 from hps.guard import MODULE_FILE, accept_name, accept_version
+from hps.pull.errors import NotFound, NotWasm, PullError
+from hps.pull.fetch import Options, fetch_to
+from hps.pull.properties import Reference, parse_reference
 from hps.state import ServerState
 
 WAIT = 10.0
@@ -63,10 +66,8 @@ class Unavailable(Exception):
     """Not now: a registry error, a hang, or too many fetches (503 + Retry-After)."""
 
 
-def expand(template: str, name: str, version: str) -> Any:
+def expand(template: str, name: str, version: str) -> Reference:
     """The ``Reference`` a template names for one plugin version; ValueError when bad."""
-    from hps.pull.properties import parse_reference  # the pull client's own grammar
-
     if version.startswith("sha256:"):  # upstream serves a digest-only line at its digest
         template = template.replace(":${version}", "@${version}")
     return parse_reference(template.replace("${name}", name).replace("${version}", version))
@@ -241,9 +242,6 @@ class RegistrySource:
 
     def pull(self, name: str, version: str) -> None:
         """Try each template in order; the first module found is written atomically."""
-        from hps.pull.errors import NotFound, NotWasm, PullError
-        from hps.pull.fetch import Options, fetch_to
-
         # Credentials as hps pull finds them: HPS_REGISTRY_* env, else ~/.docker/config.json.
         options = Options(plain_http=self.plain_http, timeout=self.timeout, retries=self.retries)
         target = Path(self.cache_root, name, version, MODULE_FILE)
