@@ -86,6 +86,8 @@ def test_a_herd_costs_one_fetch_and_the_cache_survives_a_restart(
         (cache / "plugins" / "ai-proxy" / "2.0.3" / "plugin.wasm.gz").read_bytes()) == module
     metadata = server.get("/plugins/ai-proxy/2.0.3/metadata.txt")
     assert metadata.status == 200 and Tree.sha256(module).encode() in metadata.body
+    gateway = server.get(MODULE.format("2.0.3"), Accept_Encoding="gzip")  # as Go's client asks
+    assert gateway.header("Content-Encoding") == "gzip" and gzip.decompress(gateway.body) == module
     assert proxy.count() == 2  # from the cache tree now
     scrape = server.get("/metrics").body.decode()
     assert 'hps_upstream_fetches_total{outcome="fetched"} 1.0' in scrape
