@@ -83,6 +83,10 @@ class PluginH2Connection(H2Connection):
         if not self.gone(streamID):
             super().abortRequest(streamID)
 
+    def openStreamWindow(self, streamID: int, increment: int) -> None:
+        if not self.gone(streamID):
+            super().openStreamWindow(streamID, increment)
+
     def dataReceived(self, data: bytes) -> None:
         try:
             super().dataReceived(data)

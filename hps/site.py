@@ -179,6 +179,16 @@ class PluginRequest(Request):
             self.requestHeaders.setRawHeaders(b"host", [authority])
         super().requestReceived(command, path, version)
 
+    def handleContentChunk(self, data: bytes) -> None:
+        """HTTP/1.1 bodies are refused at the head (``refuses_body``); an HTTP/2 stream's
+        body arrives in DATA frames, so its stream is reset once it exceeds MAX_BODY."""
+        received = self.content.tell() + len(data) if self.content is not None else 0
+        if received > MAX_BODY:
+            metrics.observe_refused("body")
+            self.channel.abortConnection()
+            return
+        super().handleContentChunk(data)
+
     def connectionLost(self, reason: Failure) -> None:
         """However the request ends (connection lost, HTTP/2 stream reset or cut), its
         body's producer stops, and lets go of the file it reads."""

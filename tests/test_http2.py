@@ -142,3 +142,21 @@ def test_a_probe_slot_past_the_cap_answers_probes_only_on_http2_too(h2server) ->
     finally:
         probe.close()
         stalled.close()
+
+
+def test_a_request_body_on_http2_resets_only_its_stream(h2server) -> None:
+    server, body = h2server()
+    client = H2Client(server.port)
+    try:
+        big = client.get(BIG)
+        post = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(post, [(":method", "POST"), (":path", "/"), (":scheme", "https"),
+                                        (":authority", "localhost")])
+        for _ in range(4):  # 32 KiB of a body that never ends (well within the window)
+            client.conn.send_data(post, b"x" * 8192)
+        client.flush()
+        assert client.wait(lambda: big in client.ended and post in client.reset, 30)
+        assert bytes(client.bodies[big]) == body and not client.closed
+    finally:
+        client.close()
+    assert "Traceback" not in server.log()
