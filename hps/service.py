@@ -175,8 +175,11 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     reactor.addSystemEventTrigger("after", "shutdown", site.access.flush)
     top = MultiService()
     # The watcher owns every scan, the first included, so two never race.
-    Watcher(config.root, CatalogLoader(state, roots).rescan, config.rescan_interval, reactor,
-            hangup=True).setServiceParent(top)
+    watcher = Watcher(config.root, CatalogLoader(state, roots).rescan, config.rescan_interval,
+                      reactor, hangup=True)
+    watcher.setServiceParent(top)
+    if upstream:
+        upstream.rescan = watcher.rescanner.request
     # Listeners are children of the drain, which decides when they stop (see hps.drain).
     front = Drain(state, site, config.drain_delay, config.drain_timeout, reactor)
     front.setServiceParent(top)

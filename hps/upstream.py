@@ -99,6 +99,8 @@ class Upstream:
         self.max_cached = max_cached
         self.pending: dict[tuple[str, str], list[Deferred]] = {}
         self.negative: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.rescan: Callable[[], None] = lambda: None
+        """Asks the watcher for a scan (set by make_service); see :meth:`settled`."""
 
     def admits(self, name: str, version: str) -> bool:
         """Only grammatical names and versions the allow-list names ever reach a registry."""
@@ -148,6 +150,9 @@ class Upstream:
             outcome = self.failed(result, key)
         else:
             self.state.swap(self.state.catalog.beneath([result]))
+            # A scan that began before the write would swap in a snapshot without it; the
+            # watcher runs one more scan after any in progress, and that one sees the file.
+            self.rescan()
             metrics.observe_catalog(len(self.state.catalog))
             metrics.observe_fetch("fetched")
             # The image's tree wins: if it gained the same name/version meanwhile, serve that.

@@ -78,12 +78,15 @@ def outcomes(deferreds: list[Deferred]) -> list:
 
 def test_a_herd_costs_one_fetch_and_all_get_the_artifact(world) -> None:
     state, source, upstream, _clock = world
+    rescans: list[None] = []
+    upstream.rescan = lambda: rescans.append(None)
     seen = outcomes([upstream.wait("key-auth", "2.0.1") for _ in range(100)])
     assert source.calls == [("key-auth", "2.0.1")] and seen == []
     body = source.succeed()
     assert len(seen) == 100 and all(isinstance(a, Artifact) for a in seen)
     assert {a.sha256 for a in seen} == {state.catalog.get("key-auth", "2.0.1").sha256}
     assert Path(seen[0].path).read_bytes() == body
+    assert len(rescans) == 1  # so a scan already under way cannot drop it for long
     # Now in the catalog: answered at once, no new fetch.
     assert outcomes([upstream.wait("key-auth", "2.0.1")]) == [seen[0]]
     assert len(source.calls) == 1 and not upstream.pending
