@@ -17,7 +17,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from hps import metrics
-from hps.catalog import Artifact, examine, scan
+from hps.catalog import Artifact, examine, scan, scan_trees
 from hps.config import Config, ConfigError, build
 from hps.misses import MAX_PAIRS, Misses
 from hps.resources import Root
@@ -165,6 +165,19 @@ def test_the_tree_wins_a_conflict(world) -> None:
     state.swap(scan(state.config.root))
     source.succeed()
     assert seen[0].path == str(target) == state.catalog.get("key-auth", "5.0.0").path
+
+
+def test_a_scan_of_both_trees_prefers_the_image_tree(tmp_path: Path) -> None:
+    tree, cache = tmp_path / "tree", tmp_path / "cache"
+    for root, version, seed in ((tree, "1.0.0", 1), (cache, "1.0.0", 2), (cache, "2.0.0", 3)):
+        (root / "ai-proxy" / version).mkdir(parents=True, exist_ok=True)
+        (root / "ai-proxy" / version / "plugin.wasm").write_bytes(wasm_bytes(900, seed=seed))
+    (cache / "ai-proxy" / "2.0.0" / ".plugin.wasm.tmp").write_bytes(b"\0asm partial")
+    both = scan_trees([str(tree), str(cache)])
+    assert [a.version for a in both.versions("ai-proxy")] == ["1.0.0", "2.0.0"]
+    assert both.get("ai-proxy", "1.0.0").path.startswith(str(tree))
+    assert both.get("ai-proxy", "2.0.0").path.startswith(str(cache))
+    assert both.root == str(tree)
 
 
 def test_pending_fetches_and_cached_modules_are_bounded(world) -> None:
