@@ -257,3 +257,28 @@ def test_the_first_gzip_download_after_start_is_gzip(tree: Tree, serve, tmp_path
         reply = server.get(f"/plugins/{name}/1.0.0/plugin.wasm", Accept_Encoding="gzip")
         assert reply.header("Content-Encoding") == "gzip", name
         assert gzip.decompress(reply.body) == bodies[name]
+
+
+def test_stalled_tls_readers_are_paused_not_buffered(tree: Tree, serve, tmp_path: Path) -> None:
+    """Bounded reads on TLS: a client that stops reading pauses the sender (the TLS
+    transport pushes back through the channel), so it holds a chunk, not the body."""
+    size = 8_000_000
+    tree.add("demo", "1.0.0", size=size)
+    key, cert = self_signed(tmp_path)
+    server = serve("--root", str(tree.root), "--listen",
+                   f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    before = vm_rss(server.process.pid)
+    stalled = []
+    for _ in range(12):
+        raw = socket.create_connection(("127.0.0.1", server.ports[1]), timeout=10)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock = context.wrap_socket(raw, server_hostname="localhost")
+        sock.sendall(f"GET {URL} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        stalled.append(sock)
+    time.sleep(1.5)
+    grown = vm_rss(server.process.pid) - before
+    for sock in stalled:
+        sock.close()
+    assert grown < 12 << 20, grown  # unpaced, each would hold its whole 8 MB encrypted
