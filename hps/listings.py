@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -41,6 +40,7 @@ from zope.interface import implementer
 
 from hps.catalog import Catalog
 from hps.negotiate import accepts_gzip, gzip_etag, not_modified
+from hps.work import in_threads
 
 THREAD_ABOVE = 500
 """Artifacts above which heavy pages are built in a thread (~5 ms of work on the reactor)."""
@@ -131,7 +131,7 @@ class Listings:
                  in_thread: Callable[..., Deferred] | None = None) -> None:
         self.clock = clock
         self.extra = extra
-        self.in_thread = in_thread or threads.deferToThread
+        self.in_thread = in_thread or in_threads(clock)
         self.extra_seen = extra()
         self.extra_generation = 0
         self.last_bump = float("-inf")

@@ -31,6 +31,7 @@ from hps.transfer import Policy, Transfer
 from hps.upstream import cache_tree, make_upstream
 from hps.variants import GzipVariants
 from hps.watch import Watcher
+from hps.work import Runner, in_threads
 
 LISTEN_BACKLOG = 1024
 """Twisted's default of 50 overflows when many gateways connect at once (a rollout, a
@@ -122,14 +123,16 @@ class CatalogLoader:
 
     log = Logger()
 
-    def __init__(self, state: ServerState, roots: list[str] | None = None) -> None:
+    def __init__(self, state: ServerState, roots: list[str] | None = None,
+                 run: Runner = threads.deferToThread) -> None:
         self.state = state
+        self.run = run
         self.roots = roots or [state.config.root]
         """The served tree first (it wins a conflict), then the pull-through cache tree."""
 
     def rescan(self) -> Deferred:
         # The unloaded snapshot holds no artifacts, so passing it reuses nothing, as None would.
-        d = threads.deferToThread(catalog.scan_trees, self.roots, self.state.catalog)
+        d = self.run(catalog.scan_trees, self.roots, self.state.catalog)
         d.addCallbacks(self.swap, self.failed)
         return d
 
@@ -155,7 +158,8 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor
     state = ServerState(config=config, catalog=catalog.unloaded(config.root))
     # One transfer (policy, open files, gzip variants), shared by twisted.web and the fast path.
-    variants = GzipVariants(config.cache_dir, config.gzip)
+    run = in_threads(reactor)
+    variants = GzipVariants(config.cache_dir, config.gzip, run)
     state.on_swap.append(variants.on_swap)
     metrics.track_variants(lambda: variants.pending)
     transfer = Transfer(Policy.from_config(config.cache_max_age, config.immutable, config.gzip),
@@ -175,8 +179,8 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     reactor.addSystemEventTrigger("after", "shutdown", site.access.flush)
     top = MultiService()
     # The watcher owns every scan, the first included, so two never race.
-    watcher = Watcher(config.root, CatalogLoader(state, roots).rescan, config.rescan_interval,
-                      reactor, hangup=True)
+    watcher = Watcher(config.root, CatalogLoader(state, roots, run).rescan,
+                      config.rescan_interval, reactor, hangup=True)
     watcher.setServiceParent(top)
     if upstream:
         upstream.rescan = watcher.rescanner.request

@@ -1,14 +1,30 @@
-"""/metrics speaks Prometheus text, with hps_* names, after real traffic."""
+"""/metrics speaks Prometheus text, with hps_* names, after real traffic; the access log.
+
+In memory: counters are process-wide (one registry, as in a real process), so each
+test compares a scrape taken before its traffic with one taken after.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+
+import pytest
+
+from hps.metrics import artifact_of, route_kind
 from tests.support.server import Tree
 
 
-def test_metrics_after_some_requests(tree: Tree, serve) -> None:
+def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {key: value - before.get(key, 0.0) for key, value in after.items()
+            if value != before.get(key, 0.0)}
+
+
+def test_metrics_after_some_requests(tree: Tree, harness) -> None:
     body = tree.add("key-auth", "1.0.0", size=10_000)
     tree.add("basic-auth", "2.0.0")
-    server = serve("--root", str(tree.root))
+    server = harness(tree.root)
+    before = server.metrics()
     for _ in range(3):
         assert server.get("/plugins/key-auth/1.0.0/plugin.wasm").body == body
     server.get("/plugins/nope/1.0.0/plugin.wasm")
@@ -19,30 +35,86 @@ def test_metrics_after_some_requests(tree: Tree, serve) -> None:
     assert reply.status == 200
     assert reply.header("Content-Type").startswith("text/plain; version=")
     text = reply.body.decode()
-    for line in (
-        'hps_requests_total{route="artifact",status="200"} 3.0',
-        'hps_requests_total{route="notfound",status="404"} 1.0',
-        'hps_requests_total{route="metadata",status="200"} 1.0',
-        'hps_requests_total{route="index",status="200"} 1.0',
-        'hps_requests_total{route="health",status="200"} 1.0',
-        f'hps_sent_bytes_total{{route="artifact"}} {3 * len(body)}.0',
-        'hps_downloads_total{plugin="key-auth",version="1.0.0"} 3.0',
-        "hps_catalog_artifacts 2.0",
-        "hps_catalog_reloads_total 1.0",
-        "hps_catalog_reload_errors_total 0.0",
-        "hps_draining 0.0",
-        "hps_responses_in_flight 1.0",
-    ):
-        assert line in text.splitlines(), line
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     assert names and all(name.startswith("hps_") for name in names)
+    after = server.metrics()
+    moved = delta(before, after)
+    for key, value in {
+        'hps_requests_total{route="artifact",status="200"}': 3,
+        'hps_requests_total{route="notfound",status="404"}': 1,
+        'hps_requests_total{route="metadata",status="200"}': 1,
+        'hps_requests_total{route="index",status="200"}': 1,
+        'hps_requests_total{route="health",status="200"}': 1,
+        'hps_sent_bytes_total{route="artifact"}': 3 * len(body),
+        'hps_downloads_total{plugin="key-auth",version="1.0.0"}': 3,
+        'hps_misses_total{plugin="nope",version="1.0.0"}': 1,
+    }.items():
+        assert moved.get(key) == value, key
+    assert after["hps_catalog_artifacts"] == 2
+    assert after["hps_draining"] == 0
+    assert after["hps_gzip_variants_pending"] == 0
+    assert after["hps_connections_open"] == 1, "the scrape's own connection"
+    assert after["hps_responses_in_flight"] == 1, "the scrape itself"
 
 
-def test_access_log_json_ignores_forwarded_unless_trusted(tree: Tree, serve) -> None:
+def test_reloads_are_counted(tree: Tree, harness) -> None:
     tree.add("key-auth", "1.0.0")
-    plain = serve("--root", str(tree.root), "--access-log", "json")
+    server = harness(tree.root)
+    before = server.metrics()
+    tree.add("key-auth", "2.0.0")
+    server.rescan()
+    after = server.metrics()
+    assert after["hps_catalog_reloads_total"] - before["hps_catalog_reloads_total"] == 1
+    assert after["hps_catalog_reload_errors_total"] == before["hps_catalog_reload_errors_total"]
+    assert after["hps_catalog_artifacts"] == 2
+
+
+def test_access_log_json_ignores_forwarded_unless_trusted(tree: Tree, harness) -> None:
+    tree.add("key-auth", "1.0.0")
+    plain = harness(tree.root, access_log="json")
     plain.get("/healthz", X_Forwarded_For="203.0.113.9")
-    assert plain.wait_log(r'\{"time": "[^"]+Z", "client": "127\.0\.0\.1"')
-    trusting = serve("--root", str(tree.root), "--access-log", "combined", "--trust-forwarded")
+    (line,) = plain.access_lines()
+    entry = json.loads(line)
+    assert entry["client"] == "127.0.0.1" and entry["time"].endswith("Z")
+    assert entry["status"] == 200
+    trusting = harness(tree.root, access_log="combined", trust_forwarded=True)
     trusting.get("/healthz", X_Forwarded_For="198.51.100.1, 203.0.113.9")
-    assert trusting.wait_log(r'(?m)^203\.0\.113\.9 - - \[.+\] "GET /healthz HTTP/1\.1" 200 3 ')
+    (line,) = trusting.access_lines()
+    assert re.match(r'^203\.0\.113\.9 - - \[.+\] "GET /healthz HTTP/1\.1" 200 3 ', line), line
+    quiet = harness(tree.root, access_log="off")
+    quiet.get("/healthz")
+    assert quiet.access_lines() == []
+
+
+def test_a_download_cut_by_the_client_is_logged_and_counted(tree: Tree, harness) -> None:
+    size = 1 << 20
+    tree.add("key-auth", "1.0.0", size=size)
+    server = harness(tree.root, gzip=False)
+    before = server.metrics()
+    client = server.connect()
+    client.stop_reading()
+    client.send(b"GET /plugins/key-auth/1.0.0/plugin.wasm HTTP/1.1\r\nHost: x\r\n\r\n")
+    client.close()
+    (line,) = [line for line in server.access_lines() if "plugin.wasm" in line]
+    sent = int(re.search(r'" 200 (\d+) ', line).group(1))
+    assert 0 < sent < size
+    moved = delta(before, server.metrics())
+    assert moved['hps_requests_total{route="artifact",status="200"}'] == 1
+    assert 'hps_downloads_total{plugin="key-auth",version="1.0.0"}' not in moved
+
+
+@pytest.mark.parametrize(("path", "status", "kind"), [
+    ("/", 200, "landing"), ("/healthz", 200, "health"), ("/readyz", 503, "ready"),
+    ("/metrics", 200, "metrics"), ("/plugins/a/1/plugin.wasm", 200, "artifact"),
+    ("/plugins/a/1/metadata.txt", 200, "metadata"), ("/plugins/index.json", 200, "index"),
+    ("/plugins/a/", 200, "listing"), ("/plugins/a/1/plugin.wasm", 404, "notfound"),
+    ("/plugins", 301, "redirect"), ("/favicon.ico", 405, "other"),
+])
+def test_route_kinds(path: str, status: int, kind: str) -> None:
+    assert route_kind(path, status) == kind
+
+
+def test_artifact_of() -> None:
+    assert artifact_of(b"/plugins/a/1.0.0/plugin.wasm?x") == ("a", "1.0.0")
+    assert artifact_of(b"/plugins/a/plugin.wasm") == ("", "")
+    assert artifact_of(b"/other/a/1.0.0/plugin.wasm") == ("", "")

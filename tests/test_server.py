@@ -1,4 +1,5 @@
-"""Black-box: a real ``twistd hps`` on 127.0.0.1 over a temp tree."""
+"""The server as a whole, in memory (tests/support/memory.py): routes, pages, hostile paths,
+configuration; and, with a real ``twistd hps``, start-up failures and their exit codes."""
 
 from __future__ import annotations
 
@@ -9,18 +10,21 @@ import socket
 
 import pytest
 
+from hps.config import Options
+from hps.service import make_service
+from tests.support.memory import Reactor
 from tests.support.server import Tree, run_twistd
 
 
 @pytest.fixture
-def populated(tree: Tree, serve):
+def populated(tree: Tree, harness):
     bodies = {
         ("key-rate-limit", "1.0.0"): tree.add("key-rate-limit", "1.0.0", size=400_000),
         ("key-rate-limit", "2.0.1"): tree.add("key-rate-limit", "2.0.1", size=1000),
         ("key-rate-limit", "2.0.0"): tree.add("key-rate-limit", "2.0.0", size=2000),
         ("basic-auth", "1.0.0"): tree.add("basic-auth", "1.0.0", size=3000),
     }
-    server = serve("--root", str(tree.root))
+    server = harness(tree.root)
     return server, bodies
 
 
@@ -54,10 +58,10 @@ def test_metadata_lines(populated) -> None:
     assert lines[5] == f"SHA256: {hashlib.sha256(body).hexdigest()}"
 
 
-def test_stale_metadata_file_never_wins(tree: Tree, serve) -> None:
+def test_stale_metadata_file_never_wins(tree: Tree, harness) -> None:
     body = tree.add("ai-proxy", "1.0.0", size=1234)
     (tree.root / "ai-proxy" / "1.0.0" / "metadata.txt").write_text("Plugin Name: lies\n")
-    server = serve("--root", str(tree.root))
+    server = harness(tree.root)
     reply = server.get("/plugins/ai-proxy/1.0.0/metadata.txt")
     assert f"SHA256: {hashlib.sha256(body).hexdigest()}" in reply.body.decode()
     assert "lies" not in reply.body.decode()
@@ -116,14 +120,21 @@ def test_health_and_readiness(populated) -> None:
     assert server.get("/readyz").status == 200
 
 
-def test_not_ready_without_artifacts(tree: Tree, serve) -> None:
+def test_not_ready_until_scanned_nor_without_artifacts(tree: Tree, harness) -> None:
     (tree.root / "README.md").write_text("nothing here")
-    server = serve("--root", str(tree.root), ready=False)
-    server.wait_log("catalog holds 0 artifacts")
+    server = harness(tree.root, hold_threads=True)  # the first scan waits
+    reply = server.get("/readyz")
+    assert reply.status == 503
+    assert json.loads(reply.body) == {"ready": False, "reason": "catalog not loaded yet"}
+    server.hold_threads = False
+    server.settle()
     reply = server.get("/readyz")
     assert reply.status == 503
     assert json.loads(reply.body) == {"ready": False, "reason": "catalog holds no artifact"}
     assert server.get("/healthz").status == 200
+    tree.add("late", "1.0.0")
+    server.rescan()
+    assert server.get("/readyz").status == 200
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
@@ -160,7 +171,7 @@ HOSTILE_400 = [
 
 
 @pytest.fixture
-def hostile_tree(tree: Tree, tmp_path, serve):
+def hostile_tree(tree: Tree, tmp_path, harness):
     tree.add("basic-auth", "1.0.0", size=100)
     (tree.root / "basic-auth" / "1.0.0" / "README.md").write_text("hi")
     (tree.root / "basic-auth" / "1.0.0" / ".plugin.wasm.tmp").write_bytes(b"\0asm partial")
@@ -173,7 +184,7 @@ def hostile_tree(tree: Tree, tmp_path, serve):
     (tree.root / "escape-dir").mkdir()
     os.symlink(outside, tree.root / "escape-dir" / "1.0.0")
     tree.add("notwasm", "1.0.0", body=b"<html>not a module</html>")
-    return serve("--root", str(tree.root))
+    return harness(tree.root)
 
 
 def test_hostile_paths(hostile_tree) -> None:
@@ -197,32 +208,40 @@ def test_hostile_paths(hostile_tree) -> None:
 
 
 def test_raw_request_targets_never_500(hostile_tree) -> None:
-    """Targets no HTTP library will send: sent on a raw socket."""
+    """Targets no HTTP library will send, as raw bytes."""
     for target in (b"/plugins/\x00/x", b"/plugins/\xff/", b"/..", b"/plugins/a\\..\\b", b"*"):
-        with socket.create_connection(("127.0.0.1", hostile_tree.port), timeout=5) as sock:
-            sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            head = sock.recv(64)
+        head = hostile_tree.raw(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n"
+                                b"Connection: close\r\n\r\n")[:64]
         status = head.split(b" ")[1]
         assert status in ((b"405",) if target == b"*" else (b"400", b"404")), (target, head)
         assert b"Twisted" not in head
     assert "Traceback" not in hostile_tree.log()
 
 
-def test_alias_symlink_inside_root(tree: Tree, serve) -> None:
+def test_alias_symlink_inside_root(tree: Tree, harness) -> None:
     body = tree.add("jsonrpc-converter", "1.0.0", size=500)
     (tree.root / "json-converter").mkdir()
     os.symlink("../jsonrpc-converter/1.0.0", tree.root / "json-converter" / "1.0.0")
-    server = serve("--root", str(tree.root))
+    server = harness(tree.root)
     assert server.get("/plugins/json-converter/1.0.0/plugin.wasm").body == body
     entry = json.loads(server.get("/plugins/json-converter/index.json").body)
     assert entry["plugins"][0]["versions"][0]["aliasOf"] == "jsonrpc-converter/1.0.0"
 
 
-def test_config_file_and_flags(tree: Tree, tmp_path, serve) -> None:
-    tree.add("basic-auth", "1.0.0")
+def options(*args: str) -> Options:
+    parsed = Options()
+    parsed.parseOptions(list(args))
+    return parsed
+
+
+def test_config_file_and_flags(tree: Tree, tmp_path, harness) -> None:
+    """Flags win over the file, which wins over the defaults."""
     config = tmp_path / "hps.yaml"
-    config.write_text(f"root: {tmp_path}/nowhere\nlisten: ['tcp:1:interface=127.0.0.1']\n")
-    server = serve("--config", str(config), "--root", str(tree.root))
+    config.write_text(f"root: {tmp_path}/nowhere\nlisten: ['tcp:1']\nsend_timeout: 7\n")
+    parsed = options("--config", str(config), "--root", str(tree.root)).config
+    assert (parsed.root, parsed.listen, parsed.send_timeout) == (str(tree.root), ("tcp:1",), 7.0)
+    tree.add("basic-auth", "1.0.0")
+    server = harness(tree.root, send_timeout=parsed.send_timeout)
     assert server.get("/plugins/basic-auth/1.0.0/plugin.wasm").status == 200
 
 
@@ -232,26 +251,46 @@ CONFIG_ERRORS = [
     ("listen: 8080\n", [], "'listen' must be a list"),
     ("root: {tmp}/missing\n", [], "is not a directory"),
     ("[unclosed\n", [], "is not valid YAML"),
-    ("", ["--listen", "tcp:notaport"], "cannot use listen endpoint 'tcp:notaport'"),
-    ("", ["--listen", "bogus:1"], "cannot use listen endpoint 'bogus:1'"),
+]
+LISTEN_ERRORS = [
+    ("tcp:notaport", "cannot use listen endpoint 'tcp:notaport'"),
+    ("bogus:1", "cannot use listen endpoint 'bogus:1'"),
 ]
 
 
 @pytest.mark.parametrize(("yaml_text", "flags", "message"), CONFIG_ERRORS)
-def test_bad_config_is_one_line(tree: Tree, tmp_path, yaml_text, flags, message) -> None:
+def test_bad_config_is_one_line(tree: Tree, tmp_path, capfd, yaml_text, flags,
+                                message) -> None:
+    """twistd parses the same Options; its exit status is checked with a real process below."""
     config = tmp_path / "hps.yaml"
     config.write_text(yaml_text.format(tmp=tmp_path))
     args = ["--config", str(config)]
     if "root" not in yaml_text:
         args += ["--root", str(tree.root)]
-    result = run_twistd(*args, *flags)
-    assert result.returncode != 0
-    assert message in result.stderr
+    with pytest.raises(SystemExit) as ended:
+        options(*args, *flags)
+    assert ended.value.code == 2
+    err = capfd.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(("listen", "message"), LISTEN_ERRORS)
+def test_bad_listen_endpoint_is_one_line(tree: Tree, capfd, listen: str, message: str) -> None:
+    config = options("--root", str(tree.root), "--listen", listen).config
+    with pytest.raises(SystemExit) as ended:
+        make_service(config, Reactor())
+    assert ended.value.code == 2
+    err = capfd.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_start_up_failures_exit_nonzero_with_one_line(tree: Tree, tmp_path) -> None:
+    """A real ``twistd hps``: the operator's view of a bad config, a missing one, a busy port."""
+    config = tmp_path / "hps.yaml"
+    config.write_text("colour: blue\n")
+    result = run_twistd("--config", str(config), "--root", str(tree.root))
+    assert result.returncode != 0 and "unknown key 'colour'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-
-
-def test_unreadable_config_and_port_in_use(tree: Tree, tmp_path) -> None:
     result = run_twistd("--config", str(tmp_path / "absent.yaml"), "--root", str(tree.root))
     assert result.returncode != 0 and "cannot read config" in result.stderr
     with socket.socket() as busy:

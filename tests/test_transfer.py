@@ -1,4 +1,5 @@
-"""Black-box: HTTP semantics of artifact transfers against a real ``twistd hps``."""
+"""HTTP semantics of artifact transfers, through the real site in memory: validators,
+ranges, gzip, Cache-Control, and bodies that stay true to their headers."""
 
 from __future__ import annotations
 
@@ -6,29 +7,22 @@ import gzip
 import hashlib
 import re
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.server import Server, Tree, wasm_bytes
+from hps.sender import READ_CHUNK
+from tests.support.memory import SEND_BUFFER
+from tests.support.server import Tree, wasm_bytes
 
 URL = "/plugins/demo/1.0.0/plugin.wasm"
 DATE_FREE = ("Date",)
+GET = f"GET {URL} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
 
 
 def etag_of(body: bytes) -> str:
+    """An ETag is named by the body's SHA-256 (its first 40 hex digits)."""
     return f'"{hashlib.sha256(body).hexdigest()[:40]}"'
-
-
-def warm(server: Server, path: str = URL) -> None:
-    """Wait until the module's gzip variant is ready."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if server.get(path, Accept_Encoding="gzip").header("Content-Encoding") == "gzip":
-            return
-        time.sleep(0.05)
-    pytest.fail("gzip variant never ready")
 
 
 def headers_of(reply) -> dict[str, str]:
@@ -36,11 +30,9 @@ def headers_of(reply) -> dict[str, str]:
 
 
 @pytest.fixture
-def demo(tree: Tree, serve):
+def demo(tree: Tree, harness):
     body = tree.add("demo", "1.0.0", size=300_000)
-    server = serve("--root", str(tree.root))
-    warm(server)
-    return server, body
+    return harness(tree.root), body  # its gzip variant is made as the harness starts
 
 
 def test_conditional_requests(demo) -> None:
@@ -117,9 +109,9 @@ def test_gzip_negotiation(demo) -> None:
     assert reply.status == 304 and reply.header("ETag") == packed.header("ETag")
 
 
-def test_cache_control_per_route(tree: Tree, serve) -> None:
+def test_cache_control_per_route(tree: Tree, harness) -> None:
     tree.add("demo", "1.0.0", size=5000)
-    server = serve("--root", str(tree.root), "--cache-max-age", "60", "--immutable")
+    server = harness(tree.root, cache_max_age=60, immutable=True)
     expected = {
         URL: "public, max-age=60, immutable",
         "/plugins/": "public, max-age=10",
@@ -134,15 +126,48 @@ def test_cache_control_per_route(tree: Tree, serve) -> None:
 
 
 @pytest.mark.parametrize("encoding", ["", "gzip"])
-def test_head_and_slow_path_match_fast_get(demo, encoding: str) -> None:
+def test_head_and_query_strings_answer_like_get(demo, encoding: str) -> None:
+    """(The fast path's answers are compared with these in tests/test_disk.py.)"""
     server, _ = demo
-    fast = server.get(URL, Accept_Encoding=encoding)
-    # A query string is ignored by routing but refused by the fast path: twisted.web answers.
-    slow = server.get(URL + "?via=twisted", Accept_Encoding=encoding)
+    plain = server.get(URL, Accept_Encoding=encoding)
+    query = server.get(URL + "?via=twisted", Accept_Encoding=encoding)
     head = server.request(URL, method="HEAD", headers={"Accept-Encoding": encoding})
-    slow_head = server.request(URL + "?x", method="HEAD", headers={"Accept-Encoding": encoding})
-    assert headers_of(fast) == headers_of(slow) == headers_of(head) == headers_of(slow_head)
-    assert fast.body == slow.body and head.body == slow_head.body == b""
+    query_head = server.request(URL + "?x", method="HEAD", headers={"Accept-Encoding": encoding})
+    assert headers_of(plain) == headers_of(query) == headers_of(head) == headers_of(query_head)
+    assert plain.body == query.body and head.body == query_head.body == b""
+
+
+def test_body_matches_headers_when_the_file_is_replaced(tree: Tree, harness) -> None:
+    old = tree.add("demo", "1.0.0", size=3_000_000)
+    server = harness(tree.root)
+    client = server.connect()
+    client.stop_reading()
+    client.send(GET)
+    tree.add("demo", "1.0.0", body=wasm_bytes(3_000_000, seed=99))  # rename over it
+    server.rescan()
+    client.resume_reading()
+    reply = client.take()
+    assert reply.body == old and reply.header("ETag") == etag_of(old)
+    assert server.get(URL).header("ETag") != etag_of(old)  # the next one gets the new file
+
+
+def test_stalled_readers_hold_a_bounded_part_of_the_body(tree: Tree, harness) -> None:
+    """Bounded reads (TLS, HTTP/2, here): each client that stops reading holds at most
+    the transport's buffer and one read of the body, whatever its size."""
+    body = tree.add("demo", "1.0.0", size=8_000_000)
+    server = harness(tree.root, gzip=False)
+    stalled = []
+    for _ in range(12):
+        client = server.connect()
+        client.stop_reading()
+        stalled.append(client.send(GET))
+    for client in stalled:
+        assert 0 < client.transport.buffered() <= SEND_BUFFER + READ_CHUNK + 1024
+    stalled[0].resume_reading()
+    assert stalled[0].take().body == body
+
+
+# Raw-socket helpers for the real-process tests of tests/test_disk.py.
 
 
 def raw_get(port: int, path: str) -> socket.socket:
@@ -159,37 +184,6 @@ def read_all(sock: socket.socket, first: bytes = b"") -> bytes:
     return b"".join(data)
 
 
-def test_body_matches_headers_when_the_file_is_replaced(tree: Tree, serve) -> None:
-    old = tree.add("demo", "1.0.0", size=3_000_000)
-    server = serve("--root", str(tree.root))
-    sock = raw_get(server.port, URL)
-    first = sock.recv(4096)
-    tree.add("demo", "1.0.0", body=wasm_bytes(3_000_000, seed=99))  # rename over it
-    time.sleep(0.3)
-    reply = read_all(sock, first)
-    sock.close()
-    head, _, body = reply.partition(b"\r\n\r\n")
-    etag = re.search(rb"ETag: (\S+)", head).group(1).decode()
-    assert body == old and etag == etag_of(body)
-
-
 def vm_rss(pid: int) -> int:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) * 1024
-
-
-def test_stalled_readers_do_not_copy_the_body(tree: Tree, serve) -> None:
-    size = 8_000_000
-    tree.add("demo", "1.0.0", size=size)
-    server = serve("--root", str(tree.root))
-    warm(server)
-    before = vm_rss(server.process.pid)
-    clients = 12
-    sockets = [raw_get(server.port, URL) for _ in range(clients)]
-    time.sleep(1.0)
-    grown = vm_rss(server.process.pid) - before
-    for sock in sockets:
-        sock.close()
-    # A copy per client would be ~100 MB; a shared body leaves at most a chunk or so each
-    # (bytes the transport could not hand to the kernel yet).
-    assert grown < clients * size / 4, grown

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,13 +52,18 @@ class Tree:
     root: Path
 
     def add(self, name: str, version: str, body: bytes | None = None, size: int = 4096) -> bytes:
-        data = body if body is not None else wasm_bytes(size, seed=hash((name, version)) & 0xFFFF)
+        data = body if body is not None else wasm_bytes(size, seed=self.seed(name, version))
         target = self.root / name / version / "plugin.wasm"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(".plugin.wasm.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)
         return data
+
+    @staticmethod
+    def seed(name: str, version: str) -> int:
+        """The same on every run and machine (``hash()`` of a str changes per process)."""
+        return zlib.crc32(f"{name}/{version}".encode())
 
     @staticmethod
     def sha256(data: bytes) -> str:

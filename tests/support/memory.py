@@ -1,0 +1,469 @@
+"""In memory: the whole server as ``twistd hps`` builds it, on a ``MemoryReactorClock``.
+
+In the style of treq's ``RequestTraversalAgent``, but one level lower: the
+service comes from :func:`hps.service.make_service` itself (so this harness
+cannot drift from production wiring), its listener lands in the fake reactor's
+``tcpServers``, and every client is a protocol connected to the real
+``PluginSite`` with :mod:`twisted.test.iosim`. Nothing runs by itself:
+
+- bytes move when the harness pumps (``settle``, which every request does);
+- time moves with :meth:`Harness.advance` (the site's sweep, timeouts, drain);
+- work the server sends to threads (scans, gzip variants, big listings) waits in
+  :class:`Pool` and runs when the harness settles, unless the test holds it.
+
+What stays out: inotify and the SIGHUP handler (process-wide), real sockets (so
+the fast path, which needs ``os.sendfile`` on a TCP socket, declines and
+twisted.web answers everything; see tests/test_fastpath.py for that path).
+Black-box tests with a real process live beside it in ``tests/support/server.py``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.service import MultiService
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorFromThreads, IReactorThreads
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport, IOPump, connect
+from zope.interface import implementer
+
+from hps.config import Config, build
+from hps.service import make_service
+from hps.site import SWEEP_SECONDS, PluginSite
+from hps.watch import Watcher
+
+SEND_BUFFER = 65536
+"""Bytes a server transport holds before it pauses its producer (``FileDescriptor``'s
+``bufferSize``): what a client that stops reading leaves in the server."""
+
+
+class Pool:
+    """A thread pool whose work runs only when :meth:`run` is called, in order."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[Callable[..., Any], Callable[..., Any], tuple, dict]] = []
+
+    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],
+                                 work: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.queue.append((on_result, work, args, kwargs))
+
+    def callInThread(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.callInThreadWithCallback(lambda ok, result: None, work, *args, **kwargs)
+
+    def run(self) -> bool:
+        """Run what is queued (and what that queues); True if anything ran."""
+        ran = False
+        while self.queue:
+            on_result, work, args, kwargs = self.queue.pop(0)
+            ran = True
+            try:
+                result = work(*args, **kwargs)
+            except BaseException:
+                on_result(False, Failure())
+            else:
+                on_result(True, result)
+        return ran
+
+
+@implementer(IReactorThreads, IReactorFromThreads)
+class Reactor(MemoryReactorClock):
+    """A MemoryReactorClock with a :class:`Pool` as its thread pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = Pool()
+        self.from_threads: list[tuple[Callable[..., Any], tuple, dict]] = []
+
+    def getThreadPool(self) -> Pool:
+        return self.pool
+
+    def callInThread(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.pool.callInThread(work, *args, **kwargs)
+
+    def callFromThread(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.from_threads.append((call, args, kwargs))
+
+    def suggestThreadPoolSize(self, size: int) -> None:
+        pass
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50,
+                  interface: str = "") -> Any:
+        """Recorded in ``tcpServers``; and the factory started and stopped as a real port
+        does (MemoryReactor's port does neither)."""
+        listening = super().listenTCP(port, factory, backlog, interface)
+        factory.doStart()
+        return _Port(listening, factory)
+
+    def run_from_threads(self) -> bool:
+        ran = bool(self.from_threads)
+        while self.from_threads:
+            call, args, kwargs = self.from_threads.pop(0)
+            call(*args, **kwargs)
+        return ran
+
+
+class _Port:
+    def __init__(self, port: Any, factory: Any) -> None:
+        self.port, self.factory = port, factory
+
+    def getHost(self) -> Any:
+        return self.port.getHost()
+
+    def stopListening(self) -> None:
+        self.factory.doStop()
+
+
+def _report_once(transport: FakeTransport) -> None:
+    """Tell the protocol its connection is gone, once. iosim's pump tells only the side
+    that did not close; a real reactor tells both."""
+    if not getattr(transport, "reported", False):
+        transport.reported = True  # type: ignore[attr-defined]
+        FakeTransport.reportDisconnect(transport)
+
+
+class ClientTransport(FakeTransport):
+    def reportDisconnect(self) -> None:
+        _report_once(self)
+
+
+@implementer(IPushProducer)
+class ServerTransport(FakeTransport):
+    """The server side of a connection, with a socket's flow control and abort.
+
+    Like ``FileDescriptor``: a streaming producer is paused once more than
+    SEND_BUFFER bytes wait, and resumed when the client has taken them; bytes
+    written after ``loseConnection`` still go out, after ``abortConnection`` none do.
+    A client that is not ``reading`` takes nothing (a full socket). It is an
+    ``IPushProducer``, as sockets are: HTTPChannel registers itself on such a transport
+    and relays its pauses to the response body's producer.
+    """
+
+    def __init__(self, protocol: Any, peer: IPv4Address, host: IPv4Address) -> None:
+        super().__init__(protocol, isServer=True, hostAddress=host, peerAddress=peer)
+        self.reading = True
+        self.aborted = False
+        self.paused = False
+        self.taken = 0
+        """Bytes the client has read so far."""
+
+    def buffered(self) -> int:
+        return sum(map(len, self.stream))
+
+    def write(self, data: bytes) -> None:
+        if self.aborted or self.disconnected:
+            return
+        self.stream.append(data)
+        if (self.producer is not None and self.streamingProducer and not self.paused
+                and self.buffered() > SEND_BUFFER):
+            self.paused = True
+            self.producer.pauseProducing()
+
+    def getOutBuffer(self) -> bytes | None:
+        if not self.reading:
+            return None
+        data = super().getOutBuffer()
+        if data:
+            self.taken += len(data)
+        if self.paused and self.producer is not None:
+            self.paused = False
+            self.producer.resumeProducing()  # writes land in the next pump
+        return data
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.paused = False
+        super().registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.paused = False
+        super().unregisterProducer()
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.stream.clear()
+        self.disconnecting = True
+        self.disconnectReason = error.ConnectionAborted()
+
+    def reportDisconnect(self) -> None:
+        _report_once(self)
+
+    def getHandle(self) -> socket.socket | None:
+        return None
+
+
+class Client(Protocol):
+    """Raw bytes in and out: tests write heads exactly as they mean them."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed = True
+
+
+@dataclass
+class Response:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+    complete: bool = True
+    """False when the connection ended before the whole body came (a cut download)."""
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+class _Bytes(io.BytesIO):
+    """What ``HTTPResponse`` reads from: it closes its file once the body is read, but the
+    position tells where the next response starts."""
+
+    def makefile(self, *args: object, **kwargs: object) -> io.BytesIO:
+        return self
+
+    def close(self) -> None:
+        pass
+
+
+def parse(data: bytes, method: str = "GET") -> tuple[Response, bytes]:
+    """The first response in ``data`` (the stdlib's parser, not ours) and what follows it."""
+    stream = _Bytes(data)
+    reply = http.client.HTTPResponse(stream, method=method)  # type: ignore[arg-type]
+    reply.begin()
+    try:
+        body, complete = reply.read(), True
+    except http.client.IncompleteRead as short:
+        body, complete = short.partial, False
+    return Response(reply.status, reply.headers, body, complete), data[stream.tell():]
+
+
+@dataclass
+class Connection:
+    """One client connection to the site."""
+
+    harness: Harness
+    client: Client
+    server: Any
+    transport: ServerTransport
+    pump: IOPump
+
+    def step(self) -> bool:
+        """Move bytes once; both ends learn of a close (True if anything happened)."""
+        moved = self.pump.pump(advanceClock=False)
+        for transport in (self.transport, self.client.transport):
+            if transport.disconnected and not getattr(transport, "reported", False):
+                transport.reportDisconnect()
+                moved = True
+        return moved
+
+    def send(self, data: bytes, settle: bool = True) -> Connection:
+        """Send ``data``; ``settle=False`` leaves it in flight (to send on many at once)."""
+        self.client.transport.write(data)
+        if settle:
+            self.harness.settle()
+        return self
+
+    def received(self) -> bytes:
+        return bytes(self.client.data)
+
+    def take(self, method: str = "GET") -> Response:
+        """The next whole response on this connection (and forget its bytes)."""
+        response, rest = parse(bytes(self.client.data), method)
+        self.client.data = bytearray(rest)
+        return response
+
+    @property
+    def closed(self) -> bool:
+        return self.client.closed
+
+    def stop_reading(self) -> None:
+        self.transport.reading = False
+
+    def resume_reading(self) -> None:
+        self.transport.reading = True
+        self.harness.settle()
+
+    def close(self) -> None:
+        """The client hangs up."""
+        self.client.transport.loseConnection()
+        self.harness.settle()
+
+
+@dataclass
+class Harness:
+    """``make_service(config)`` started on a fake reactor, and clients to talk to it."""
+
+    config: Config
+    reactor: Reactor = field(default_factory=Reactor)
+    connections: list[Connection] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    access: io.StringIO = field(default_factory=io.StringIO)
+    hold_threads: bool = False
+    """While True, work sent to threads waits (a scan or a compression in progress)."""
+
+    def __post_init__(self) -> None:
+        globalLogPublisher.addObserver(self._observe)
+        self.service: MultiService = make_service(self.config, self.reactor)
+        for child in self.service:
+            if isinstance(child, Watcher):
+                # Process-wide or real-fd: left to the real-process tests.
+                child.use_inotify = child.hangup = False
+                self.watcher = child
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.site: PluginSite = self.reactor.tcpServers[0][1]
+        self.site.access.stream = self.access
+        self.settle()
+
+    def _observe(self, event: dict) -> None:
+        text = formatEvent(event)
+        if event.get("log_failure") is not None:
+            text += "\n" + event["log_failure"].getTraceback()
+        self.events.append(text)
+
+    def log(self) -> str:
+        return "\n".join(self.events)
+
+    def access_lines(self) -> list[str]:
+        self.site.access.flush()
+        return self.access.getvalue().splitlines()
+
+    # -- moving bytes and time ---------------------------------------------------------
+
+    def settle(self) -> None:
+        """Run everything that can run now: calls due, thread work, bytes both ways."""
+        for _ in range(100_000):
+            moved = self.reactor.run_from_threads()
+            self.reactor.advance(0)
+            if not self.hold_threads:
+                moved = self.reactor.pool.run() or moved
+            moved = self.reactor.run_from_threads() or moved
+            for connection in list(self.connections):
+                moved = connection.step() or moved
+                if connection.transport.disconnected and connection.client.transport.disconnected:
+                    self.connections.remove(connection)
+            if not moved:
+                return
+        raise AssertionError("the server never settled")
+
+    def advance(self, seconds: float, step: float = SWEEP_SECONDS) -> None:
+        """Move the clock by ``seconds``, settling after each ``step`` (the sweep's period)."""
+        left = seconds
+        while left > 1e-9:
+            self.reactor.advance(min(step, left))
+            left -= step
+            self.settle()
+
+    # -- clients -----------------------------------------------------------------------
+
+    def connect(self, peer: str = "127.0.0.1") -> Connection:
+        address = IPv4Address("TCP", peer, 40000 + len(self.connections))
+        host = IPv4Address("TCP", "127.0.0.1", 8080)
+        server = self.site.buildProtocol(address)
+        client = Client()
+        transport = ServerTransport(server, address, host)
+        pump = connect(server, transport, client, ClientTransport(client, False, address, host),
+                       greet=False, clock=self.reactor)
+        connection = Connection(self, client, server, transport, pump)
+        self.connections.append(connection)
+        self.settle()
+        return connection
+
+    def raw(self, data: bytes) -> bytes:
+        """Send ``data`` on a new connection; every byte the server sent back."""
+        connection = self.connect().send(data)
+        reply = connection.received()
+        connection.close()
+        return reply
+
+    def request(self, path: str, method: str = "GET", headers: dict[str, str] | None = None,
+                body: bytes | None = None) -> Response:
+        """One request on a new connection, as ``http.client`` would send it."""
+        lines = [f"{method} {path} HTTP/1.1"]
+        named = {key.lower() for key in headers or {}}
+        if "host" not in named:
+            lines.append("Host: hps.test")
+        lines += [f"{key}: {value}" for key, value in (headers or {}).items()]
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        connection = self.connect().send(head + (body or b""))
+        response = connection.take(method)
+        connection.close()
+        return response
+
+    def get(self, path: str, headers: dict[str, str] | None = None, **named: str) -> Response:
+        """GET ``path``; headers as a dict or as keywords (``Accept_Encoding="gzip"``)."""
+        merged = dict(headers or {}, **{k.replace("_", "-"): v for k, v in named.items()})
+        return self.request(path, headers=merged)
+
+    def metrics(self) -> dict[str, float]:
+        """A scrape of ``/metrics``: ``{'name{labels}': value}``. Counters are process-wide
+        (one registry, as in a real process), so tests compare two scrapes."""
+        reply = self.get("/metrics")
+        assert reply.status == 200
+        samples = {}
+        for line in reply.body.decode().splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                samples[key] = float(value)
+        return samples
+
+    # -- the server's life -------------------------------------------------------------
+
+    def rescan(self) -> None:
+        """What SIGHUP (or an inotify event) does: a rescan, run to completion."""
+        self.watcher.sighup()
+        self.settle()
+
+    def stop(self) -> Deferred:
+        """What SIGTERM does: stop the service (the drain); returns its Deferred."""
+        stopping = self.service.stopService()
+        self.settle()
+        return stopping
+
+    def close(self) -> None:
+        globalLogPublisher.removeObserver(self._observe)
+        if self.service.running:
+            self.service.stopService()
+            self.advance(self.config.drain_delay + self.config.drain_timeout + 1, step=1)
+        for connection in self.connections:
+            connection.transport.abortConnection()
+        self.settle()
+
+
+def config_for(root: Path, cache: Path, **knobs: Any) -> Config:
+    """``twistd hps --root ROOT --cache-dir CACHE --<knob> VALUE...``: the same merge, types
+    and checks as the flags."""
+    return build(None, {"root": str(root), "listen": ["tcp:8080"], "cache_dir": str(cache),
+                        **knobs})
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    """``harness(root, **knobs)`` starts an in-memory server; each is closed at teardown."""
+    made: list[Harness] = []
+
+    def factory(root: Path, hold_threads: bool = False, **knobs: Any) -> Harness:
+        made.append(Harness(config_for(root, tmp_path / "cache", **knobs),
+                            hold_threads=hold_threads))
+        return made[-1]
+
+    yield factory
+    for each in made:
+        each.close()
