@@ -51,10 +51,11 @@ def test_metrics_after_some_requests(tree: Tree, harness) -> None:
     }.items():
         assert moved.get(key) == value, key
     assert after["hps_catalog_artifacts"] == 2
-    assert after["hps_draining"] == 0
     assert after["hps_gzip_variants_pending"] == 0
     assert after["hps_connections_open"] == 1, "the scrape's own connection"
     assert after["hps_responses_in_flight"] == 1, "the scrape itself"
+    server.stop()
+    assert server.metrics()["hps_draining"] == 1
 
 
 def test_reloads_are_counted(tree: Tree, harness) -> None:

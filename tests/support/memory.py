@@ -19,6 +19,7 @@ Black-box tests with a real process live beside it in ``tests/support/server.py`
 
 from __future__ import annotations
 
+import gc
 import http.client
 import io
 import socket
@@ -40,6 +41,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from zope.interface import implementer
 
+from hps.catalog import unloaded
 from hps.config import Config, build
 from hps.service import make_service
 from hps.site import SWEEP_SECONDS, PluginSite
@@ -445,6 +447,10 @@ class Harness:
         for connection in self.connections:
             connection.transport.abortConnection()
         self.settle()
+        # An empty catalog makes the server let go of every file it holds open (the count
+        # of open files is process-wide: the next test's connection cap counts it).
+        assert self.site.state is not None
+        self.site.state.swap(unloaded(self.config.root))
 
 
 def config_for(root: Path, cache: Path, **knobs: Any) -> Config:
@@ -467,3 +473,5 @@ def harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     yield factory
     for each in made:
         each.close()
+    made.clear()
+    gc.collect()  # connections and their senders form cycles; they hold files too
