@@ -162,7 +162,11 @@ def usable_dir(cache_dir: str) -> str | None:
     return path
 
 
-def prepare(artifact: Artifact, directory: str | None) -> tuple[GzipFile | None, str | None]:
+Prepared = tuple[GzipFile | None, str | None, str | None]
+"""(variant, why the sibling was skipped, why no variant could be written)."""
+
+
+def prepare(artifact: Artifact, directory: str | None) -> Prepared:
     """Find or make the module's gzip variant (runs in a thread), and why its sibling
     ``.gz`` was skipped, if it was (the server then compresses the module itself)."""
     bad = None
@@ -171,14 +175,14 @@ def prepare(artifact: Artifact, directory: str | None) -> tuple[GzipFile | None,
     except Bad as why:
         sibling, bad = None, str(why)
     if sibling is not None:
-        return sibling, None
+        return sibling, None, None
     found = cached(artifact, directory) if directory else None
     if found is None:
         try:
             found = compress(artifact, directory)
-        except OSError:
-            found = None
-    return found, bad
+        except OSError as err:  # a full disk, most likely: served as identity
+            return None, bad, f"could not write its gzip variant ({err.strerror})"
+    return found, bad, None
 
 
 Runner = Callable[..., Deferred]
@@ -199,6 +203,7 @@ class GzipVariants:
         self.waiters: dict[str, list[Deferred]] = {}
         self.directory: str | bool | None = False  # False: not probed yet
         self.live: frozenset[str] = frozenset()
+        self.write_failed = False
         self.tried: set[str] = set()
         """Modules already prepared once (found or not): a rescan does not redo them."""
 
@@ -264,10 +269,13 @@ class GzipVariants:
         d.addCallbacks(self.prepared, self.failed, (artifact,), None, (artifact,))
         d.addBoth(self.idle)
 
-    def prepared(self, result: tuple[GzipFile | None, str | None], artifact: Artifact) -> None:
-        found, bad = result
+    def prepared(self, result: Prepared, artifact: Artifact) -> None:
+        found, bad, failed = result
         if bad is not None:
             self.bad_sibling(artifact, bad)
+        if failed is not None and not self.write_failed:
+            self.write_failed = True  # one line, not one per module of a full disk
+            self.log.warn("{path}: {why}; serving identity", path=artifact.path, why=failed)
         if found is not None and artifact.sha256 in self.live:
             self.ready[artifact.sha256] = found
 
