@@ -457,7 +457,9 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
                 and channel.head_since is not None):
             channel.refuse(SHED, "evicted")  # a head in progress learns to retry
         else:
-            self.transport.loseConnection()
+            # Nothing to say and nothing owed: a TLS close would wait for a handshake
+            # a silent client never finishes, and this descriptor is needed now.
+            self.transport.abortConnection()
 
     def close(self) -> None:
         """Close gracefully: whatever is written still reaches the client."""

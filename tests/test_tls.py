@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import shutil
@@ -114,3 +115,23 @@ def test_a_client_that_never_sends_its_client_hello_is_cut(tree: Tree, serve,
             got = b""
         took = time.monotonic() - began
     assert got == b"" and took < 4, f"closed after {took:.1f}s"
+
+
+def test_silent_tls_sockets_make_room_at_the_cap(tree: Tree, serve, tmp_path: Path) -> None:
+    tree.add("key-auth", "1.0.0")
+    key, cert = self_signed(tmp_path)
+    server: Server = serve("--root", str(tree.root), "--max-connections", "3",
+                           listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                           ready=False)
+    silent = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        began = time.monotonic()
+        status, text = curl(f"https://127.0.0.1:{server.port}/healthz")
+        assert status.endswith(" 200") and text == b"ok\n"
+        with contextlib.suppress(ConnectionResetError):
+            assert silent[0].recv(100) == b"", "the oldest silent socket was closed"
+        assert time.monotonic() - began < 4, "closed to make room, not by the header timeout"
+    finally:
+        for sock in silent:
+            sock.close()
