@@ -23,6 +23,7 @@ from hps import catalog, fastpath, metrics
 from hps.access import AccessLog
 from hps.config import Config, ConfigError, fail
 from hps.drain import Drain
+from hps.files import Source
 from hps.misses import Misses
 from hps.resources import Root
 from hps.site import Limits, PluginSite
@@ -172,7 +173,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     site = PluginSite(Root(state, transfer, misses, upstream, reactor), state=state,
                       limits=Limits.from_config(config),
                       access=AccessLog(config.access_log, config.trust_forwarded),
-                      reactor=reactor)
+                      reactor=reactor, open_files=lambda: Source.open)
     fastpath.install(state, site, transfer)
     # Access lines are batched between sweeps; the last ones (drain, disconnectAll) go
     # out after every connection is closed.

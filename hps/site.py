@@ -32,6 +32,7 @@ twisted.web parses anything), the contract is:
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,7 +53,6 @@ from hps._twisted import (
     switch_to_h2,
 )
 from hps.access import AccessLog
-from hps.files import Source
 from hps.head import host_ok, keeps_alive, origin_form
 
 if TYPE_CHECKING:
@@ -483,8 +483,10 @@ class PluginSite(Site):
 
     def __init__(self, resource: Any, state: ServerState | None = None,
                  limits: Limits | None = None, access: AccessLog | None = None,
-                 reactor: Any = None) -> None:
+                 reactor: Any = None, open_files: Callable[[], int] = lambda: 0) -> None:
         self.limits = limits or Limits()
+        self.open_files = open_files
+        """How many files the server holds open (they count against the descriptor budget)."""
         super().__init__(resource, timeout=self.limits.idle_timeout, reactor=reactor)
         self.state = state
         self.access = access or AccessLog("off")
@@ -558,7 +560,7 @@ class PluginSite(Site):
 
     def descriptors_in_use(self) -> int:
         """Sockets and open files: what runs out (HTTP/2 streams share their module's file)."""
-        return len(self.connections) + len(self.probes) + Source.open
+        return len(self.connections) + len(self.probes) + self.open_files()
 
     def forget(self, conn: TrackedProtocol) -> None:
         self.connections.pop(conn, None)

@@ -142,6 +142,7 @@ def test_open_files_count_against_the_descriptor_budget(make, tmp_path: Path) ->
     module.write_bytes(b"\0asm")
     held = [open_verified(str(module), identity_of(os.stat(module))) for _ in range(2)]
     site = make(max_connections=10, descriptors=Source.open + 1)  # room for one socket
+    site.site.open_files = lambda: Source.open  # as make_service wires it
     busy, _ = site.connect()
     busy._channel.response_began()
     _, second = site.ask(b"GET /plugins/ HTTP/1.1\r\nHost: x\r\n\r\n")
