@@ -1,0 +1,173 @@
+"""Real OCI images without a Docker daemon: buildah on a throwaway store, and a tiny runtime.
+
+``Buildah`` keeps every image and container in a temporary storage directory
+(overlay driver: layers are cheap, so the second build of the same Dockerfile
+reuses the first one's), and removes them all in ``close()``. ``debian_python``
+builds a base image from Debian's own packages with mmdebstrap, as the issue
+describes for machines with no registry of base images.
+
+``run_image`` starts an image the way Kubernetes starts a container with no
+``command``/``args``: its ENTRYPOINT + CMD, its Env, WorkingDir and User, on the
+host's network. The root filesystem is read-only unless asked otherwise (the
+Deployment's ``readOnlyRootFilesystem``), writable directories are tmpfs mounts
+(an ``emptyDir``). It is a mount namespace, a chroot and setuid: what a container
+runtime does for these properties, without cgroups or other namespaces, which
+the tests do not look at. This file is also the program run inside that
+namespace (``python oci.py SPEC``), so it imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEBIAN_SUITE = "bookworm"
+# python3-venv: the builder's `python3 -m venv` (with pip from ensurepip).
+DEBIAN_PACKAGES = "python3,python3-venv"
+
+
+class ToolError(RuntimeError):
+    """A build tool failed; the message holds its command and the end of its output."""
+
+
+def _check(args: list[str], timeout: float, **kwargs: Any) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False,
+                            **kwargs)  # fmt: skip
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr)[-3000:]
+        raise ToolError(f"{' '.join(args[:6])} ... exited {result.returncode}:\n{tail}")
+    return result.stdout
+
+
+@dataclass
+class Buildah:
+    """buildah on its own storage under ``workdir``; everything made here goes in close()."""
+
+    workdir: Path
+    driver: str = "overlay"
+
+    @property
+    def global_args(self) -> list[str]:
+        return ["buildah", "--root", str(self.workdir / "storage"),
+                "--runroot", str(self.workdir / "run"), "--storage-driver", self.driver]  # fmt: skip
+
+    def __call__(self, *args: str, timeout: float = 300) -> str:
+        return _check([*self.global_args, *args], timeout)
+
+    def bud(self, context: Path, tag: str, build_args: dict[str, str], log: Path) -> None:
+        """``docker build``: layers kept for the next build, HEALTHCHECK kept (docker format)."""
+        args = [*self.global_args, "bud", "--isolation", "chroot", "--network", "host",
+                "--layers", "--format", "docker", "-t", tag]  # fmt: skip
+        for key, value in build_args.items():
+            args += ["--build-arg", f"{key}={value}"]
+        with log.open("w") as out:
+            code = subprocess.run([*args, str(context)], stdout=out, stderr=subprocess.STDOUT,
+                                  timeout=600, check=False).returncode  # fmt: skip
+        if code != 0:
+            raise ToolError(f"buildah bud exited {code}:\n{log.read_text()[-4000:]}")
+
+    def config(self, image: str) -> dict[str, Any]:
+        """The image's Docker config: Entrypoint, Cmd, Env, User, WorkingDir, Healthcheck."""
+        return json.loads(self("inspect", "--type", "image", image))["Docker"]["config"]
+
+    def size(self, image: str) -> int:
+        """Bytes of the image's layers, as ``docker images`` counts them."""
+        listed = json.loads(self("images", "--json", image))
+        return int(listed[0]["size"])
+
+    def close(self) -> None:
+        """Remove every container and image, then the storage itself."""
+        for args in (("rm", "--all"), ("rmi", "--all", "--force")):
+            subprocess.run([*self.global_args, *args], capture_output=True, timeout=120,
+                           check=False)  # fmt: skip
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def debian_python(buildah: Buildah, name: str) -> str:
+    """A Debian image with python3 and venv, from Debian's packages (no base image needed)."""
+    container = buildah("from", "scratch").strip()
+    try:
+        rootfs = buildah("mount", container).strip()
+        _check(["mmdebstrap", "--quiet", "--variant=minbase", f"--include={DEBIAN_PACKAGES}",
+                "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
+                "--dpkgopt=path-exclude=/usr/share/locale/*", DEBIAN_SUITE, rootfs], timeout=600)
+        buildah("umount", container)
+        buildah("commit", "--quiet", container, name)
+    finally:
+        buildah("rm", container)
+    return name
+
+
+@dataclass
+class RunSpec:
+    """What a container runtime needs to start one process of an image."""
+
+    rootfs: str
+    argv: list[str]
+    env: dict[str, str]
+    workdir: str = "/"
+    user: str = "0:0"
+    read_only: bool = True
+    tmpfs: list[str] = field(default_factory=list)
+
+
+def image_spec(config: dict[str, Any], rootfs: str, argv: list[str] | None = None,
+               **options: Any) -> RunSpec:  # fmt: skip
+    """ENTRYPOINT + CMD (no args, as the Higress chart runs it), or ``argv`` instead."""
+    env = dict(item.split("=", 1) for item in config.get("Env") or [])
+    command = argv if argv is not None else (config.get("Entrypoint") or []) + (
+        config.get("Cmd") or [])
+    return RunSpec(rootfs, command, env, config.get("WorkingDir") or "/",
+                   config.get("User") or "0:0", **options)  # fmt: skip
+
+
+def start(spec: RunSpec, log: Path) -> subprocess.Popen[bytes]:
+    """The process runs in its own mount namespace; its pid is the server's (exec, no fork)."""
+    args = ["unshare", "--mount", "--propagation", "private", sys.executable, __file__,
+            json.dumps(spec.__dict__)]  # fmt: skip
+    with log.open("wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True)
+
+
+def _resolve(command: str, path: str) -> str:
+    """``execvp`` inside the chroot, with the image's PATH rather than ours."""
+    if "/" in command:
+        return command
+    for directory in path.split(":"):
+        candidate = os.path.join(directory, command)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise SystemExit(f"{command}: not found on the image's PATH {path}")
+
+
+def _exec(spec: dict[str, Any]) -> None:
+    root = spec["rootfs"]
+    _mount("--bind", root, root)
+    if spec["read_only"]:
+        _mount("-o", "remount,bind,ro", root)
+    _mount("-t", "proc", "proc", f"{root}/proc")
+    _mount("--rbind", "/dev", f"{root}/dev")
+    for target in spec["tmpfs"]:
+        _mount("-t", "tmpfs", "-o", "mode=0777,size=64m", "tmpfs", f"{root}{target}")
+    uid, _, gid = spec["user"].partition(":")
+    os.chroot(root)
+    os.chdir(spec["workdir"])
+    os.setgroups([])
+    os.setgid(int(gid or uid))
+    os.setuid(int(uid))
+    argv, env = spec["argv"], spec["env"]
+    os.execve(_resolve(argv[0], env.get("PATH", "/usr/bin:/bin")), argv, env)
+
+
+if __name__ == "__main__":
+    _exec(json.loads(sys.argv[1]))
