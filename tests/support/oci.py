@@ -6,14 +6,16 @@ reuses the first one's), and removes them all in ``close()``. ``debian_python``
 builds a base image from Debian's own packages with mmdebstrap, as the issue
 describes for machines with no registry of base images.
 
-``run_image`` starts an image the way Kubernetes starts a container with no
-``command``/``args``: its ENTRYPOINT + CMD, its Env, WorkingDir and User, on the
-host's network. The root filesystem is read-only unless asked otherwise (the
-Deployment's ``readOnlyRootFilesystem``), writable directories are tmpfs mounts
-(an ``emptyDir``). It is a mount namespace, a chroot and setuid: what a container
-runtime does for these properties, without cgroups or other namespaces, which
-the tests do not look at. This file is also the program run inside that
-namespace (``python oci.py SPEC``), so it imports only the standard library.
+``start`` runs an image the way Kubernetes starts a container with no
+``command``/``args``: its ENTRYPOINT + CMD, its Env, WorkingDir and User, in a
+network namespace of its own (so its fixed port 8080 meets nothing else on this
+machine; ``in_network`` runs a client there, as ``kubectl exec`` would). The root
+filesystem is read-only unless asked otherwise (``readOnlyRootFilesystem``);
+writable directories are tmpfs mounts (an ``emptyDir``). It is namespaces, a
+chroot and setuid: what a container runtime does for these properties, without
+cgroups, which the tests do not look at. This file is also the program run
+inside those namespaces (``python oci.py SPEC``), so it imports only the
+standard library.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ class Buildah:
 
     @property
     def global_args(self) -> list[str]:
-        return ["buildah", "--root", str(self.workdir / "storage"),
-                "--runroot", str(self.workdir / "run"), "--storage-driver", self.driver]  # fmt: skip
+        store = ["--root", str(self.workdir / "storage"), "--runroot", str(self.workdir / "run")]
+        return ["buildah", *store, "--storage-driver", self.driver]
 
     def __call__(self, *args: str, timeout: float = 300) -> str:
         return _check([*self.global_args, *args], timeout)
@@ -76,10 +78,9 @@ class Buildah:
         """The image's Docker config: Entrypoint, Cmd, Env, User, WorkingDir, Healthcheck."""
         return json.loads(self("inspect", "--type", "image", image))["Docker"]["config"]
 
-    def size(self, image: str) -> int:
-        """Bytes of the image's layers, as ``docker images`` counts them."""
-        listed = json.loads(self("images", "--json", image))
-        return int(listed[0]["size"])
+    def size(self, image: str) -> str:
+        """The image's unpacked size as ``docker images`` shows it (e.g. ``264 MB``)."""
+        return str(json.loads(self("images", "--json", image))[0]["size"])
 
     def close(self) -> None:
         """Remove every container and image, then the storage itself."""
@@ -89,19 +90,22 @@ class Buildah:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def debian_python(buildah: Buildah, name: str) -> str:
-    """A Debian image with python3 and venv, from Debian's packages (no base image needed)."""
+def debian_python(buildah: Buildah, name: str) -> tuple[int, int]:
+    """Commit a Debian image with python3 and venv from Debian's packages (no base image
+    needed) as ``name``; return its Python's version, which the wheels must match."""
     container = buildah("from", "scratch").strip()
     try:
-        rootfs = buildah("mount", container).strip()
+        rootfs = Path(buildah("mount", container).strip())
+        slim = [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")]
         _check(["mmdebstrap", "--quiet", "--variant=minbase", f"--include={DEBIAN_PACKAGES}",
-                "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
-                "--dpkgopt=path-exclude=/usr/share/locale/*", DEBIAN_SUITE, rootfs], timeout=600)
+                *slim, DEBIAN_SUITE, str(rootfs)], timeout=600)  # fmt: skip
+        (python,) = [p.name for p in (rootfs / "usr/bin").glob("python3.*") if p.name[8:].isdigit()]
         buildah("umount", container)
         buildah("commit", "--quiet", container, name)
     finally:
         buildah("rm", container)
-    return name
+    major, minor = python.removeprefix("python").split(".")
+    return int(major), int(minor)
 
 
 @dataclass
@@ -127,12 +131,37 @@ def image_spec(config: dict[str, Any], rootfs: str, argv: list[str] | None = Non
                    config.get("User") or "0:0", **options)  # fmt: skip
 
 
-def start(spec: RunSpec, log: Path) -> subprocess.Popen[bytes]:
-    """The process runs in its own mount namespace; its pid is the server's (exec, no fork)."""
-    args = ["unshare", "--mount", "--propagation", "private", sys.executable, __file__,
-            json.dumps(spec.__dict__)]  # fmt: skip
+def start(spec: RunSpec, log: Path, network_of: int | None = None) -> subprocess.Popen[bytes]:
+    """Start ``spec`` in new mount and network namespaces, or in the network of the process
+    ``network_of`` (``docker exec``). The pid returned is the image's process (exec, no fork)."""
+    runner = [sys.executable, __file__, json.dumps(spec.__dict__)]
+    if network_of is None:
+        args = ["unshare", "--mount", "--net", "--propagation", "private", *runner]
+    else:
+        args = ["nsenter", f"--target={network_of}", "--net", "--",
+                "unshare", "--mount", "--propagation", "private", *runner]  # fmt: skip
     with log.open("wb") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def in_network(pid: int, code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` (this interpreter) in the network namespace of process ``pid``."""
+    args = ["nsenter", f"--target={pid}", "--net", "--", sys.executable, "-c", code]
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _loopback_up() -> None:
+    """``ip link set lo up`` in a fresh network namespace, without needing iproute2."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(sock, siocgifflags, request))[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
 
 
 def _mount(*args: str) -> None:
@@ -151,6 +180,7 @@ def _resolve(command: str, path: str) -> str:
 
 
 def _exec(spec: dict[str, Any]) -> None:
+    _loopback_up()
     root = spec["rootfs"]
     _mount("--bind", root, root)
     if spec["read_only"]:
