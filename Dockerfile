@@ -54,12 +54,14 @@ COPY twisted/plugins/hps_plugin.py twisted/plugins/
 ARG WHEELHOUSE=""
 COPY ${WHEELHOUSE:-setup.py} /tmp/wheelhouse/
 # twistd writes twisted/plugins/dropin.cache on first use; build it now, while the tree is
-# writable, so the runtime needs no write access. Then prove `twistd hps` is registered.
+# writable, so the runtime needs no write access. Then prove `twistd hps` is registered, and
+# drop the installers from the venv: the runtime installs nothing.
 RUN if [ -n "$WHEELHOUSE" ]; then set -- --no-index --find-links /tmp/wheelhouse; fi; \
     pip install --no-cache-dir "$@" . \
     && rm -rf /tmp/wheelhouse \
     && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
-    && twistd hps --help >/dev/null
+    && twistd hps --help >/dev/null \
+    && python -m pip uninstall --yes --quiet pip setuptools wheel
 
 # hps pull fills /srv/plugins with this repository's default inventory (plugins/*.properties).
 # PLUGIN_REGISTRY=HOST[:PORT] pulls every reference from that registry instead (an internal

@@ -612,3 +612,31 @@ def test_higress_wiring_points_at_the_service() -> None:
     values = yaml_docs(DEPLOY / "higress/helm-values.snippet.yaml")[0]
     assert values["higress-console"]["podEnvs"] == console
     assert values["higress-core"]["controller"]["env"] == controller
+
+
+def test_cache_dir_is_a_disk_empty_dir() -> None:
+    """The read-only root leaves one place to write: the server's cache_dir, on a volume."""
+    from hps.config import Config
+
+    cache_dir = server_config().get("cache_dir", Config.cache_dir)
+    mounts = {m["mountPath"]: m["name"] for m in the_container()["volumeMounts"]}
+    assert cache_dir in mounts, f"nothing mounted at cache_dir {cache_dir}"
+    volumes = {v["name"]: v for v in the_deployment()["spec"]["template"]["spec"]["volumes"]}
+    empty_dir = volumes[mounts[cache_dir]]["emptyDir"]
+    assert empty_dir.get("medium") != "Memory", "gzip variants would count against the memory limit"
+    assert empty_dir["sizeLimit"]
+
+
+def test_helm_drop_in_swaps_only_the_image() -> None:
+    """The chart's own plugin server, with hps's image: the chart gives it no args, no volumes
+    and containerPort 8080, so the image's own CMD must serve its tree on 8080."""
+    values = yaml_docs(DEPLOY / "higress/helm-dropin-values.snippet.yaml")[0]
+    assert values["global"]["enablePluginServer"] is True
+    server = values["higress-core"]["pluginServer"]
+    assert all(isinstance(server.get(key), str) for key in ("hub", "image", "tag")), server
+    wiring = yaml_docs(DEPLOY / "higress/helm-values.snippet.yaml")[0]
+    assert values["higress-console"] == wiring["higress-console"]
+    assert values["higress-core"]["controller"] == wiring["higress-core"]["controller"]
+    argv = runtime_command()
+    assert option_value(argv, "--listen") == f"tcp:{IMAGE_PORT}"
+    assert option_value(argv, "--root") == IMAGE_ROOT

@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ def cannot_build(reason: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def buildah(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Buildah]:
+def buildah() -> Iterator[Buildah]:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"{', '.join(missing)} not found: apt-get install buildah mmdebstrap")
@@ -71,7 +72,9 @@ def buildah(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Buildah]:
                            check=False)  # fmt: skip
     if probe.returncode != 0:
         cannot_build(f"no mount namespaces here, so buildah cannot run: {probe.stderr.strip()}")
-    tool = Buildah(tmp_path_factory.mktemp("buildah"))
+    # Not under pytest's basetemp: another pytest run's clean-up must never walk into
+    # buildah's mounted layers.
+    tool = Buildah(Path(tempfile.mkdtemp(prefix="hps-test-buildah-")))
     try:
         yield tool
     finally:
@@ -175,17 +178,22 @@ class Running:
     process: subprocess.Popen[bytes]
     log: Path
 
-    def get(self, path: str) -> dict:
-        """GET on the container's port 8080, from inside its network namespace."""
+    def get(self, path: str, gzip: bool = False) -> dict:
+        """GET on the container's port 8080, from inside its network namespace; a gzip body
+        is unpacked, as the gateway's Go client does."""
         code = (
-            "import hashlib, json, urllib.request, urllib.error\n"
+            "import gzip, hashlib, json, urllib.request, urllib.error\n"
+            f"request = urllib.request.Request('http://127.0.0.1:{PORT}{path}')\n"
+            f"if {gzip}: request.add_header('Accept-Encoding', 'gzip')\n"
             "try:\n"
-            f"    reply = urllib.request.urlopen('http://127.0.0.1:{PORT}{path}', timeout=5)\n"
+            "    reply = urllib.request.urlopen(request, timeout=5)\n"
             "except urllib.error.HTTPError as err:\n"
             "    reply = err\n"
             "body = reply.read()\n"
-            "print(json.dumps({'status': reply.status, 'sha256': hashlib.sha256(body).hexdigest(),"
-            " 'text': body.decode('latin-1')}))\n"
+            "encoding = reply.headers.get('Content-Encoding', '')\n"
+            "if encoding == 'gzip': body = gzip.decompress(body)\n"
+            "print(json.dumps({'status': reply.status, 'encoding': encoding,"
+            " 'sha256': hashlib.sha256(body).hexdigest(), 'text': body.decode('latin-1')}))\n"
         )
         result = in_network(self.process.pid, code)
         if result.returncode != 0:
@@ -277,15 +285,20 @@ def test_image_builds_serves_and_stops(
     served = {(p["name"], v["version"]) for p in index["plugins"] for v in p["versions"]}
     assert set(expected) <= served, sorted(set(expected) - served)[:5]
     for name, version in [key, *sample_keys(expected)[:2], sorted(expected)[-1]]:
-        reply = server.get(f"/plugins/{name}/{version}/plugin.wasm")
-        assert reply["status"] == 200, (name, version, reply)
-        assert reply["sha256"] == hashlib.sha256(expected[name, version]).hexdigest(), (
-            name, version)  # fmt: skip
+        # As the gateway asks (gzip accepted), and as curl does.
+        for gzip in (True, False):
+            reply = server.get(f"/plugins/{name}/{version}/plugin.wasm", gzip=gzip)
+            assert reply["status"] == 200, (name, version, reply)
+            assert reply["sha256"] == hashlib.sha256(expected[name, version]).hexdigest(), (
+                name, version, reply["encoding"])  # fmt: skip
 
     assert run_healthcheck(built, rootfs, server, tmp_path) == 0, server.output()
 
+    # cache_dir is the server's: with a writable root (the chart's way) it writes there.
     cache = rootfs / Config.cache_dir.lstrip("/")
-    assert cache.is_dir() and cache.stat().st_uid == SERVER_UID, "cache_dir is the server's"
+    assert cache.is_dir() and cache.stat().st_uid == SERVER_UID
+    if not read_only:
+        assert [p.stat().st_uid for p in cache.iterdir()] == [SERVER_UID], "nothing written"
 
     server.process.send_signal(signal.SIGTERM)
     code = server.process.wait(timeout=60)

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 DEBIAN_SUITE = "bookworm"
-# python3-venv: the builder's `python3 -m venv` (with pip from ensurepip).
+# Essential packages (sh, coreutils, grep, sed) plus python3; python3-venv for the builder's
+# `python3 -m venv` (pip from ensurepip). No apt: nothing installs packages in the image.
+DEBIAN_VARIANT = "essential"
 DEBIAN_PACKAGES = "python3,python3-venv"
 
 
@@ -87,6 +89,11 @@ class Buildah:
         for args in (("rm", "--all"), ("rmi", "--all", "--force")):
             subprocess.run([*self.global_args, *args], capture_output=True, timeout=120,
                            check=False)  # fmt: skip
+        # Never delete through a layer still mounted: unmount whatever is left, deepest first.
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            points = [line.split()[1] for line in mounts]
+        for point in sorted((p for p in points if p.startswith(f"{self.workdir}/")), reverse=True):
+            subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -97,8 +104,9 @@ def debian_python(buildah: Buildah, name: str) -> tuple[int, int]:
     try:
         rootfs = Path(buildah("mount", container).strip())
         slim = [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")]
-        _check(["mmdebstrap", "--quiet", "--variant=minbase", f"--include={DEBIAN_PACKAGES}",
-                *slim, DEBIAN_SUITE, str(rootfs)], timeout=600)  # fmt: skip
+        _check(["mmdebstrap", "--quiet", f"--variant={DEBIAN_VARIANT}",
+                f"--include={DEBIAN_PACKAGES}", *slim, DEBIAN_SUITE, str(rootfs)],
+               timeout=600)  # fmt: skip
         (python,) = [p.name for p in (rootfs / "usr/bin").glob("python3.*") if p.name[8:].isdigit()]
         buildah("umount", container)
         buildah("commit", "--quiet", container, name)
