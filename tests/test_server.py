@@ -1,5 +1,5 @@
-"""The server as a whole, in memory (tests/support/memory.py): routes, pages, hostile paths,
-configuration; and, with a real ``twistd hps``, start-up failures and their exit codes."""
+"""The server as a whole, in memory (tests/support/memory.py): routes, pages and hostile
+paths; and, with a real ``twistd hps``, start-up failures and their exit codes."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ import socket
 
 import pytest
 
-from hps.config import Options
-from hps.service import make_service
-from tests.support.memory import Reactor
 from tests.support.server import Tree, run_twistd
 
 
@@ -226,62 +223,6 @@ def test_alias_symlink_inside_root(tree: Tree, harness) -> None:
     assert server.get("/plugins/json-converter/1.0.0/plugin.wasm").body == body
     entry = json.loads(server.get("/plugins/json-converter/index.json").body)
     assert entry["plugins"][0]["versions"][0]["aliasOf"] == "jsonrpc-converter/1.0.0"
-
-
-def options(*args: str) -> Options:
-    parsed = Options()
-    parsed.parseOptions(list(args))
-    return parsed
-
-
-def test_config_file_and_flags(tree: Tree, tmp_path, harness) -> None:
-    """Flags win over the file, which wins over the defaults."""
-    config = tmp_path / "hps.yaml"
-    config.write_text(f"root: {tmp_path}/nowhere\nlisten: ['tcp:1']\nsend_timeout: 7\n")
-    parsed = options("--config", str(config), "--root", str(tree.root)).config
-    assert (parsed.root, parsed.listen, parsed.send_timeout) == (str(tree.root), ("tcp:1",), 7.0)
-    tree.add("basic-auth", "1.0.0")
-    server = harness(tree.root, send_timeout=parsed.send_timeout)
-    assert server.get("/plugins/basic-auth/1.0.0/plugin.wasm").status == 200
-
-
-CONFIG_ERRORS = [
-    ("colour: blue\n", [], "unknown key 'colour'"),
-    ("root: [1, 2]\n", [], "'root' must be a non-empty string"),
-    ("listen: 8080\n", [], "'listen' must be a list"),
-    ("root: {tmp}/missing\n", [], "is not a directory"),
-    ("[unclosed\n", [], "is not valid YAML"),
-]
-LISTEN_ERRORS = [
-    ("tcp:notaport", "cannot use listen endpoint 'tcp:notaport'"),
-    ("bogus:1", "cannot use listen endpoint 'bogus:1'"),
-]
-
-
-@pytest.mark.parametrize(("yaml_text", "flags", "message"), CONFIG_ERRORS)
-def test_bad_config_is_one_line(tree: Tree, tmp_path, capfd, yaml_text, flags,
-                                message) -> None:
-    """twistd parses the same Options; its exit status is checked with a real process below."""
-    config = tmp_path / "hps.yaml"
-    config.write_text(yaml_text.format(tmp=tmp_path))
-    args = ["--config", str(config)]
-    if "root" not in yaml_text:
-        args += ["--root", str(tree.root)]
-    with pytest.raises(SystemExit) as ended:
-        options(*args, *flags)
-    assert ended.value.code == 2
-    err = capfd.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1, err
-
-
-@pytest.mark.parametrize(("listen", "message"), LISTEN_ERRORS)
-def test_bad_listen_endpoint_is_one_line(tree: Tree, capfd, listen: str, message: str) -> None:
-    config = options("--root", str(tree.root), "--listen", listen).config
-    with pytest.raises(SystemExit) as ended:
-        make_service(config, Reactor())
-    assert ended.value.code == 2
-    err = capfd.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_start_up_failures_exit_nonzero_with_one_line(tree: Tree, tmp_path) -> None:

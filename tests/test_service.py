@@ -6,7 +6,10 @@ import pytest
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
-from hps.service import LISTEN_BACKLOG, with_backlog
+from hps.config import Options
+from hps.service import LISTEN_BACKLOG, make_service, with_backlog
+from tests.support.memory import Reactor
+from tests.support.server import Tree
 
 
 @pytest.mark.parametrize(("description", "expected"), [
@@ -38,3 +41,23 @@ def test_twisted_reads_the_result() -> None:
     assert endpoint._backlog == LISTEN_BACKLOG  # type: ignore[attr-defined]
     endpoint = serverFromString(MemoryReactor(), with_backlog("tcp:0:backlog=7"))
     assert endpoint._backlog == 7  # type: ignore[attr-defined]
+
+
+LISTEN_ERRORS = [
+    ("tcp:notaport", "cannot use listen endpoint 'tcp:notaport'"),
+    ("bogus:1", "cannot use listen endpoint 'bogus:1'"),
+]
+
+
+@pytest.mark.parametrize(("listen", "message"), LISTEN_ERRORS)
+def test_bad_listen_endpoint_is_one_line(tree: Tree, capfd, listen: str, message: str) -> None:
+    parsed = Options()
+    parsed.parseOptions(["--root", str(tree.root), "--listen", listen])
+    config = parsed.config
+    with pytest.raises(SystemExit) as ended:
+        make_service(config, Reactor())
+    assert ended.value.code == 2
+    err = capfd.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 from pathlib import Path
 
 import pytest
 from twisted.internet.defer import Deferred
 
 from hps.catalog import Catalog, scan
-from hps.variants import Bad, GzipVariants, check_sibling, prepare
+from hps.variants import (
+    Bad,
+    GzipVariants,
+    cached,
+    check_sibling,
+    compress,
+    prepare,
+    usable_dir,
+)
 from tests.support.server import Tree, wasm_bytes
 
 
@@ -106,3 +115,49 @@ def test_a_waiting_request_moves_its_module_to_the_front(tree: Tree, tmp_path: P
         runner.step()
     assert variants.pending == 0
     assert variants.when_ready(catalog.get("p1", "1.0.0")).called  # nothing to wait for
+
+
+def test_a_cached_variant_is_trusted_only_if_its_trailer_gives_the_size(module,
+                                                                        tmp_path: Path) -> None:
+    artifact, body, _ = module
+    directory = usable_dir(str(tmp_path / "cache"))
+    assert directory == str(tmp_path / "cache" / "gzip")
+    made = compress(artifact, directory)
+    assert made is not None and cached(artifact, directory) is not None
+    Path(made.path).write_bytes(gzip.compress(body[:1000], mtime=0))
+    assert cached(artifact, directory) is None, "a truncated or foreign file"
+
+
+def test_an_unwritable_cache_dir_is_noticed(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert usable_dir(str(blocker / "cache")) is None
+
+
+def test_incompressible_modules_have_no_variant(tree: Tree, tmp_path: Path) -> None:
+    tree.add("noise", "1.0.0", body=b"\0asm\1\0\0\0" + random.Random(0).randbytes(4000))
+    artifact = scan(str(tree.root)).get("noise", "1.0.0")
+    assert prepare(artifact, str(tmp_path)) == (None, None, None)
+
+
+def test_a_variant_whose_file_changed_is_made_again(module, tmp_path: Path) -> None:
+    artifact, _, _ = module
+    runner = Runner()
+    variants = GzipVariants(str(tmp_path / "cache"), run=runner)
+    catalog = scan(str(Path(artifact.path).parents[2]))
+    variants.on_swap(Catalog(root=catalog.root), catalog)
+    runner.step()
+    assert variants.get(artifact) is not None
+    variants.drop(artifact)
+    assert variants.get(artifact) is None and variants.pending == 1
+    runner.step()
+    assert variants.get(artifact) is not None
+
+
+def test_disabled_variants_do_nothing(module, tmp_path: Path) -> None:
+    artifact, _, _ = module
+    variants = GzipVariants(str(tmp_path), enabled=False, run=Runner())
+    catalog = scan(str(Path(artifact.path).parents[2]))
+    variants.on_swap(Catalog(root=catalog.root), catalog)
+    assert variants.pending == 0 and variants.get(artifact) is None
+    assert not variants.preparing(artifact)
