@@ -1,0 +1,39 @@
+"""``fetch_to``: one module by reference, verified, written atomically with its ``.gz``;
+the unit pull-through and ``hps pull`` share (against a real registry on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+
+from hps.pull.errors import DigestMismatch, PullError
+from hps.pull.fetch import Options, fetch_to
+from tests.support.registry import (
+    Registry,
+    sha256,
+    wasm,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_fetch_to_is_one_verified_atomic_module(registry: Registry, tmp_path: Path) -> None:
+    """The function pull-through and hps pull share: reference in, module and .gz out."""
+    registry.push_wasm("one/a", "1.0.0", wasm("one a"))
+    target = tmp_path / "cache" / "a" / "1.0.0" / "plugin.wasm"
+    options = Options(plain_http=True, retries=0, timeout=5)
+    fetched = fetch_to(registry.ref("one/a", "1.0.0"), target, options)
+    assert target.read_bytes() == wasm("one a")
+    assert gzip.decompress(target.with_name("plugin.wasm.gz").read_bytes()) == wasm("one a")
+    assert fetched.sha256 == sha256(wasm("one a")).removeprefix("sha256:")
+    assert fetched.size == len(wasm("one a"))
+    registry.push_wasm("one/a", "1.0.0", wasm("moved"))
+    with pytest.raises(DigestMismatch, match="differs from the expected"):
+        fetch_to(registry.ref("one/a", "1.0.0"), target, options, expect_sha256=fetched.sha256)
+    assert target.read_bytes() == wasm("one a")  # untouched
+    with pytest.raises(PullError, match="does not name a registry host"):
+        fetch_to("oci://nohost:1", target, options)
+    assert sorted(os.listdir(target.parent)) == ["plugin.wasm", "plugin.wasm.gz"]

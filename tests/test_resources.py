@@ -1,0 +1,60 @@
+"""The URL space through the real site in memory: which path reaches which page."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.server import Tree
+
+
+@pytest.fixture
+def server(tree: Tree, harness):
+    tree.add("key-auth", "1.0.0")
+    tree.add("key-auth", "2.0.0")
+    return harness(tree.root)
+
+
+@pytest.mark.parametrize(("path", "status", "content_type", "location"), [
+    ("/", 200, "text/html; charset=utf-8", None),
+    ("/healthz", 200, "text/plain; charset=utf-8", None),
+    ("/readyz", 200, "text/plain; charset=utf-8", None),
+    ("/metrics", 200, "text/plain; version=", None),
+    ("/plugins", 301, "text/plain; charset=utf-8", "/plugins/"),
+    ("/plugins/", 200, "text/html; charset=utf-8", None),
+    ("/plugins/index.json", 200, "application/json", None),
+    ("/plugins/key-auth", 301, "text/plain; charset=utf-8", "/plugins/key-auth/"),
+    ("/plugins/key-auth/", 200, "text/html; charset=utf-8", None),
+    ("/plugins/key-auth/index.json", 200, "application/json", None),
+    ("/plugins/key-auth/1.0.0", 301, "text/plain; charset=utf-8", "/plugins/key-auth/1.0.0/"),
+    ("/plugins/key-auth/1.0.0/", 200, "text/html; charset=utf-8", None),
+    ("/plugins/key-auth/1.0.0/plugin.wasm", 200, "application/wasm", None),
+    ("/plugins/key-auth/1.0.0/metadata.txt", 200, "text/plain; charset=utf-8", None),
+    ("/plugins/key-auth/1.0.0/other.txt", 404, "text/plain; charset=utf-8", None),
+    ("/plugins/key-auth/3.0.0/plugin.wasm", 404, "text/plain; charset=utf-8", None),
+    ("/plugins/key-auth/1.0.0/plugin.wasm/x", 404, "text/plain; charset=utf-8", None),
+    ("/plugins/nope/", 404, "text/plain; charset=utf-8", None),
+    ("/favicon.ico", 404, "text/plain; charset=utf-8", None),
+])
+def test_routes(server, path: str, status: int, content_type: str, location: str | None) -> None:
+    reply = server.get(path)
+    assert reply.status == status, path
+    assert reply.header("Content-Type").startswith(content_type)
+    assert reply.header("Location") == location
+    assert reply.header("X-Content-Type-Options") == "nosniff"
+
+
+def test_every_other_method_is_405_with_allow(server) -> None:
+    reply = server.request("/plugins/", method="DELETE")
+    assert reply.status == 405 and reply.header("Allow") == "GET, HEAD"
+
+
+@pytest.mark.parametrize(("host", "base"), [
+    ("plugins.example:8080", "http://plugins.example:8080"),
+    ("[::1]:9000", "http://[::1]:9000"),
+    ("a_b.example", "http://127.0.0.1:8080"),  # not echoed: the address we were reached at
+])
+def test_the_landing_page_names_the_host_asked_for_if_it_is_a_host(server, host: str,
+                                                                   base: str) -> None:
+    reply = server.request("/", headers={"Host": host})
+    assert reply.status == 200
+    assert f"{base}/plugins/${{name}}/${{version}}/plugin.wasm".encode() in reply.body
