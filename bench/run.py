@@ -287,8 +287,9 @@ def memory(root: Path, tmp: Path, tls: tuple[Path, Path]) -> list[MemoryCase]:
     out = []
     for kind, label, target, paths, flags, over_tls in cases:
         # The Python TLS client needs up to ~0.1 s per handshake on this shared machine: the
-        # head deadline (from accept, handshake included) must not cut the waiting ones.
-        extra = ("--header-timeout", "300") if over_tls else ()
+        # head deadline (from accept, handshake included) and the send deadline (no progress
+        # while the first clients wait for the last to connect) must not cut them.
+        extra = ("--header-timeout", "300", "--send-timeout", "300") if over_tls else ()
         server = start(kind, root, tmp, tls if over_tls else None, extra)
         try:
             if kind == "hps":

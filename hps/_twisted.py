@@ -84,3 +84,14 @@ def forget_exit_signal(reactor: Any) -> None:
     re-raises the signal the reactor recorded in ``_exitSignal`` (exit status 143)."""
     if hasattr(reactor, "_exitSignal"):
         reactor._exitSignal = None
+
+
+def h2_unsent(stream: Any) -> int | None:
+    """Bytes a twisted.web HTTP/2 stream has queued that its connection has not sent yet;
+    None when ``stream`` is not one. twisted.web pauses a stream's producer only when the
+    client's flow-control window is spent, which the client chooses (up to 2 GiB): this is
+    what lets a sender stop at a bound of its own while the connection is blocked."""
+    queues = getattr(getattr(stream, "_conn", None), "_outboundStreamQueues", None)
+    if queues is None:
+        return None
+    return sum(len(item) for item in queues.get(stream.streamID, ()) if isinstance(item, bytes))

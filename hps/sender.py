@@ -39,6 +39,11 @@ SENDFILE_TURN = 4 << 20
 """At most this many bytes per connection per reactor turn, so one fast reader on
 loopback cannot starve the others; then it yields and is woken when writable."""
 
+H2_BACKLOG = 65536
+"""Unsent bytes an HTTP/2 stream may queue before its sender waits (polling every
+H2_POLL seconds): HTTP/2 flow control alone would let a client's window decide."""
+H2_POLL = 0.05
+
 READ_CHUNK = 16384
 """Bytes read per write on TLS and HTTP/2 (one TLS record): with the transport's
 64 KiB pause threshold, at most ~80 KiB of a body is held per connection."""
@@ -63,12 +68,15 @@ class Sender:
 
     def __init__(self, source: Source, span: Span, transport: Any,
                  write: Callable[[bytes], None], progress: Callable[[int], None],
-                 finished: Callable[[], None], abort: Callable[[], None]) -> None:
+                 finished: Callable[[], None], abort: Callable[[], None],
+                 unsent: Callable[[], int] | None = None, clock: Any = None) -> None:
         self.source: Source | None = source
         self.pos, self.end = span[0], span[1] + 1
         self.transport, self.write, self.progress = transport, write, progress
         self.finished, self.abort = finished, abort
         self.zero_copy = zero_copy(transport)
+        self.unsent, self.clock = unsent, clock
+        self.poll: Any = None
         self.paused = self.done = self.running = False
 
     def start(self, flushed: bool) -> None:
@@ -120,6 +128,9 @@ class Sender:
 
     def send_reads(self, source: Source) -> None:
         while not self.paused and not self.done and self.pos < self.end:
+            if self.unsent is not None and self.unsent() >= H2_BACKLOG:
+                self.poll = self.clock.callLater(H2_POLL, self.polled)
+                return
             data = source.read(self.pos, min(READ_CHUNK, self.end - self.pos))
             if not data:
                 self.changed()
@@ -128,6 +139,11 @@ class Sender:
             self.write(data)
             self.progress(len(data))
 
+    def polled(self) -> None:
+        self.poll = None
+        if not self.paused:
+            self.resumeProducing()
+
     def changed(self) -> None:
         self.log.warn("a file changed while it was being sent; cutting the download")
         self.close()
@@ -135,6 +151,9 @@ class Sender:
 
     def close(self) -> None:
         self.done = True
+        if self.poll is not None and self.poll.active():
+            self.poll.cancel()
+        self.poll = None
         self.source = None  # the descriptor closes once the file table lets go too
 
     def pauseProducing(self) -> None:

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.web import http, static
 from twisted.web.server import NOT_DONE_YET, Request
 
+from hps._twisted import h2_unsent
 from hps.catalog import Artifact, Catalog, Identity
 from hps.files import FileTable, Replaced, Source
 from hps.negotiate import (
@@ -251,8 +252,11 @@ class ArtifactFile(static.File):
             request.finish()
 
         request.write(b"")  # the head goes first
+        unsent = None
+        if h2_unsent(channel) is not None:
+            unsent = lambda: h2_unsent(channel) or 0  # noqa: E731 - bound to this stream
         sender = Sender(source, span, transport, request.write, progress, finished,
-                        (transport or channel).abortConnection)
+                        (transport or channel).abortConnection, unsent, request.site.reactor)
         request.registerProducer(sender, True)
         sender.start(flushed=False)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import signal
+from collections import deque
 from typing import Any
 
 from twisted.application import app
@@ -20,6 +21,7 @@ from zope.interface import implementer
 from hps._twisted import (
     GenericHTTPChannelProtocol,
     forget_exit_signal,
+    h2_unsent,
     inner_channel,
     negotiating,
     request_line,
@@ -128,3 +130,21 @@ def test_switch_to_h2_puts_our_connection_where_twisted_puts_its_own() -> None:
     assert connection.transport is transport and connection.timeOut == site.timeOut
     assert connection.conn.local_settings.max_concurrent_streams == MAX_STREAMS
     assert transport.value(), "the connection preface (SETTINGS) went out"
+
+
+def test_h2_streams_queue_unsent_data_on_their_connection() -> None:
+    from twisted.web._http2 import H2Connection, H2Stream
+
+    connection = H2Connection()
+    assert isinstance(connection._outboundStreamQueues, dict)
+    assert "self._outboundStreamQueues[streamID].append(data)" in inspect.getsource(
+        H2Connection.writeDataToStream)
+    assert "self._conn = connection" in inspect.getsource(H2Stream.__init__)
+
+    class Stream:
+        streamID = 3
+        _conn = connection
+
+    connection._outboundStreamQueues[3] = deque([b"abc", b"de"])
+    assert h2_unsent(Stream()) == 5
+    assert h2_unsent(object()) is None

@@ -282,3 +282,43 @@ def test_stalled_tls_readers_are_paused_not_buffered(tree: Tree, serve, tmp_path
     for sock in stalled:
         sock.close()
     assert grown < 12 << 20, grown  # unpaced, each would hold its whole 8 MB encrypted
+
+
+def h2_stalled(port: int, path: str, streams: int) -> ssl.SSLSocket:
+    """An HTTP/2 client with 2 GiB windows that asks for ``path`` on ``streams`` streams and
+    never reads: only the server's own bound keeps it from queueing every byte."""
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock = context.wrap_socket(raw, server_hostname="localhost")
+    assert sock.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    conn.increment_flow_control_window(2**31 - 1 - 65535)
+    for i in range(streams):
+        conn.send_headers(1 + 2 * i, [(":method", "GET"), (":path", path), (":scheme", "https"),
+                                      (":authority", "localhost")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    return sock
+
+
+def test_stalled_http2_streams_queue_a_bounded_backlog(tree: Tree, serve, tmp_path: Path) -> None:
+    tree.add("demo", "1.0.0", size=8_000_000)
+    key, cert = self_signed(tmp_path)
+    server = serve("--root", str(tree.root), "--listen",
+                   f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+    before = vm_rss(server.process.pid)
+    stalled = [h2_stalled(server.ports[1], URL, 4) for _ in range(4)]
+    time.sleep(1.5)
+    grown = vm_rss(server.process.pid) - before
+    for sock in stalled:
+        sock.close()
+    # 16 streams of 8 MB under 2 GiB windows: unbounded, 128 MB would wait in memory.
+    assert grown < 16 << 20, grown
