@@ -1,6 +1,6 @@
 """The shipping files: the Dockerfile, its runtime command, and deploy/.
 
-There is no container engine on CI, so the image is proved in two halves:
+tests/test_image.py builds and runs the image; these checks are the quick half:
 hadolint judges the Dockerfile, and the image's own ENTRYPOINT/CMD (parsed from
 the Dockerfile, not retyped here) is replayed in a fresh virtualenv built the
 way the builder stage builds one. The manifests are validated strictly against
