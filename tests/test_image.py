@@ -273,6 +273,9 @@ def test_image_builds_serves_and_stops(
     read_only = not use_local
     server, rootfs = run_image(built, read_only=read_only)
     server.wait_ready(time.monotonic() + 60)
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+    assert set(uids) == {str(SERVER_UID)}, status
 
     # Every module of the default inventory, pulled from the loopback registry; the local
     # module wins over the download only with USE_LOCAL_PLUGINS=true; the repository's
@@ -297,8 +300,8 @@ def test_image_builds_serves_and_stops(
     # cache_dir is the server's: with a writable root (the chart's way) it writes there.
     cache = rootfs / Config.cache_dir.lstrip("/")
     assert cache.is_dir() and cache.stat().st_uid == SERVER_UID
-    if not read_only:
-        assert [p.stat().st_uid for p in cache.iterdir()] == [SERVER_UID], "nothing written"
+    written = [p.stat().st_uid for p in cache.iterdir()]
+    assert written == ([] if read_only else [SERVER_UID]), "read-only root, or nothing written"
 
     server.process.send_signal(signal.SIGTERM)
     code = server.process.wait(timeout=60)
