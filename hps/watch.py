@@ -20,13 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from hps.guard import hidden_or_temporary
+from hps.work import in_threads
 
 DEBOUNCE = 0.25
 
@@ -147,7 +148,9 @@ class Watcher(Service):
 
     def add_tree(self, top: str) -> defer.Deferred:
         notifier = self.notifier
-        walking = threads.deferToThread(directories, top)
+        if notifier is None:
+            return defer.succeed(None)  # being rebuilt: the new one walks the whole tree
+        walking = in_threads(self.clock)(directories, top)
         walking.addCallback(self.add_watches, notifier)
         walking.addErrback(lambda failure: self.degrade(notifier, failure.value))
         return walking
@@ -164,7 +167,7 @@ class Watcher(Service):
             from twisted.internet import inotify
 
             for path in found:
-                if notifier is not self.notifier:
+                if notifier is None or notifier is not self.notifier:
                     return  # stopped, died or replaced meanwhile
                 try:
                     notifier.watch(FilePath(path), mask=_mask(inotify), callbacks=[self.notified])
