@@ -101,9 +101,9 @@ class Transfer:
 
     def on_swap(self, old: Catalog, new: Catalog) -> None:
         """Close (once no response holds them) the files no artifact of ``new`` names."""
-        self.files.forget_except({(a.path, a.identity) for a in new.artifacts.values()}
-                                 | self.variant_files())
-        self.unreadable.clear()
+        live = {(a.path, a.identity) for a in new.artifacts.values()}
+        self.files.forget_except(live | self.variant_files())
+        self.unreadable &= live  # one line per unreadable file, across rescans
 
     def variant_files(self) -> set[tuple[str, Identity]]:
         if self.variants is None:
