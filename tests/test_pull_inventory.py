@@ -65,7 +65,7 @@ def seeded_fixture(registry: Registry) -> dict[tuple[str, str], bytes]:
 
 
 def test_the_image_build_serves_every_console_url(
-    registry: Registry, seeded: dict, tmp_path: Path, serve
+    registry: Registry, seeded: dict, tmp_path: Path, harness
 ) -> None:
     src = copy_inventory(tmp_path / "src")
     out = tmp_path / "srv" / "plugins"
@@ -77,7 +77,7 @@ def test_the_image_build_serves_every_console_url(
     assert len(lock) == len(seeded)
     # The lock keeps the inventory's references, not the mirror's.
     assert lock["key-auth/2.0.0"]["reference"].startswith("oci://higress-registry.")
-    server = serve("--root", str(out))
+    server = harness(out)
     wanted = set(README_URLS) | _pairs(CONSOLE)
     assert wanted <= set(seeded)
     for name, version in sorted(seeded):
