@@ -68,16 +68,22 @@ class Pool:
     def run(self) -> bool:
         """Run what is queued (and what that queues); True if anything ran."""
         ran = False
-        while self.queue:
-            on_result, work, args, kwargs = self.queue.pop(0)
+        while self.run_one():
             ran = True
-            try:
-                result = work(*args, **kwargs)
-            except BaseException:
-                on_result(False, Failure())
-            else:
-                on_result(True, result)
         return ran
+
+    def run_one(self) -> bool:
+        """Run the oldest job, if there is one (its result waits in callFromThread)."""
+        if not self.queue:
+            return False
+        on_result, work, args, kwargs = self.queue.pop(0)
+        try:
+            result = work(*args, **kwargs)
+        except BaseException:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+        return True
 
 
 @implementer(IReactorThreads, IReactorFromThreads)
