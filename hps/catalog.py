@@ -33,7 +33,7 @@ Identity = tuple[int, int, int, int]
 
 
 def identity_of(info: os.stat_result) -> Identity:
-    """The :data:`Identity` of a stat result; the scan, the body cache and the file
+    """The :data:`Identity` of a stat result; the scan, the open-file table and the file
     transfer all compare against the one the catalog recorded."""
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 

@@ -26,7 +26,11 @@ twisted.web parses anything), the contract is:
 - call ``channel.progress()`` after each chunk handed to the transport;
 - decline while ``state.draining`` (twisted.web then adds ``Connection: close``);
 - log and count via ``channel.site.finished_response(...)``, or ``finished_fast(...)`` for a
-  one-call 200 whose access line the connection already built (same counts, same line).
+  one-call 200 whose access line the connection already built (same counts, same line);
+- answer only while ``channel.web_owned`` is false (twisted.web has never parsed a byte
+  of the connection: sticky), and set ``channel.fast_queued`` when bytes are left in the
+  transport's buffer (the channel clears it once the buffer drains);
+- ``channel.fast_reply.lost()`` runs if the connection goes with a reply in flight.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ class ServerState:
     on_swap: list[Callable[[Catalog, Catalog], None]] = field(default_factory=list)
 
     def swap(self, fresh: Catalog) -> None:
-        """Install a new snapshot; listeners (the body cache, the fast path) get (old, new)."""
+        """Install a new snapshot; listeners (transfer, variants, fast path) get (old, new)."""
         old, self.catalog = self.catalog, fresh
         for listener in self.on_swap:
             listener(old, fresh)
