@@ -47,10 +47,10 @@ WORKDIR /src
 COPY setup.py setup.cf[g] pyproject.tom[l] README.m[d] ./
 COPY hps/ hps/
 COPY twisted/plugins/hps_plugin.py twisted/plugins/
-# WHEELHOUSE: a directory of the build context holding every wheel hps needs (made on the host
-# with `pip wheel --wheel-dir wheelhouse . setuptools wheel`), for builds that cannot reach the
-# package index; pip then installs from it alone. Unset, pip uses the index as usual and the
-# COPY below only copies setup.py again (Dockerfiles have no conditional COPY).
+# WHEELHOUSE: a directory of the build context holding every wheel hps needs, for the image's
+# Python and platform (made where an index is reachable: docs/deploy.md), for builds that
+# cannot reach the package index; pip then installs from it alone. Unset, pip uses the index as
+# usual and the COPY below only copies setup.py again (Dockerfiles have no conditional COPY).
 ARG WHEELHOUSE=""
 COPY ${WHEELHOUSE:-setup.py} /tmp/wheelhouse/
 # twistd writes twisted/plugins/dropin.cache on first use; build it now, while the tree is
