@@ -61,8 +61,8 @@ class AccessLog:
         # Lines wait here until the site's sweep (or a full batch) writes them in one call:
         # under PYTHONUNBUFFERED a write per line is a syscall per response.
         self._lines: list[str] = []
-        self._tails: dict[tuple[bytes, bytes, bytes, int, int, bytes | None, bytes | None],
-                          str] = {}
+        self.tails: dict[tuple[bytes, bytes, bytes, int, int, bytes | None, bytes | None],
+                         str] = {}
 
     @property
     def enabled(self) -> bool:
@@ -120,14 +120,14 @@ class AccessLog:
         """Everything after the timestamp. Gateways repeat the same request and get the
         same response, so the escaped text is remembered rather than json-escaped again."""
         key = (method, uri, proto, status, nbytes, referer, agent)
-        tail = self._tails.get(key)
+        tail = self.tails.get(key)
         if tail is None:
             tail = (f'"{_quoted(method)} {_quoted(uri)} {_quoted(proto)}" {status} '
                     f'{nbytes or "-"} "{_quoted(referer)}" "{_quoted(agent)}"\n')
             if len(uri) + len(referer or b"") + len(agent or b"") < TAIL_KEY_LIMIT:
-                if len(self._tails) >= TAIL_CACHE:
-                    self._tails.clear()
-                self._tails[key] = tail
+                if len(self.tails) >= TAIL_CACHE:
+                    self.tails.clear()
+                self.tails[key] = tail
         return tail
 
     def _clf_time(self, now: float) -> str:

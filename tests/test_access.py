@@ -41,4 +41,4 @@ def test_long_headers_are_not_remembered() -> None:
     log = AccessLog("combined", stream=io.StringIO())
     record(log, b"x" * access.TAIL_KEY_LIMIT)
     record(log)
-    assert len(log._tails) == 1
+    assert len(log.tails) == 1

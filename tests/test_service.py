@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 
 from hps.config import Options
@@ -36,11 +37,13 @@ def test_other_descriptions_are_unchanged(description: str) -> None:
     assert with_backlog(description) == description
 
 
-def test_twisted_reads_the_result() -> None:
-    endpoint = serverFromString(MemoryReactor(), with_backlog("tcp:0:interface=127.0.0.1"))
-    assert endpoint._backlog == LISTEN_BACKLOG  # type: ignore[attr-defined]
-    endpoint = serverFromString(MemoryReactor(), with_backlog("tcp:0:backlog=7"))
-    assert endpoint._backlog == 7  # type: ignore[attr-defined]
+@pytest.mark.parametrize(("description", "backlog"), [
+    ("tcp:0:interface=127.0.0.1", LISTEN_BACKLOG), ("tcp:0:backlog=7", 7)])
+def test_twisted_listens_with_the_result(description: str, backlog: int) -> None:
+    reactor = MemoryReactor()
+    serverFromString(reactor, with_backlog(description)).listen(Factory())
+    (_, _, listened_with, _), = reactor.tcpServers
+    assert listened_with == backlog
 
 
 LISTEN_ERRORS = [

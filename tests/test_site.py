@@ -9,6 +9,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from hps._twisted import inner_channel
 from hps.catalog import identity_of, scan
 from hps.config import Config
 from hps.files import Source, open_verified
@@ -113,7 +114,7 @@ def test_at_the_cap_the_oldest_idle_connection_makes_room(make) -> None:
     site = make(max_connections=2)
     _, oldest = site.connect()
     busy, _ = site.connect()
-    busy._channel.response_began()  # answering: never evicted
+    inner_channel(busy).response_began()  # answering: never evicted
     _, newest = site.ask(HEALTHZ)
     assert oldest.disconnecting and oldest.value() == b""
     assert newest.value().startswith(b"HTTP/1.1 200 ")
@@ -123,7 +124,7 @@ def test_at_the_cap_the_oldest_idle_connection_makes_room(make) -> None:
 def test_when_everyone_is_answering_probes_still_get_through(make) -> None:
     site = make(max_connections=1)
     busy, _ = site.connect()
-    busy._channel.response_began()
+    inner_channel(busy).response_began()
     _, probe = site.ask(HEALTHZ)
     assert probe.value().startswith(b"HTTP/1.1 200 ") and probe.value().endswith(b"ok\n")
     assert b"\r\nConnection: close\r\n" in probe.value()
@@ -132,7 +133,7 @@ def test_when_everyone_is_answering_probes_still_get_through(make) -> None:
     assert b"\r\nRetry-After: 1\r\n" in download.value()
     # Probe slots held by busy connections run out; then shedding is a 503, not a reset.
     for _ in range(PROBE_RESERVE):
-        site.connect()[0]._channel.response_began()
+        inner_channel(site.connect()[0]).response_began()
     _, shed = site.connect()
     assert shed.value().startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in shed.value()
 
@@ -144,7 +145,7 @@ def test_open_files_count_against_the_descriptor_budget(make, tmp_path: Path) ->
     site = make(max_connections=10, descriptors=Source.open + 1)  # room for one socket
     site.site.open_files = lambda: Source.open  # as make_service wires it
     busy, _ = site.connect()
-    busy._channel.response_began()
+    inner_channel(busy).response_began()
     _, second = site.ask(b"GET /plugins/ HTTP/1.1\r\nHost: x\r\n\r\n")
     assert second.value().startswith(b"HTTP/1.1 503 "), "two files and a socket: no room"
     del held
