@@ -17,6 +17,8 @@ import sys
 import time
 from typing import TextIO
 
+from twisted.internet.interfaces import IReactorTime
+
 
 def client_address(peer: str, forwarded: bytes | None, trust_forwarded: bool) -> str:
     """Who to name in the log: the peer, or the proxy's rightmost X-Forwarded-For entry."""
@@ -51,7 +53,11 @@ class AccessLog:
     """Formats and writes access lines; ``style`` is combined, json or off."""
 
     def __init__(self, style: str = "combined", trust_forwarded: bool = False,
-                 stream: TextIO | None = None) -> None:
+                 stream: TextIO | None = None, clock: IReactorTime | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock: IReactorTime = clock
+        """Where a line's time comes from: the service's reactor (a test's moves when told)."""
         self.style = style
         self.trust_forwarded = trust_forwarded
         # twistd swaps sys.stdout for a logging file; access lines go to the real one.
@@ -74,7 +80,7 @@ class AccessLog:
         """Log one response. Call it once the response is finished or cut."""
         line = self.line(peer=peer, forwarded=forwarded, method=method, uri=uri, proto=proto,
                          status=status, nbytes=nbytes, referer=referer, agent=agent,
-                         aborted=aborted, now=time.time())
+                         aborted=aborted, now=self.clock.seconds())
         if line is not None:
             self.add(line)
 

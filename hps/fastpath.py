@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,9 +172,6 @@ class Clock:
         self.second = -1
         self.value = b""
 
-    def now(self) -> bytes:
-        return self.at(int(time.time()))
-
     def at(self, second: int) -> bytes:
         """The ``Date`` value for ``second`` (seconds since the epoch)."""
         if second != self.second:
@@ -234,7 +230,7 @@ class ArtifactFastPath:
         if opened is None:
             return False  # twisted.web answers the 503 (and logs why)
         variant, source = opened
-        second = int(time.time())
+        second = int(channel.now())
         body = not parsed.head
         flushed = send_head(channel, self.opening(artifact, variant, parsed.close,
                                                   parsed.head, second), body)
@@ -363,7 +359,7 @@ class Reply:
         channel.fast_reply = None
         channel.unregisterProducer()
         channel.response_ended()
-        self.path.account(channel, self.parsed, self.sent, int(time.time()))
+        self.path.account(channel, self.parsed, self.sent, int(channel.now()))
         # A drain that began meanwhile wants the connection closed once this response is out.
         if self.parsed.close or self.path.state.draining or not channel.persistent:
             channel.loseConnection()  # unregisters itself first, else the close waits forever

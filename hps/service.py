@@ -172,7 +172,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     roots = [config.root, cache_tree(config.cache_dir)] if upstream else [config.root]
     site = PluginSite(Root(state, transfer, misses, upstream, reactor), state=state,
                       limits=Limits.from_config(config),
-                      access=AccessLog(config.access_log, config.trust_forwarded),
+                      access=AccessLog(config.access_log, config.trust_forwarded, clock=reactor),
                       reactor=reactor, open_files=lambda: Source.open)
     fastpath.install(state, site, transfer)
     # Access lines are batched between sweeps; the last ones (drain, disconnectAll) go

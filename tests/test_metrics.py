@@ -76,12 +76,13 @@ def test_access_log_json_ignores_forwarded_unless_trusted(tree: Tree, harness) -
     plain.get("/healthz", X_Forwarded_For="203.0.113.9")
     (line,) = plain.access_lines()
     entry = json.loads(line)
-    assert entry["client"] == "127.0.0.1" and entry["time"].endswith("Z")
+    assert entry["client"] == "127.0.0.1" and entry["time"] == "2023-11-14T22:13:20Z"
     assert entry["status"] == 200
     trusting = harness(tree.root, access_log="combined", trust_forwarded=True)
     trusting.get("/healthz", X_Forwarded_For="198.51.100.1, 203.0.113.9")
     (line,) = trusting.access_lines()
-    assert re.match(r'^203\.0\.113\.9 - - \[.+\] "GET /healthz HTTP/1\.1" 200 3 ', line), line
+    assert line.startswith('203.0.113.9 - - [14/Nov/2023:22:13:20 +0000] "GET /healthz HTTP/1.1" '
+                           '200 3 '), line
     quiet = harness(tree.root, access_log="off")
     quiet.get("/healthz")
     assert quiet.access_lines() == []

@@ -47,6 +47,9 @@ from hps.service import make_service
 from hps.site import SWEEP_SECONDS, PluginSite
 from hps.watch import Watcher
 
+START = 1_700_000_000.0
+"""The harness clock's first reading (2023-11-14T22:13:20Z): log lines have known times."""
+
 SEND_BUFFER = 65536
 """Bytes a server transport holds before it pauses its producer (``FileDescriptor``'s
 ``bufferSize``): what a client that stops reading leaves in the server."""
@@ -92,6 +95,7 @@ class Reactor(MemoryReactorClock):
 
     def __init__(self) -> None:
         super().__init__()
+        self.advance(START)
         self.pool = Pool()
         self.from_threads: list[tuple[Callable[..., Any], tuple, dict]] = []
 
