@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
 
+from hps import urls
 from hps.guard import (
     MODULE_FILE,
     accept_name,
@@ -54,7 +55,7 @@ class Artifact:
 
     @property
     def url(self) -> str:
-        return f"/plugins/{self.name}/{self.version}/{MODULE_FILE}"
+        return urls.file_url(self.name, self.version)
 
     @property
     def etag(self) -> str:

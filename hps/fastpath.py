@@ -14,7 +14,7 @@ disagree on where a request ends (the root of request smuggling):
   pipelined second request, at most MAX_REQUEST bytes and MAX_HEADERS lines;
 - ``GET`` or ``HEAD``, ``HTTP/1.1``, target exactly
   ``/plugins/<name>/<version>/plugin.wasm`` in characters needing no decoding
-  (no ``%``, no ``?``, no dot-first segments);
+  (no ``%``, no ``?``, no dot-first segments; :func:`hps.urls.module_target`);
 - every header line is ``token: value`` with visible ASCII/obs-text and tabs
   (no obs-fold, no bare CR or LF, no NUL); exactly one valid Host (the rules of
   :mod:`hps.head`, which the channel applies to everything else);
@@ -51,6 +51,7 @@ from hps.sender import Sender, zero_copy
 from hps.site import SERVER_NAME, PluginChannel
 from hps.state import ServerState
 from hps.transfer import Transfer, Variant, variant_headers
+from hps.urls import LISTING, module_target
 
 MAX_REQUEST = 8192
 MAX_HEADERS = 64
@@ -61,9 +62,6 @@ PARSED_KEY_LIMIT = 1024
 are remembered by request bytes: at most PARSED_CACHE requests of under
 PARSED_KEY_LIMIT bytes each (a Go client's request is ~150 bytes), so well under 1 MiB."""
 
-_TARGET = re.compile(
-    rb"/plugins/([a-z0-9][a-z0-9._-]{0,127})/([0-9A-Za-z][0-9A-Za-z.+-]{0,127})/plugin\.wasm\Z"
-)
 _FIELD = re.compile(
     rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
     rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*\Z"
@@ -73,7 +71,7 @@ _REFUSED = frozenset({
     b"http2-settings", b"te", b"trailer",
 })
 _SINGLE = (b"host", b"accept-encoding", b"connection")
-_PREFIXES = (b"GET /plugins/", b"HEAD /plugins/")
+_PREFIXES = (b"GET " + LISTING.encode(), b"HEAD " + LISTING.encode())
 
 
 @dataclass(frozen=True)
@@ -105,15 +103,15 @@ def parse_request(data: bytes) -> Parsed | None:
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or len(lines) > MAX_HEADERS:
         return None
-    target = _TARGET.match(parts[1])
+    target = module_target(parts[1])
     if target is None:
         return None
     headers = _parse_fields(lines[1:])
     if headers is None:
         return None
     connection = headers.get(b"connection")
-    return Parsed(parts[0], parts[1], target.group(1).decode(), target.group(2).decode(),
-                  headers, not keeps_alive(b"HTTP/1.1", connection and [connection]),
+    return Parsed(parts[0], parts[1], *target, headers,
+                  not keeps_alive(b"HTTP/1.1", connection and [connection]),
                   accepts_gzip(headers.get(b"accept-encoding")), parts[0] == b"HEAD")
 
 

@@ -27,6 +27,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hps import urls
+from hps.guard import MODULE_FILE
+
 # ``*_created`` series double the scrape for no use here; the setting is process-wide.
 disable_created_metrics()
 
@@ -147,24 +150,18 @@ def route_kind(path: str, status: int) -> str:
             return "ready"
         case "/metrics":
             return "metrics"
-    if path.startswith("/plugins/"):
-        for suffix, kind in _SUFFIXES:
-            if path.endswith(suffix):
-                return kind
-        return "listing"
+    if path.startswith(urls.LISTING):
+        return _FILE_KINDS.get(path.rsplit("/", 1)[1], "listing")
     return "other"
 
 
-_SUFFIXES = (("/plugin.wasm", "artifact"), ("/metadata.txt", "metadata"),
-             ("/index.json", "index"))
+_FILE_KINDS = {MODULE_FILE: "artifact", urls.METADATA_FILE: "metadata", urls.INDEX_FILE: "index"}
 
 
 def artifact_of(uri: bytes) -> tuple[str, str]:
     """``(name, version)`` from ``/plugins/<name>/<version>/plugin.wasm[?query]``."""
-    parts = uri.split(b"?", 1)[0].decode("latin-1").split("/")
-    if len(parts) == 5 and parts[1] == "plugins":
-        return parts[2], parts[3]
-    return "", ""
+    found = urls.split_file_path(uri.decode("latin-1"))
+    return (found[0], found[1]) if found else ("", "")
 
 
 def observe_response(route: str, status: int, nbytes: int) -> None:

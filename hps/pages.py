@@ -12,7 +12,9 @@ from collections.abc import Iterable
 
 from twisted.web.template import Tag, flattenString, tags
 
+from hps import urls
 from hps.catalog import Artifact, Catalog, utc
+from hps.guard import MODULE_FILE
 from hps.misses import Miss
 
 STYLE = """
@@ -45,10 +47,10 @@ def human_size(size: int) -> str:
 
 
 def _crumbs(*parts: str) -> Tag:
-    links: list[Tag | str] = [tags.a(href="/")("home"), " / ", tags.a(href="/plugins/")("plugins")]
-    href = "/plugins/"
-    for part in parts:
-        href += f"{part}/"
+    links: list[Tag | str] = [tags.a(href="/")("home"), " / ",
+                              tags.a(href=urls.LISTING)(urls.PLUGINS)]
+    for depth, part in enumerate(parts, 1):
+        href = urls.plugin_url(part) if depth == 1 else urls.version_url(*parts[:2])
         links += [" / ", tags.a(href=href)(part)]
     return tags.p(class_="crumbs")(*links)
 
@@ -69,7 +71,7 @@ _HEAD = tags.tr(tags.th("module"), tags.th("size"), tags.th("SHA-256"), tags.th(
 def plugins_page(catalog: Catalog) -> bytes:
     rows = [
         tags.tr(
-            tags.td(tags.a(href=f"/plugins/{name}/")(name)),
+            tags.td(tags.a(href=urls.plugin_url(name))(name)),
             tags.td(", ".join(a.version for a in catalog.versions(name))),
         )
         for name in catalog.names()
@@ -77,26 +79,26 @@ def plugins_page(catalog: Catalog) -> bytes:
     return render_html("Plugins", [
         _crumbs(),
         tags.p(f"{len(catalog.names())} plugins, {len(catalog)} modules. ",
-               tags.a(href="/plugins/index.json")("index.json")),
+               tags.a(href=urls.index_url())(urls.INDEX_FILE)),
         tags.table(tags.tr(tags.th("plugin"), tags.th("versions")), *rows),
     ])
 
 
 def plugin_page(catalog: Catalog, name: str) -> bytes:
-    rows = [_artifact_row(a, f"{a.version}/plugin.wasm") for a in catalog.versions(name)]
+    rows = [_artifact_row(a, f"{a.version}/{MODULE_FILE}") for a in catalog.versions(name)]
     return render_html(f"Plugin {name}", [
         _crumbs(name),
-        tags.p(tags.a(href=f"/plugins/{name}/index.json")("index.json")),
+        tags.p(tags.a(href=urls.index_url(name))(urls.INDEX_FILE)),
         tags.table(_HEAD, *rows),
     ])
 
 
 def version_page(artifact: Artifact) -> bytes:
-    base = f"/plugins/{artifact.name}/{artifact.version}/"
+    metadata = urls.file_url(artifact.name, artifact.version, urls.METADATA_FILE)
     return render_html(f"{artifact.name} {artifact.version}", [
         _crumbs(artifact.name, artifact.version),
-        tags.table(_HEAD, _artifact_row(artifact, "plugin.wasm"),
-                   tags.tr(tags.td(tags.a(href=base + "metadata.txt")("metadata.txt")))),
+        tags.table(_HEAD, _artifact_row(artifact, MODULE_FILE),
+                   tags.tr(tags.td(tags.a(href=metadata)(urls.METADATA_FILE)))),
     ])
 
 
@@ -104,8 +106,8 @@ def console_lines(base_url: str) -> list[str]:
     """The settings an operator pastes into the Higress Console and Controller."""
     return [
         "HIGRESS_ADMIN_WASM_PLUGIN_CUSTOM_IMAGE_URL_PATTERN="
-        f"{base_url}/plugins/${{name}}/${{version}}/plugin.wasm",
-        f"MCP_SERVER_WASM_IMAGE_URL={base_url}/plugins/mcp-server/1.0.0/plugin.wasm",
+        f"{base_url}{urls.file_url('${name}', '${version}')}",
+        f"MCP_SERVER_WASM_IMAGE_URL={base_url}{urls.file_url('mcp-server', '1.0.0')}",
     ]
 
 
@@ -114,7 +116,7 @@ def landing_page(catalog: Catalog, base_url: str, missing: list[Miss] | None = N
     """``pull_through``: (templates, allowed name patterns), or None when it is off."""
     return render_html("Higress plugin server", [
         tags.p(f"Serving {len(catalog.names())} plugins ({len(catalog)} modules). ",
-               tags.a(href="/plugins/")("Browse /plugins/"), "."),
+               tags.a(href=urls.LISTING)(f"Browse {urls.LISTING}"), "."),
         _pull_through(pull_through),
         tags.h2("Wire Higress to this server"),
         tags.p("Set on the Higress Console (first line) and the Higress Controller (second):"),

@@ -18,7 +18,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from hps import listings, metrics, pages
+from hps import listings, metrics, pages, urls
 from hps.catalog import Artifact, Catalog
 from hps.guard import MODULE_FILE, Verdict, accept_name, accept_version, judge_path
 from hps.misses import Misses
@@ -29,8 +29,6 @@ from hps.upstream import RETRY_AFTER, Missing, Upstream
 ALLOWED = b"GET, HEAD"
 NO_STORE = "no-store"
 SHORT = listings.CACHE_CONTROL.decode()
-METADATA_FILE = "metadata.txt"
-PLUGIN_FILES = (MODULE_FILE, METADATA_FILE)
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -115,20 +113,20 @@ class Root(Resource):
                 return self.readiness
             case ["metrics"]:
                 return lambda request: reply(request, http.OK, *metrics.exposition())
-            case ["plugins"]:
-                return redirect("/plugins/")
-            case ["plugins", ""]:
+            case [urls.PLUGINS]:
+                return redirect(urls.LISTING)
+            case [urls.PLUGINS, ""]:
                 return self.listing(catalog, ("plugins",), HTML, heavy=True,
                                     make=lambda: pages.plugins_page(catalog))
-            case ["plugins", "index.json"]:
+            case [urls.PLUGINS, urls.INDEX_FILE]:
                 missing = self.missing()  # read here, on the reactor thread
                 return self.listing(catalog, ("index",), JSON, heavy=True,
                                     make=lambda: pages.index_json(catalog, missing=missing))
-            case ["plugins", name, version, file] if file in PLUGIN_FILES and (
+            case [urls.PLUGINS, name, version, file] if file in urls.PLUGIN_FILES and (
                     catalog.get(name, version) is None
                     and accept_name(name) and accept_version(version)):
                 return self.miss(name, version, file)
-            case ["plugins", name, *rest] if catalog.versions(name):
+            case [urls.PLUGINS, name, *rest] if catalog.versions(name):
                 return self.route_plugin(name, rest)
         return None
 
@@ -136,11 +134,11 @@ class Root(Resource):
         catalog = self.state.catalog
         match rest:
             case []:
-                return redirect(f"/plugins/{name}/")
+                return redirect(urls.plugin_url(name))
             case [""]:
                 return self.listing(catalog, ("plugin", name), HTML,
                                     make=lambda: pages.plugin_page(catalog, name))
-            case ["index.json"]:
+            case [urls.INDEX_FILE]:
                 return self.listing(catalog, ("index", name), JSON,
                                     make=lambda: pages.index_json(catalog, [name]))
         artifact = catalog.get(name, rest[0])
@@ -148,11 +146,11 @@ class Root(Resource):
             return None
         match rest[1:]:
             case []:
-                return redirect(f"/plugins/{name}/{artifact.version}/")
+                return redirect(urls.version_url(name, artifact.version))
             case [""]:
                 return self.listing(catalog, ("version", name, artifact.version), HTML,
                                     make=lambda: pages.version_page(artifact))
-            case [file] if file in PLUGIN_FILES:
+            case [file] if file in urls.PLUGIN_FILES:
                 return self.file_page(artifact, file)
         return None
 

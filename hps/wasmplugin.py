@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from hps import urls
 from hps.guard import MODULE_FILE, accept_name, accept_version, is_wasm_module, within_root
 
 API_VERSION = "extensions.higress.io/v1alpha1"
@@ -115,7 +116,7 @@ def artifact_url(base_url: str, name: str, version: str) -> str:
         raise WasmPluginError(f"--base-url must be an http:// or https:// URL, not {base_url!r}")
     if parts.query or parts.fragment:
         raise WasmPluginError("--base-url must not carry a query or fragment")
-    return f"{base_url.rstrip('/')}/plugins/{name}/{version}/{MODULE_FILE}"
+    return base_url.rstrip("/") + urls.file_url(name, version)
 
 
 def resource_name(name: str, version: str) -> str:
