@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
+from typing import BinaryIO
 
 from hps import urls
 from hps.guard import (
@@ -134,6 +135,40 @@ def unloaded(root: str) -> Catalog:
 
 class Skip(Exception):
     """A file or directory in the tree that is not an artifact, and why."""
+
+
+MIN_MODULE = 8
+"""The magic and the version field: anything shorter is no WebAssembly module."""
+
+
+class NotAModule(Skip):
+    """Bytes that are not a WebAssembly module (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Digests:
+    size: int
+    md5: str
+    sha256: str
+
+
+def examine_module(handle: BinaryIO) -> Digests:
+    """The one test of "is this a WebAssembly module, and what are its digests": read an
+    open file from where it is to its end. The catalog, ``hps pull --use-local`` and
+    ``hps wasmplugin`` all ask it. Raises :class:`NotAModule`."""
+    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    head = handle.read(_CHUNK)
+    if len(head) < MIN_MODULE:
+        raise NotAModule(f"not a WebAssembly module ({len(head)} bytes)")
+    if not is_wasm_module(head):
+        raise NotAModule("not a WebAssembly module (no \\0asm magic)")
+    size = 0
+    while head:
+        md5.update(head)
+        sha256.update(head)
+        size += len(head)
+        head = handle.read(_CHUNK)
+    return Digests(size, md5.hexdigest(), sha256.hexdigest())
 
 
 def scan(root: str, previous: Catalog | None = None) -> Catalog:
@@ -259,20 +294,11 @@ def _examine(root: str, name: str, version: str, path: str, known: dict) -> Arti
                             cached.md5, cached.sha256, identity, alias)
         if info.st_size == 0:
             raise Skip("empty file")
-        md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-        head = handle.read(_CHUNK)
-        if not is_wasm_module(head):
-            raise Skip("not a WebAssembly module (no \\0asm magic)")
-        size = 0
-        while head:
-            md5.update(head)
-            sha256.update(head)
-            size += len(head)
-            head = handle.read(_CHUNK)
-    if size != info.st_size:
+        digests = examine_module(handle)
+    if digests.size != info.st_size:
         raise Skip("changed while being read")
-    return Artifact(name, version, real, size, info.st_mtime,
-                    md5.hexdigest(), sha256.hexdigest(), identity, alias)
+    return Artifact(name, version, real, digests.size, info.st_mtime,
+                    digests.md5, digests.sha256, identity, alias)
 
 
 def _alias(rel_real: str, name: str, version: str) -> str | None:

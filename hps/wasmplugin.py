@@ -13,7 +13,6 @@ this works on a bastion host before the server is even deployed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import sys
@@ -24,13 +23,13 @@ from urllib.parse import urlsplit
 import yaml
 
 from hps import urls
-from hps.guard import MODULE_FILE, accept_name, accept_version, is_wasm_module, within_root
+from hps.catalog import NotAModule, examine_module
+from hps.guard import MODULE_FILE, accept_name, accept_version, within_root
 
 API_VERSION = "extensions.higress.io/v1alpha1"
 PHASES = ("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS")
 DEFAULT_NAMESPACE = "higress-system"
 DEFAULT_ROOT = "plugins"
-_CHUNK = 1 << 20
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 
 
@@ -94,19 +93,14 @@ def module_path(root: str, name: str, version: str) -> Path:
 
 
 def module_digest(path: Path) -> str:
-    """SHA-256 of the module, streamed; refused unless it is WebAssembly."""
-    digest = hashlib.sha256()
+    """SHA-256 of the module, streamed; refused unless it is WebAssembly (the catalog's test)."""
     try:
         with path.open("rb") as handle:
-            head = handle.read(_CHUNK)
-            if not is_wasm_module(head):
-                raise WasmPluginError(f"{path} is not a WebAssembly module")
-            while head:
-                digest.update(head)
-                head = handle.read(_CHUNK)
+            return examine_module(handle).sha256
+    except NotAModule:
+        raise WasmPluginError(f"{path} is not a WebAssembly module") from None
     except OSError as err:
         raise WasmPluginError(f"cannot read {path}: {err.strerror}") from None
-    return digest.hexdigest()
 
 
 def artifact_url(base_url: str, name: str, version: str) -> str:

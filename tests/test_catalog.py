@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 from pathlib import Path
@@ -11,7 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hps.catalog import Catalog, scan, unloaded, version_key
+from hps.catalog import (
+    MIN_MODULE,
+    Catalog,
+    NotAModule,
+    examine_module,
+    scan,
+    unloaded,
+    version_key,
+)
 from tests.support.server import Tree, wasm_bytes
 
 
@@ -130,3 +139,13 @@ def test_version_order_is_numeric(triples: list[tuple[int, int, int]]) -> None:
     assert [tuple(map(int, v.split("."))) for v in sorted(texts, key=version_key)] == sorted(
         triples
     )
+
+
+def test_examine_module_is_the_one_test_of_a_module() -> None:
+    data = b"\0asm\1\0\0\0" + bytes(range(256)) * 5000  # more than one read
+    digests = examine_module(io.BytesIO(data))
+    assert (digests.size, digests.sha256, digests.md5) == (
+        len(data), hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest())
+    for bad in (b"", b"\0asm\1\0\0"[:MIN_MODULE - 1], b"<html>not a module</html>"):
+        with pytest.raises(NotAModule, match="not a WebAssembly module"):
+            examine_module(io.BytesIO(bad))

@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
+from hps.catalog import MIN_MODULE
 from hps.guard import is_wasm_module
 from hps.pull.auth import Credentials
 from hps.pull.errors import AuthNeeded, DigestMismatch, NotFound, NotWasm, PullError, Unreachable
-from hps.pull.tree import MIN_MODULE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

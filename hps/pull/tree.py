@@ -14,7 +14,6 @@ same bytes on every machine and run (no name, mtime 0 in the gzip header).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import re
 import shutil
@@ -24,12 +23,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
-from hps.guard import MODULE_FILE, is_wasm_module, within_root
+from hps.catalog import NotAModule, examine_module
+from hps.guard import MODULE_FILE, within_root
 from hps.pull.errors import NotWasm, PullError
 
 CHUNK = 1024 * 1024
 GZIP_FILE = MODULE_FILE + ".gz"
-MIN_MODULE = 8  # the magic and the version field: anything shorter is no Wasm module
 # What our own staging leaves behind when a pull is killed (SIGKILL, power loss).
 _OUR_TEMPORARY = re.compile(r"\.(?:plugin\.wasm|plugin\.wasm\.gz|[^/]+\.json)\.[^/]+\.tmp\Z")
 
@@ -148,17 +147,12 @@ def read_local(root: Path, name: str, version: str) -> tuple[int, str] | None:
         return None
     if not within_root(str(path), str(root)):
         raise PullError(f"local {path} points outside {root}")
-    digest = hashlib.sha256()
-    size = 0
     with path.open("rb") as source:
-        head = source.read(MIN_MODULE)
-        if len(head) < MIN_MODULE or not is_wasm_module(head):
-            raise NotWasm(f"local {path} is not a Wasm module")
-        source.seek(0)
-        while chunk := source.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+        try:
+            digests = examine_module(source)
+        except NotAModule:
+            raise NotWasm(f"local {path} is not a Wasm module") from None
+    return digests.size, digests.sha256
 
 
 def make_dirs(root: Path, directory: Path) -> None:
