@@ -46,9 +46,10 @@ from hps._twisted import inner_channel, wake_when_writable
 from hps.catalog import Artifact, Catalog
 from hps.files import Source
 from hps.head import host_ok, keeps_alive
+from hps.headers import EVERY_RESPONSE_LINES
 from hps.negotiate import accepts_gzip
 from hps.sender import Sender, zero_copy
-from hps.site import SERVER_NAME, PluginChannel
+from hps.site import PluginChannel
 from hps.state import ServerState
 from hps.transfer import Transfer, Variant, variant_headers
 from hps.urls import LISTING, module_target
@@ -288,7 +289,6 @@ class ArtifactFastPath:
         if fixed is None:
             pairs = variant_headers(artifact, variant, self.transfer.policy)
             lines = [b"%s: %s\r\n" % pair for pair in pairs]
-            lines.append(b"X-Content-Type-Options: nosniff\r\n")
             lines.append(b"Content-Length: %d\r\n" % variant.size)
             fixed = self.blocks[key] = b"".join(lines)
         return fixed
@@ -302,7 +302,7 @@ class ArtifactFastPath:
         if cached is not None and cached[0] is date:
             return cached[1]
         block = b"".join((
-            b"HTTP/1.1 200 OK\r\nServer: ", SERVER_NAME, b"\r\nDate: ", date, b"\r\n",
+            b"HTTP/1.1 200 OK\r\n", EVERY_RESPONSE_LINES, b"Date: ", date, b"\r\n",
             self.fixed_headers(artifact, variant),
             b"Connection: close\r\n\r\n" if close else b"\r\n",
         ))

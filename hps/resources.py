@@ -92,7 +92,6 @@ class Root(Resource):
             config.cache_max_age, config.immutable, config.gzip))
 
     def render(self, request: Request) -> bytes | int:
-        request.setHeader(b"x-content-type-options", b"nosniff")
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", ALLOWED)
             return text(request, http.NOT_ALLOWED, "method not allowed\n")

@@ -58,12 +58,12 @@ from hps._twisted import (
 )
 from hps.access import AccessLog
 from hps.head import host_ok, keeps_alive, origin_form
+from hps.headers import EVERY_RESPONSE, EVERY_RESPONSE_LINES, SERVER
 
 if TYPE_CHECKING:
     from hps.config import Config
     from hps.state import ServerState
 
-SERVER_NAME = b"hps"
 MAX_HEADERS = 100
 MAX_HEAD_BYTES = 16384
 MAX_BODY = 1024
@@ -80,8 +80,8 @@ Canned = tuple[bytes, bytes, bytes]
 def canned(reply: Canned, head: bool = False) -> bytes:
     """A complete, closing HTTP/1.1 response; no body when it answers a HEAD."""
     status, body, extra = reply
-    return (b"HTTP/1.1 " + status + b"\r\nServer: " + SERVER_NAME
-            + b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "
+    return (b"HTTP/1.1 " + status + b"\r\n" + EVERY_RESPONSE_LINES
+            + b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: "
             + str(len(body)).encode() + b"\r\nConnection: close\r\n" + extra + b"\r\n"
             + (b"" if head else body))
 
@@ -170,11 +170,12 @@ def refuses_body(method: bytes, length: int | None) -> bool:
 
 
 class PluginRequest(Request):
-    """A request that never names the Twisted version in ``Server``, and is counted."""
+    """A request that carries :mod:`hps.headers` (never the Twisted version in ``Server``),
+    and is counted."""
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         if name in (b"Server", b"server", "Server", "server"):
-            value = SERVER_NAME
+            value = SERVER  # twisted.web's process() sets its own
         super().setHeader(name, value)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -202,6 +203,8 @@ class PluginRequest(Request):
             producer.stopProducing()
 
     def process(self) -> None:
+        for name, value in EVERY_RESPONSE:
+            self.setHeader(name, value)
         site = self.channel.site
         site.request_began(self)
         self.notifyFinish().addBoth(site.request_ended, self)
@@ -216,6 +219,8 @@ class ProbeRequest(PluginRequest):
             super().process()
             return
         metrics.observe_shed()
+        for name, value in EVERY_RESPONSE:
+            self.setHeader(name, value)
         status, body, _ = SHED
         self.setResponseCode(int(status[:3]))
         self.setHeader(b"retry-after", b"1")

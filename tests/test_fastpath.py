@@ -110,6 +110,7 @@ def test_fast_path_sends_the_file_and_stays_ready(rig: Rig) -> None:
     proto.dataReceived(GET + b"\r\n")
     head, body = response(rig, server, peer, len(rig.body))
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nServer: hps\r\n" in head and b"\r\nX-Content-Type-Options: nosniff\r\n" in head
     assert b"Content-Length: %d" % len(rig.body) in head
     assert body == rig.body
     channel = inner_channel(proto)
