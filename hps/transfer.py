@@ -98,12 +98,14 @@ class Transfer:
         self.files = files or FileTable()
         self.variants = variants
         self.unreadable: set[tuple[str, Identity]] = set()
+        self.chosen: dict[int, tuple[object, Variant]] = {}
 
     def on_swap(self, old: Catalog, new: Catalog) -> None:
         """Close (once no response holds them) the files no artifact of ``new`` names."""
         live = {(a.path, a.identity) for a in new.artifacts.values()}
         self.files.forget_except(live | self.variant_files())
         self.unreadable &= live  # one line per unreadable file, across rescans
+        self.chosen.clear()
 
     def variant_files(self) -> set[tuple[str, Identity]]:
         if self.variants is None:
@@ -117,11 +119,20 @@ class Transfer:
 
     def choose(self, artifact: Artifact, wants_gzip: bool) -> Variant:
         """gzip when enabled, accepted and ready; identity otherwise."""
+        found = None
         if self.policy.gzip and wants_gzip and self.variants is not None:
             found = self.variants.get(artifact)
-            if found is not None:
-                return Variant(gzip_etag(artifact.etag).encode(), b"gzip", found.size, found)
-        return identity_variant(artifact)
+        # Built once per artifact and variant file: every download of a module asks again.
+        origin: object = artifact if found is None else found
+        memo = self.chosen.get(id(origin))
+        if memo is not None and memo[0] is origin:  # it holds origin: the id is not reused
+            return memo[1]
+        if found is None:
+            variant = identity_variant(artifact)
+        else:
+            variant = Variant(gzip_etag(artifact.etag).encode(), b"gzip", found.size, found)
+        self.chosen[id(origin)] = (origin, variant)
+        return variant
 
     def open(self, artifact: Artifact, wants_gzip: bool,
              quiet: bool = False) -> tuple[Variant, Source] | None:
