@@ -44,12 +44,12 @@ from twisted.web import http
 
 from hps._twisted import inner_channel, wake_when_writable
 from hps.catalog import Artifact, Catalog
+from hps.channel import PluginChannel
 from hps.files import Source
 from hps.head import host_ok, keeps_alive
 from hps.headers import EVERY_RESPONSE_LINES
 from hps.negotiate import accepts_gzip
 from hps.sender import Sender, zero_copy
-from hps.site import PluginChannel
 from hps.state import ServerState
 from hps.transfer import Transfer, Variant, variant_headers
 from hps.urls import LISTING, module_target
@@ -179,7 +179,7 @@ class Clock:
 
 
 class ArtifactFastPath:
-    """Implements ``hps.site.FastPath`` for artifact downloads."""
+    """Implements ``hps.channel.FastPath`` for artifact downloads."""
 
     log = Logger()
 

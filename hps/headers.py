@@ -1,8 +1,8 @@
 """The headers every response carries, whoever writes it.
 
-Three writers answer clients: twisted.web's requests (:class:`hps.site.PluginRequest`),
+Three writers answer clients: twisted.web's requests (:class:`hps.channel.PluginRequest`),
 the fast path's prebuilt blocks (:mod:`hps.fastpath`) and the canned replies written
-before either parses a request (:func:`hps.site.canned`). Each takes these from here:
+before either parses a request (:func:`hps.canned.canned`). Each takes these from here:
 the server never names its software version, and no browser sniffs a type.
 """
 

@@ -24,9 +24,10 @@ from hps.access import AccessLog
 from hps.config import Config, ConfigError, fail
 from hps.drain import Drain
 from hps.files import Source
+from hps.limits import Limits
 from hps.misses import Misses
 from hps.resources import Root
-from hps.site import Limits, PluginSite
+from hps.site import PluginSite
 from hps.state import ServerState
 from hps.transfer import Policy, Transfer
 from hps.upstream import cache_tree, make_upstream
