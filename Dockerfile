@@ -65,12 +65,13 @@ RUN if [ -n "$WHEELHOUSE" ]; then set -- --no-index --find-links /tmp/wheelhouse
 
 # hps pull fills /srv/plugins with this repository's default inventory (plugins/*.properties).
 # PLUGIN_REGISTRY=HOST[:PORT] pulls every reference from that registry instead (an internal
-# mirror holding the same repositories); PLUGIN_PLAIN_HTTP=true talks plain HTTP to it (a lab
-# registry). USE_LOCAL_PLUGINS=true: plugins/<name>/<version>/plugin.wasm in the build context
+# mirror holding the same repositories), and PLUGIN_NAMESPACE=NS moves them under NS there
+# (hps pull --namespace); PLUGIN_PLAIN_HTTP=true talks plain HTTP to it (a lab registry). USE_LOCAL_PLUGINS=true: plugins/<name>/<version>/plugin.wasm in the build context
 # win over a download of the same name and version, as upstream. The bundled samples built by
 # tools/make_samples.py are test fixtures that do nothing at request time: they are never
 # copied, or a gateway could load a no-op under a real plugin's name.
 ARG PLUGIN_REGISTRY=""
+ARG PLUGIN_NAMESPACE=""
 ARG PLUGIN_PLAIN_HTTP=false
 ARG USE_LOCAL_PLUGINS=false
 COPY plugins/ plugins/
@@ -81,6 +82,7 @@ RUN mkdir -p /srv/plugins; \
         set -- "$@" --lock plugins/plugins.lock.json --locked; \
     fi; \
     if [ -n "$PLUGIN_REGISTRY" ]; then set -- "$@" --registry "$PLUGIN_REGISTRY"; fi; \
+    if [ -n "$PLUGIN_NAMESPACE" ]; then set -- "$@" --namespace "$PLUGIN_NAMESPACE"; fi; \
     if [ "$PLUGIN_PLAIN_HTTP" = "true" ]; then set -- "$@" --plain-http; fi; \
     if [ "$USE_LOCAL_PLUGINS" = "true" ]; then \
         for module in plugins/*/*/plugin.wasm; do \

@@ -2,14 +2,15 @@
 
 The Dockerfile is built with buildah (no Docker daemon here) on a Debian base made from
 Debian's own packages by mmdebstrap, with the wheels built on this host (``WHEELHOUSE``) and
-the default inventory pulled from a loopback registry (``PLUGIN_REGISTRY``,
-``PLUGIN_PLAIN_HTTP``), once with ``USE_LOCAL_PLUGINS=false`` and once with ``true`` (the
-second build reuses the first one's layers up to the pull). Each image then runs the way
-Higress's Helm chart runs the plugin server: no command, no args, no volumes, its own user;
-once with a read-only root (``readOnlyRootFilesystem``, nothing mounted: the server must cope
-without its cache directory) and once with a writable one (the chart sets no securityContext).
-The test downloads modules and checks their SHA-256, runs the image's HEALTHCHECK, sends
-SIGTERM and wants exit 0, and reports the image's size and build time.
+the default inventory pulled from a loopback registry under its own namespace
+(``PLUGIN_REGISTRY``, ``PLUGIN_NAMESPACE``, ``PLUGIN_PLAIN_HTTP``), once with
+``USE_LOCAL_PLUGINS=false`` and once with ``true`` (the second build reuses the first one's
+layers up to the pull). Each image then runs the way Higress's Helm chart runs the plugin
+server: no command, no args, no volumes, its own user; once with a read-only root
+(``readOnlyRootFilesystem``, nothing mounted: the server must cope without its cache directory)
+and once with a writable one (the chart sets no securityContext). The test downloads modules
+and checks their SHA-256, runs the image's HEALTHCHECK, sends SIGTERM and wants exit 0, and
+reports the image's size and build time.
 
 It needs root, buildah and mmdebstrap (``apt-get install buildah mmdebstrap``). Missing tools
 fail it. It skips, with the reason, only where buildah cannot run at all (not root, or no
@@ -45,6 +46,7 @@ BASE = "localhost/hps-test-debian-python"
 TOOLS = ("buildah", "mmdebstrap", "unshare", "nsenter", "mount")
 SERVER_UID = 10001
 PORT = 8080
+NAMESPACE = "mirror"  # an internal mirror keeps its own namespace (PLUGIN_NAMESPACE)
 # The build context: what .dockerignore lets through (checked by test_deploy.py), plus the
 # Dockerfile and .dockerignore themselves, so buildah applies the real allow-list.
 CONTEXT_FILES = ("Dockerfile", ".dockerignore", "setup.py", "README.md",
@@ -90,7 +92,7 @@ class Inventory:
 @pytest.fixture(scope="module")
 def inventory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inventory]:
     with running_registry(tmp_path_factory.mktemp("registry")) as registry:
-        yield Inventory(registry, seed_default_inventory(registry))
+        yield Inventory(registry, seed_default_inventory(registry, namespace=NAMESPACE))
 
 
 def local_key(modules: dict[Key, bytes]) -> Key:
@@ -164,7 +166,8 @@ def images(buildah: Buildah, context: Path, inventory: Inventory,
     for use_local in (False, True):
         tag = f"localhost/hps-test:use-local-{str(use_local).lower()}"
         args = {"PYTHON_IMAGE": BASE, "WHEELHOUSE": "wheelhouse",
-                "PLUGIN_REGISTRY": inventory.registry.host, "PLUGIN_PLAIN_HTTP": "true",
+                "PLUGIN_REGISTRY": inventory.registry.host, "PLUGIN_NAMESPACE": NAMESPACE,
+                "PLUGIN_PLAIN_HTTP": "true",
                 "USE_LOCAL_PLUGINS": str(use_local).lower()}  # fmt: skip
         started = time.monotonic()
         buildah.bud(context, tag, args, logs / f"{use_local}.log")
