@@ -1,8 +1,11 @@
-"""``hps wasmplugin``, run as operators run it: through the ``hps`` console entry."""
+"""``hps wasmplugin`` through the ``hps`` entry point (in this process: ``hps.cli.main``, with
+its exit code, stdout and stderr; and once as operators run it, as a process)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -12,12 +15,27 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hps import cli
+
 REPO = Path(__file__).resolve().parent.parent
 BASE = "http://higress-plugin-server.higress-system.svc"
 EXAMPLE = REPO / "deploy" / "higress" / "wasmplugin-example.yaml"
 
 
-def hps(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def hps(*args: str) -> subprocess.CompletedProcess[str]:
+    """What ``hps wasmplugin ARGS`` exits with and prints, run from the repository."""
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(REPO)  # the default root, plugins/, is relative
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(["wasmplugin", *args])
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def hps_process(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
         [sys.executable, "-m", "hps.cli", "wasmplugin", *args],
@@ -50,7 +68,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_prints_a_pinned_wasmplugin_from_the_default_root() -> None:
-    result = hps("key-rate-limit", "1.0.0", "--base-url", BASE + "/")
+    result = hps_process("key-rate-limit", "1.0.0", "--base-url", BASE + "/")
     assert result.returncode == 0, result.stderr
     doc = yaml.safe_load(result.stdout)
     module = (REPO / "plugins/key-rate-limit/1.0.0/plugin.wasm").read_bytes()
