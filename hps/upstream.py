@@ -248,8 +248,15 @@ class RegistrySource:
     def pull(self, name: str, version: str) -> None:
         """Try each template in order; the first module found is written atomically."""
         # Credentials as hps pull finds them: HPS_REGISTRY_* env, else ~/.docker/config.json.
-        options = Options(plain_http=self.plain_http, timeout=self.timeout, retries=self.retries)
+        # Blobs are staged in the cache tree (anonymous files, never seen by a scan): in a pod,
+        # /tmp is a few MiB of memory while the cache tree is the disk volume meant for this.
+        options = Options(plain_http=self.plain_http, timeout=self.timeout, retries=self.retries,
+                          scratch=self.cache_root)
         target = Path(self.cache_root, name, version, MODULE_FILE)
+        try:
+            os.makedirs(self.cache_root, exist_ok=True)
+        except OSError as err:
+            raise Unavailable(f"cannot write the cache tree: {err}") from None
         errors: list[str] = []
         for template in self.templates:
             try:

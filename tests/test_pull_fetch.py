@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,20 @@ def test_fetch_to_is_one_verified_atomic_module(registry: Registry, tmp_path: Pa
     with pytest.raises(PullError, match="does not name a registry host"):
         fetch_to("oci://nohost:1", target, options)
     assert sorted(os.listdir(target.parent)) == ["plugin.wasm", "plugin.wasm.gz"]
+
+
+def test_blobs_are_staged_in_scratch_when_the_temp_dir_is_unusable(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod's /tmp is a few MiB of memory: pull-through stages blobs in its cache tree."""
+    registry.push_wasm("one/b", "1.0.0", wasm("staged"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    target = tmp_path / "cache" / "b" / "1.0.0" / "plugin.wasm"
+    with pytest.raises(FileNotFoundError):
+        fetch_to(registry.ref("one/b", "1.0.0"), target, Options(plain_http=True, retries=0))
+    scratch = tmp_path / "cache"
+    scratch.mkdir()
+    fetch_to(registry.ref("one/b", "1.0.0"), target,
+             Options(plain_http=True, retries=0, scratch=str(scratch)))  # fmt: skip
+    assert target.read_bytes() == wasm("staged")
+    assert sorted(os.listdir(scratch)) == ["b"]  # staged anonymously: nothing left behind

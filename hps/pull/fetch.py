@@ -30,6 +30,7 @@ class Options:
     registry: str | None = None  # rewrite every reference to this HOST[:PORT] (a mirror)
     namespace: str | None = None  # ... and this first repository component
     on_bytes: Callable[[int], None] | None = None
+    scratch: str | None = None  # where unverified blobs are staged; None: the system temp dir
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def client_for(ref: Reference, options: Options) -> Client:
         timeout=options.timeout,
         retries=options.retries,
         on_bytes=options.on_bytes,
+        scratch=options.scratch,
     )
 
 

@@ -103,6 +103,7 @@ class Client:
         retries: int = 3,
         backoff: float = 0.5,
         on_bytes: Callable[[int], None] | None = None,
+        scratch: str | None = None,
     ) -> None:
         self.registry = registry
         self.host, self.repository = _docker_hub(registry, repository)
@@ -112,6 +113,9 @@ class Client:
         self.retries = retries
         self.backoff = backoff
         self.on_bytes = on_bytes or (lambda n: None)
+        # Where unverified blobs are staged (anonymous files): the system temp dir unless
+        # the caller has a bigger, writable place (a pod's /tmp is a few MiB of memory).
+        self.scratch = scratch
         self.authorization: str | None = None
         self.opener = urllib.request.build_opener(
             urllib.request.HTTPSHandler(context=_tls_context()), _KeepAuthOnSameHost()
@@ -132,7 +136,7 @@ class Client:
             raise DigestMismatch(f"layer is {layer['digest']}, the lock says {layer_pin}")
         blob = self.blob(layer["digest"], layer.get("size"))
         try:
-            module, size, sha = extract_module(blob, layer["mediaType"])
+            module, size, sha = extract_module(blob, layer["mediaType"], self.scratch)
         except BaseException:
             blob.close()
             raise
@@ -173,7 +177,7 @@ class Client:
             raise PullError(f"layer {digest} is {size} bytes, over the {MAX_MODULE} byte cap")
 
         def attempt() -> tuple[IO[bytes], int, str]:
-            out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the caller, who closes it
+            out = tempfile.TemporaryFile(dir=self.scratch)  # noqa: SIM115 - the caller closes it
             try:
                 with self._open(f"{self.base}/blobs/{digest}", "*/*", f"blob {digest}") as reply:
                     return (out, *_copy_capped(reply, out, MAX_MODULE, self.on_bytes))
@@ -370,10 +374,12 @@ def pick_layer(manifest: dict[str, Any]) -> dict[str, Any]:
     raise NotWasm(f"not a Wasm image: no Wasm or tar+gzip layer (layers: {types or 'none'})")
 
 
-def extract_module(blob: IO[bytes], media_type: str) -> tuple[IO[bytes], int, str]:
+def extract_module(
+    blob: IO[bytes], media_type: str, scratch: str | None = None
+) -> tuple[IO[bytes], int, str]:
     """The module, its size and SHA-256: the blob, or the one ``*.wasm`` in a tar+gzip layer."""
     blob.seek(0)
-    module, size, sha = _measure(blob) if media_type == WASM_LAYER else _from_tar(blob)
+    module, size, sha = _measure(blob) if media_type == WASM_LAYER else _from_tar(blob, scratch)
     module.seek(0)
     if size < MIN_MODULE or not is_wasm_module(module.read(4)):
         if module is not blob:
@@ -384,7 +390,7 @@ def extract_module(blob: IO[bytes], media_type: str) -> tuple[IO[bytes], int, st
     return module, size, sha
 
 
-def _from_tar(blob: IO[bytes]) -> tuple[IO[bytes], int, str]:
+def _from_tar(blob: IO[bytes], scratch: str | None) -> tuple[IO[bytes], int, str]:
     try:
         with tarfile.open(fileobj=blob, mode="r:gz") as archive:
             wasm = [m for m in archive.getmembers() if m.isfile() and m.name.endswith(".wasm")]
@@ -396,7 +402,7 @@ def _from_tar(blob: IO[bytes]) -> tuple[IO[bytes], int, str]:
                     f"{wasm[0].name} is {wasm[0].size} bytes, over the {MAX_MODULE} byte cap"
                 )
             source = archive.extractfile(wasm[0])
-            out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the caller, who closes it
+            out = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115 - the caller closes it
             try:
                 return (out, *_copy_capped(source, out, MAX_MODULE, lambda n: None))
             except BaseException:
