@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IReactorCore, ITransport
 from twisted.web.http import _GenericHTTPChannelProtocol
 
 try:
@@ -65,7 +66,7 @@ def request_method(channel: Any) -> bytes | None:
     return request_line(channel)[0]
 
 
-def wake_when_writable(transport: Any) -> None:
+def wake_when_writable(transport: ITransport) -> None:
     """Have a plain TCP transport resume its (streaming) producer once the socket is writable.
 
     For a sender that writes to the socket itself (``os.sendfile``), bypassing the
@@ -79,7 +80,7 @@ def wake_when_writable(transport: Any) -> None:
     transport.startWriting()
 
 
-def forget_exit_signal(reactor: Any) -> None:
+def forget_exit_signal(reactor: IReactorCore) -> None:
     """Make twistd exit 0 after a SIGTERM that hps handled (a finished drain): twistd
     re-raises the signal the reactor recorded in ``_exitSignal`` (exit status 143)."""
     if hasattr(reactor, "_exitSignal"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from twisted.internet.interfaces import IProducer
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
@@ -201,7 +202,7 @@ class PluginChannel(HTTPChannel):
         self.handling = False
         super().requestDone(request)
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self.producing = True
         super().registerProducer(producer, streaming)
 

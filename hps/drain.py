@@ -13,11 +13,11 @@ twistd answers SIGTERM by calling ``stopService`` and waiting on its Deferred.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from hps import metrics
 from hps._twisted import forget_exit_signal
@@ -31,7 +31,7 @@ class Drain(MultiService):
     log = Logger()
 
     def __init__(self, state: ServerState, site: PluginSite, delay: float, timeout: float,
-                 clock: Any) -> None:
+                 clock: IReactorTime) -> None:
         super().__init__()
         self.state = state
         self.site = site
@@ -68,7 +68,7 @@ class Drain(MultiService):
         waiting.addErrback(self.give_up)
         return waiting
 
-    def give_up(self, failure: Any) -> None:
+    def give_up(self, failure: Failure) -> None:
         failure.trap(defer.TimeoutError)
         count = self.site.abort_all("drain_timeout")
         self.log.warn("drain timeout after {timeout}s: aborted {count} connections",

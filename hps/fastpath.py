@@ -39,8 +39,10 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
 from twisted.web import http
+from twisted.web.server import Site
 
 from hps._twisted import inner_channel, wake_when_writable
 from hps.catalog import Artifact, Catalog
@@ -377,13 +379,13 @@ class Reply:
         channel.site.finished_response(route="artifact", status=200, aborted=True, **fields)
 
 
-def install(state: ServerState, site: Any, transfer: Transfer) -> ArtifactFastPath:
+def install(state: ServerState, site: Site, transfer: Transfer) -> ArtifactFastPath:
     """Put a fast path, sharing the site's transfer, in front of every channel."""
     fast = ArtifactFastPath(state, transfer)
     state.on_swap.append(fast.on_swap)
     build = site.protocol
 
-    def protocol() -> Any:
+    def protocol() -> IProtocol:
         # Per site (an instance attribute), so two services in one process never share one.
         wrapper = build()
         inner_channel(wrapper).fast_path = fast

@@ -26,6 +26,7 @@ import h2.errors
 import h2.exceptions
 import h2.settings
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -45,7 +46,7 @@ class PluginH2Connection(H2Connection):
     """When a protocol error was last logged, server-wide (a class attribute on purpose)."""
     quiet = 0
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorTime) -> None:
         super().__init__(reactor)
         self.clock = reactor
         # Initial values, not pending changes: they go out in the preface's SETTINGS frame.

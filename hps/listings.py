@@ -28,10 +28,9 @@ import gzip
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -127,7 +126,7 @@ class Listings:
 
     log = Logger()
 
-    def __init__(self, clock: Any, extra: Callable[[], int] = lambda: 0,
+    def __init__(self, clock: IReactorTime, extra: Callable[[], int] = lambda: 0,
                  in_thread: Callable[..., Deferred] | None = None) -> None:
         self.clock = clock
         self.extra = extra

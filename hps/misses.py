@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 from hps.catalog import Catalog
 
@@ -30,7 +31,7 @@ class Miss:
 class Misses:
     """The bounded table of recent misses. Only the reactor thread touches it."""
 
-    def __init__(self, clock: Any, limit: int = MAX_PAIRS) -> None:
+    def __init__(self, clock: IReactorTime, limit: int = MAX_PAIRS) -> None:
         self.clock = clock
         self.limit = limit
         self.table: OrderedDict[tuple[str, str], Miss] = OrderedDict()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -78,7 +78,7 @@ class Root(Resource):
     log = Logger()
     def __init__(self, state: ServerState, transfer: Transfer | None = None,
                  misses: Misses | None = None, upstream: Upstream | None = None,
-                 clock: Any = None) -> None:
+                 clock: IReactorTime | None = None) -> None:
         super().__init__()
         if clock is None:
             from twisted.internet import reactor as clock

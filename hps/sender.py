@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport, ITransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -49,7 +49,7 @@ READ_CHUNK = 16384
 64 KiB pause threshold, at most ~80 KiB of a body is held per connection."""
 
 
-def zero_copy(transport: Any) -> bool:
+def zero_copy(transport: ITransport | None) -> bool:
     """Can bytes go from a file straight to this transport's socket?"""
     return isinstance(transport, tcp.Connection) and not ISSLTransport.providedBy(transport)
 
@@ -66,10 +66,11 @@ class Sender:
 
     log = Logger()
 
-    def __init__(self, source: Source, span: Span, transport: Any,
+    def __init__(self, source: Source, span: Span, transport: ITransport | None,
                  write: Callable[[bytes], None], progress: Callable[[int], None],
                  finished: Callable[[], None], abort: Callable[[], None],
-                 unsent: Callable[[], int] | None = None, clock: Any = None) -> None:
+                 unsent: Callable[[], int] | None = None,
+                 clock: IReactorTime | None = None) -> None:
         self.source: Source | None = source
         self.pos, self.end = span[0], span[1] + 1
         self.transport, self.write, self.progress = transport, write, progress

@@ -14,7 +14,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -155,7 +155,9 @@ class CatalogLoader:
         self.log.failure("catalog scan failed", failure)
 
 
-def make_service(config: Config, reactor: Any = None) -> MultiService:
+def make_service(config: Config, reactor: IReactorCore | None = None) -> MultiService:
+    """The whole server on ``reactor`` (its clock, TCP, threads and events; the global one
+    by default): twistd's ``makeService``, and the in-memory tests' harness."""
     if reactor is None:
         from twisted.internet import reactor
     state = ServerState(config=config, catalog=catalog.unloaded(config.root))

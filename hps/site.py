@@ -17,12 +17,14 @@ closes connections that went idle):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from hps import metrics
@@ -51,9 +53,9 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
     """
 
     shed = False
-    transport: Any = None
+    transport: ITransport | None = None
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: ITransport) -> None:
         self.transport = transport
         if not self.factory.admit(self):
             self.shed = True
@@ -136,9 +138,10 @@ class PluginSite(Site):
     noisy = False
     connections_accepting = True
 
-    def __init__(self, resource: Any, state: ServerState | None = None,
+    def __init__(self, resource: IResource, state: ServerState | None = None,
                  limits: Limits | None = None, access: AccessLog | None = None,
-                 reactor: Any = None, open_files: Callable[[], int] = lambda: 0) -> None:
+                 reactor: IReactorTime | None = None,
+                 open_files: Callable[[], int] = lambda: 0) -> None:
         self.limits = limits or Limits()
         self.open_files = open_files
         """How many files the server holds open (they count against the descriptor budget)."""

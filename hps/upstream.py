@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -83,7 +84,8 @@ class Upstream:
 
     log = Logger()
 
-    def __init__(self, state: ServerState, source: Source, clock: Any, allow: Iterable[str],
+    def __init__(self, state: ServerState, source: Source, clock: IReactorTime,
+                 allow: Iterable[str],
                  cache_root: str, templates: Iterable[str] = (), wait: float = WAIT,
                  negative_seconds: float = NEGATIVE_SECONDS, max_pending: int = MAX_PENDING,
                  max_cached: int = MAX_CACHED) -> None:
@@ -210,7 +212,8 @@ class RegistrySource:
 
     log = Logger()
 
-    def __init__(self, templates: Iterable[str], cache_root: str, reactor: Any,
+    def __init__(self, templates: Iterable[str], cache_root: str,
+                 reactor: IReactorFromThreads,
                  plain_http: bool = False, timeout: float = TIMEOUT,
                  retries: int = RETRIES) -> None:
         self.templates = tuple(templates)
@@ -286,7 +289,7 @@ class RegistrySource:
             return self.slots.setdefault(registry, threading.BoundedSemaphore(PER_REGISTRY))
 
 
-def make_upstream(state: ServerState, reactor: Any,
+def make_upstream(state: ServerState, reactor: IReactorTime,
                   source_factory: Callable[..., Source] = RegistrySource) -> Upstream | None:
     """The pull-through service for ``state.config``, or None when it is off."""
     config = state.config

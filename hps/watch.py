@@ -21,7 +21,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
@@ -37,7 +37,7 @@ Scan = Callable[[], defer.Deferred]
 class Rescanner:
     """Debounced, coalesced calls of ``scan``: never two at once, never a lost request."""
 
-    def __init__(self, scan: Scan, clock: Any, debounce: float = DEBOUNCE) -> None:
+    def __init__(self, scan: Scan, clock: IReactorTime, debounce: float = DEBOUNCE) -> None:
         self.scan = scan
         self.clock = clock
         self.debounce = debounce
@@ -79,7 +79,7 @@ class Watcher(Service):
 
     log = Logger()
 
-    def __init__(self, root: str, scan: Scan, interval: float, clock: Any,
+    def __init__(self, root: str, scan: Scan, interval: float, clock: IReactorTime,
                  use_inotify: bool = True, hangup: bool = False) -> None:
         self.root = root
         self.rescanner = Rescanner(scan, clock)

@@ -14,13 +14,13 @@ from typing import Any
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
+from twisted.internet.interfaces import IReactorThreads
 
 Runner = Callable[..., Deferred]
 """``run(work, *args, **kwargs)``: a Deferred that fires with ``work``'s result."""
 
 
-def in_threads(reactor: IReactorThreads | IReactorFromThreads | Any) -> Runner:
+def in_threads(reactor: IReactorThreads) -> Runner:
     """A :data:`Runner` on ``reactor``'s thread pool; the result comes back on its thread."""
 
     def run(work: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
