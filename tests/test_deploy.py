@@ -309,7 +309,7 @@ def wait_for(url: str, status: int, process: subprocess.Popen[bytes], deadline: 
             last = code
         except OSError as err:
             last = err
-        time.sleep(0.1)
+        time.sleep(0.1)  # polls a real process until it answers
     pytest.fail(f"{url} never answered {status} (last: {last})")
 
 

@@ -50,7 +50,7 @@ def rescan(server: Server, timeout: float = 10) -> None:
     while reloads() <= before:
         if time.monotonic() > deadline:
             pytest.fail("SIGHUP brought no rescan")
-        time.sleep(0.05)
+        time.sleep(0.05)  # polls a real process's /metrics for the rescan
 
 
 def fetch(port: int, path: str, method: str, headers: dict[str, str],

@@ -64,7 +64,7 @@ def test_window_zero_streams_are_cut_by_the_send_deadline_and_leave_nothing_open
     stream = warm.get(BIG)
     assert warm.wait(lambda: stream in warm.ended)
     warm.close()
-    time.sleep(0.5)
+    time.sleep(0.5)  # a real process: its side of the closed connection goes too
     baseline = descriptors(pid)
     clients = [H2Client(server.port, window=0) for _ in range(5)]
     try:
@@ -92,7 +92,7 @@ def test_window_zero_streams_are_cut_by_the_send_deadline_and_leave_nothing_open
             client.close()
     deadline = time.monotonic() + 10
     while descriptors(pid) > baseline and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.1)  # polls a real process's descriptors
     after = descriptors(pid)
     print(f"500 window-0 HTTP/2 streams (5 connections, PINGing) cut {took:.1f}s after they "
           f"opened (send_timeout {send_timeout}s); descriptors: baseline {baseline}, peak "

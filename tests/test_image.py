@@ -211,7 +211,7 @@ class Running:
             last = self.get("/readyz")
             if last["status"] == 200:
                 return
-            time.sleep(0.2)
+            time.sleep(0.2)  # polls the real image until it is ready
         pytest.fail(f"/readyz never answered 200 (last: {last}):\n{self.output()}")
 
     def output(self) -> str:

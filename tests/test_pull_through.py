@@ -143,7 +143,7 @@ def test_a_sick_registry_is_503_in_time_and_nothing_is_written(
     assert {r.status for r in replies} == {503}
     deadline = time.monotonic() + 5
     while proxy.count() < 4 and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.02)  # polls the real proxy's count of fetches
     assert proxy.count() == 4
     assert server.get("/healthz").status == 200 and server.get("/readyz").status == 200
     assert server.get("/plugins/key-auth/2.0.0/plugin.wasm").status == 200
