@@ -266,7 +266,7 @@ def test_stalled_readers_hold_no_body_bytes(tree: Tree, serve, tmp_path: Path) -
         tls.append(sock)
     # No outside sign says "every socket is as full as it gets": give the real process
     # the wall-clock time to fill them, then measure.
-    time.sleep(1.5)
+    time.sleep(1.5)  # see above: the real process fills the sockets
     grown = vm_rss(server.process.pid) - before
     replaced = tree.add("demo", "1.0.0", body=wasm_bytes(size, seed=7))
     reply = read_all(plain[0])

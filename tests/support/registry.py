@@ -223,7 +223,7 @@ def _wait_ready(process: subprocess.Popen, port: int, log: Path) -> None:
                 return
         except OSError:
             pass
-        time.sleep(0.05)
+        time.sleep(0.05)  # polls the real registry until it answers
     pytest.fail(f"{BINARY} did not answer /v2/ on port {port} within 15 s")
 
 

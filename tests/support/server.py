@@ -121,7 +121,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.request("/readyz").status == 200:
                 return
-            time.sleep(0.05)
+            time.sleep(0.05)  # polls a real process until /readyz says 200
         pytest.fail(f"server not ready after {timeout}s:\n{self.log()}")
 
     def wait_log(self, pattern: str, timeout: float = 10) -> str:
@@ -130,7 +130,7 @@ class Server:
             match = re.search(pattern, self.log())
             if match:
                 return match.group(0)
-            time.sleep(0.05)
+            time.sleep(0.05)  # polls a real process's log
         pytest.fail(f"log never matched {pattern!r}:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
