@@ -102,25 +102,6 @@ def test_a_herd_costs_one_fetch_and_the_cache_survives_a_restart(
     proxy.reset()
 
 
-def test_what_the_registry_lacks_is_404_for_the_whole_herd(
-        proxy: CountingProxy, tree: Tree, tmp_path: Path, serve) -> None:
-    tree.add("ai-proxy", "1.0.0")
-    server = serve("--root", str(tree.root), *upstream_args(proxy, tmp_path / "cache"))
-    proxy.reset()
-    replies = herd(server, MODULE.format("9.9.9"), 30)
-    assert {r.status for r in replies} == {404}
-    assert proxy.count() == 1  # one manifest request for the herd, then the negative cache
-    assert b"versions here: 1.0.0" in replies[0].body
-    assert server.get(MODULE.format("9.9.9")).status == 404 and proxy.count() == 1
-    # Outside the allow-list, or not a version: never reaches the registry.
-    # A "+build" version is grammatical but no OCI tag can spell it: 404, nothing sent.
-    for path in ("/plugins/basic-auth/1.0.0/plugin.wasm", "/plugins/ai-proxy/-latest/plugin.wasm",
-                 "/plugins/ai-proxy/1.0.0%2F..%2F2/plugin.wasm",
-                 "/plugins/ai-proxy/1.0.0+b1/plugin.wasm"):
-        assert server.get(path).status == 404, path
-    assert proxy.count() == 1
-
-
 def test_a_sick_registry_is_503_in_time_and_nothing_is_written(
         proxy: CountingProxy, tree: Tree, tmp_path: Path, serve) -> None:
     tree.add("key-auth", "2.0.0")
@@ -154,13 +135,29 @@ def test_a_sick_registry_is_503_in_time_and_nothing_is_written(
     proxy.reset()
 
 
-def test_bad_modules_are_never_written_or_served(
+def test_what_the_registry_lacks_or_holds_bad_is_never_written_or_served(
         registry: Registry, proxy: CountingProxy, tree: Tree, tmp_path: Path, serve) -> None:
+    """One real process: a herd asking for a version no registry has, names and versions
+    that must never reach a registry, and modules that are not Wasm, corrupt or huge."""
     registry.push_wasm("plugins/ai-html", "1.0.0", b"<html>not a module</html>")
     registry.push_wasm("plugins/ai-cache", "1.0.0", wasm_bytes(5000, seed=3))
-    tree.add("key-auth", "2.0.0")
+    tree.add("ai-proxy", "1.0.0")
     cache = tmp_path / "cache"
     server = serve("--root", str(tree.root), *upstream_args(proxy, cache))
+    proxy.reset()
+    replies = herd(server, MODULE.format("9.9.9"), 30)
+    assert {r.status for r in replies} == {404}
+    assert proxy.count() == 1  # one manifest request for the herd, then the negative cache
+    assert b"versions here: 1.0.0" in replies[0].body
+    assert server.get(MODULE.format("9.9.9")).status == 404 and proxy.count() == 1
+    # Outside the allow-list, or not a version: never reaches the registry.
+    # A "+build" version is grammatical but no OCI tag can spell it: 404, nothing sent.
+    for path in ("/plugins/basic-auth/1.0.0/plugin.wasm", "/plugins/ai-proxy/-latest/plugin.wasm",
+                 "/plugins/ai-proxy/1.0.0%2F..%2F2/plugin.wasm",
+                 "/plugins/ai-proxy/1.0.0+b1/plugin.wasm"):
+        assert server.get(path).status == 404, path
+    assert proxy.count() == 1
+
     proxy.reset()
     assert server.get("/plugins/ai-html/1.0.0/plugin.wasm").status == 404  # not Wasm
     proxy.reset("corrupt")  # the blob fails its digest
