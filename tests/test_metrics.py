@@ -22,7 +22,7 @@ def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
 
 def test_metrics_after_some_requests(tree: Tree, harness) -> None:
     body = tree.add("key-auth", "1.0.0", size=10_000)
-    tree.add("basic-auth", "2.0.0")
+    tree.add("basic-auth", "2.0.0", size=300_000)  # more than a transport buffers
     server = harness(tree.root)
     before = server.metrics()
     for _ in range(3):
@@ -52,8 +52,14 @@ def test_metrics_after_some_requests(tree: Tree, harness) -> None:
         assert moved.get(key) == value, key
     assert after["hps_catalog_artifacts"] == 2
     assert after["hps_gzip_variants_pending"] == 0
-    assert after["hps_connections_open"] == 1, "the scrape's own connection"
-    assert after["hps_responses_in_flight"] == 1, "the scrape itself"
+    stalled = server.connect()
+    stalled.stop_reading()
+    stalled.send(b"GET /plugins/basic-auth/2.0.0/plugin.wasm HTTP/1.1\r\nHost: x\r\n\r\n")
+    during = server.metrics()  # a download in flight and its connection are counted live
+    assert during["hps_responses_in_flight"] - after["hps_responses_in_flight"] == 1
+    assert during["hps_connections_open"] - after["hps_connections_open"] == 1
+    stalled.close()
+    assert server.metrics()["hps_responses_in_flight"] == after["hps_responses_in_flight"]
     server.stop()
     assert server.metrics()["hps_draining"] == 1
 
