@@ -24,7 +24,7 @@ twisted.web parses anything), the contract is:
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.interfaces import IProducer
 from twisted.python.failure import Failure
@@ -47,6 +47,9 @@ from hps.limits import (
     Limits,
     refuses_body,
 )
+
+if TYPE_CHECKING:
+    from hps.fastpath import Parsed, Reply
 
 
 class FastPath(Protocol):
@@ -135,9 +138,9 @@ class PluginChannel(HTTPChannel):
         self.probe_only = False
         """Admitted beyond the cap (PROBE_RESERVE): only probes are answered, then it closes."""
         self.peer_host: str | None = None
-        self.fast_reply: Any = None
+        self.fast_reply: Reply | None = None
         """The fast path's multi-chunk response in flight on this channel, if any."""
-        self.fast_line: Any = None
+        self.fast_line: tuple[Parsed, int, int, str | None] | None = None
         """The fast path's last (request, body size, second, access line), for reuse."""
         self.web_owned = False
         """Sticky: twisted.web has parsed bytes of this connection, so it owns it."""
