@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from hps.pull.inventory import (
 from hps.pull.lock import Record, read_lock
 from hps.pull.progress import Progress
 from hps.pull.properties import REGISTRY_HOST, Key, Plan, build_plan, load_manifest, read_text
-from hps.pull.run import Outcome, Settings, check_locked, default_jobs, run
+from hps.pull.run import THREAD_PREFIX, Outcome, Settings, check_locked, default_jobs, run
 from hps.pull.snapshot import Served, read_json, snapshot_plan, write_inventory
 
 DEFAULT_OUTPUT = "plugins"
@@ -265,6 +266,18 @@ def main(argv: list[str]) -> int:
     return pull(plan, settings, previous, finish)
 
 
+def _leave_abandoned_downloads() -> None:
+    """Exit now if downloads abandoned on Ctrl-C still wait on a registry (until --timeout).
+
+    Their writes are refused (hps.pull.gate) and the lock is written, but the interpreter
+    would join their threads before exiting, so Ctrl-C would seem to hang.
+    """
+    if any(t.name.startswith(THREAD_PREFIX) and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
+
+
 def _write_inventory(output: Path, served: list[Served], outcome: Outcome) -> None:
     write_inventory(output, served, outcome.records)
 
@@ -298,6 +311,7 @@ def pull(
     summary = f"hps pull: {served} pulled, {len(outcome.failures)} failed"
     if outcome.interrupted:
         print(f"{summary}; interrupted, the lock lists what the tree holds", file=sys.stderr)
+        _leave_abandoned_downloads()
         return INTERRUPTED
     print(summary, file=sys.stderr)
     return 1 if outcome.failures else 0

@@ -9,11 +9,13 @@ same authentication, digest, size and Wasm checks, same atomic write with a
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from hps.pull.auth import Credentials, from_docker_config, from_environment
 from hps.pull.errors import DigestMismatch, PullError
+from hps.pull.gate import Gate
 from hps.pull.properties import Reference, parse_reference
 from hps.pull.registry import Client
 from hps.pull.tree import make_dirs, write_module_file
@@ -31,6 +33,7 @@ class Options:
     namespace: str | None = None  # ... and this first repository component
     on_bytes: Callable[[int], None] | None = None
     scratch: str | None = None  # where unverified blobs are staged; None: the system temp dir
+    gate: Gate | None = None  # shut on Ctrl-C: a download that ends later writes nothing
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ def fetch_to(
             raise DigestMismatch(
                 f"module sha256 {module.sha256} differs from the expected {expect_sha256}"
             )
-        make_dirs(root or path.parent, path.parent)
-        write_module_file(path, module.file)
+        with options.gate.through(path) if options.gate else nullcontext():
+            make_dirs(root or path.parent, path.parent)
+            write_module_file(path, module.file)
     return Fetched(path, module.size, module.sha256, module.manifest_digest, module.layer_digest)

@@ -16,6 +16,7 @@ from pathlib import Path
 from hps.pull.auth import Credentials
 from hps.pull.errors import Drift, InputError, NotWasm, PullError
 from hps.pull.fetch import Options, fetch_to
+from hps.pull.gate import Gate
 from hps.pull.lock import Record, write_lock
 from hps.pull.progress import Progress, human
 from hps.pull.properties import Entry, Key, Plan
@@ -26,6 +27,8 @@ from hps.pull.tree import (
     refresh_gzip,
     remove_temporaries,
 )
+
+THREAD_PREFIX = "hps-pull"
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Settings:
     credentials: Credentials | None = None  # from flags/env; else ~/.docker/config.json
     registry: str | None = None  # pull every reference from this mirror instead
     namespace: str | None = None
+    gate: Gate | None = None
 
     def options(self, progress: Progress) -> Options:
         return Options(
@@ -51,6 +55,7 @@ class Settings:
             registry=self.registry,
             namespace=self.namespace,
             on_bytes=progress.received,
+            gate=self.gate,
         )
 
 
@@ -99,7 +104,9 @@ def _pull_all(
     plan: Plan, settings: Settings, previous: dict[Key, Record], progress: Progress
 ) -> Outcome:
     outcome = Outcome()
-    pool = ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="pull")
+    gate = Gate()
+    settings = replace(settings, gate=gate)
+    pool = ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix=THREAD_PREFIX)
     futures: dict[Key, Future] = {
         key: pool.submit(_guarded, entry, previous.get(key), settings, progress)
         for key, entry in plan.entries.items()
@@ -109,16 +116,15 @@ def _pull_all(
             future.result()
     except KeyboardInterrupt:
         outcome.interrupted = True
-        running = sum(f.running() for f in futures.values())
-        progress.note(f"interrupted: finishing {running} download(s) under way, starting no more")
-        # Ignore further Ctrl-C while the workers finish (bounded by --timeout): what they
-        # write must reach the lock, or it would describe old bytes.
+        # A second Ctrl-C must not cut this short: what was written must reach the lock.
         handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            pool.shutdown(wait=True, cancel_futures=True)
+            _abandon(settings.output, futures, gate, progress)
         finally:
             signal.signal(signal.SIGINT, handler)
-    pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)
+    else:
+        pool.shutdown(wait=True)
     for key, future in futures.items():
         if future.done() and not future.cancelled():
             record, failure = future.result()
@@ -127,6 +133,16 @@ def _pull_all(
             else:
                 outcome.failures[plan.entries[key].label] = failure
     return outcome
+
+
+def _abandon(output: Path, futures: dict[Key, Future], gate: Gate, progress: Progress) -> None:
+    """Shut the gate, then wait only for the entries whose module it let through."""
+    gate.shut()
+    for key, future in futures.items():
+        if module_path(output, *key) in gate.written:
+            future.result()  # written: only its record is still being made
+    left = sum(not f.done() for f in futures.values())
+    progress.note(f"interrupted: {left} download(s) abandoned, none of them written")
 
 
 def _guarded(
