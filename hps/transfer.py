@@ -221,6 +221,7 @@ class ArtifactFile(static.File):
         return NOT_DONE_YET
 
     render_HEAD = render_GET
+
     def decide(self, request: Request, variant: Variant) -> Span | None:
         """Set the status and length; return the span to send (None: no body)."""
         mtime = self.artifact.mtime
