@@ -39,6 +39,7 @@ from hps.pull.errors import NotFound, NotWasm, PullError
 from hps.pull.fetch import Options, fetch_to
 from hps.pull.properties import Reference, parse_reference
 from hps.state import ServerState
+from hps.work import Runner, in_daemon_threads
 
 WAIT = 10.0
 """Default seconds a request waits for a fetch (the ``upstream_wait`` knob)."""
@@ -224,20 +225,11 @@ class RegistrySource:
         self.retries = retries
         self.slots: dict[str, threading.BoundedSemaphore] = {}
         self.lock = threading.Lock()
+        self.run: Runner = in_daemon_threads(reactor, "upstream fetch")
+        """Where :meth:`blocking` runs (the in-memory harness routes it to its pool)."""
 
     def fetch(self, name: str, version: str) -> Deferred:
-        done: Deferred = Deferred()
-
-        def work() -> None:
-            try:
-                artifact = self.blocking(name, version)
-            except BaseException:  # every failure goes back to the reactor as a Failure
-                self.reactor.callFromThread(done.errback, Failure())
-            else:
-                self.reactor.callFromThread(done.callback, artifact)
-
-        threading.Thread(target=work, name=f"upstream {name} {version}", daemon=True).start()
-        return done
+        return self.run(self.blocking, name, version)
 
     def blocking(self, name: str, version: str) -> Artifact:
         """The module in the cache tree (fetched now if absent), examined like a scan does."""

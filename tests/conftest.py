@@ -6,7 +6,7 @@ test simply name them as arguments.
 """
 
 from tests.support.memory import harness
-from tests.support.registry import registry_fixture, workspace_fixture
+from tests.support.registry import pauses_fixture, registry_fixture, workspace_fixture
 from tests.support.server import serve, tree
 
-__all__ = ["harness", "registry_fixture", "serve", "tree", "workspace_fixture"]
+__all__ = ["harness", "pauses_fixture", "registry_fixture", "serve", "tree", "workspace_fixture"]

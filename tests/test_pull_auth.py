@@ -97,7 +97,8 @@ class TokenProxy:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self.server.server_address[1]
         self.host = f"127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # shutdown() waits for the loop to see its flag: poll often, not every 0.5 s.
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
@@ -177,19 +178,23 @@ def test_bearer_token_flow_and_no_token_on_foreign_redirects(
     assert proxy.storage_saw_auth == [False, False]
 
 
-def test_5xx_is_retried(registry: Registry, proxy: TokenProxy, workspace: Workspace) -> None:
+def test_5xx_is_retried(
+    registry: Registry, proxy: TokenProxy, workspace: Workspace, pauses: list[float]
+) -> None:
     registry.push_wasm("retry/a", "1.0.0", wasm("retry"))
     proxy.fail = 2
     result = workspace.pull({"a": f"oci://{proxy.host}/retry/a:1.0.0"}, None, "--retries", "2")
     assert result.code == 0, result.err
     assert proxy.fail == 0
+    assert pauses == [0.5, 1.0]  # the backoff doubles between attempts
 
 
 def test_persistent_5xx_fails_with_the_status(
-    registry: Registry, proxy: TokenProxy, workspace: Workspace
+    registry: Registry, proxy: TokenProxy, workspace: Workspace, pauses: list[float]
 ) -> None:
     proxy.fail = 100
     result = workspace.pull({"a": f"oci://{proxy.host}/retry/a:1.0.0"})
     assert result.code == 1
     # The line names the registry and repository, not just a status.
     assert f"HTTP 503 from {proxy.host}/retry/a (after 2 attempts)" in result.err
+    assert pauses == [0.5]

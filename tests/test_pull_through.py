@@ -1,24 +1,30 @@
-"""Black-box: pull-through and drift with a real ``twistd hps`` and a real OCI registry.
+"""Pull-through against a real OCI registry: one real ``twistd hps``, the rest in memory.
 
 Between the server and Debian's ``docker-registry`` sits a counting proxy
 (tests/support/counting.py), so the tests see exactly which requests reach the
-registry, and can make it answer 500 or hang.
+registry, and can make it answer 500 or hang. The black-box test runs a real
+process (real threads, sockets, a restart); the others run the real
+``make_service`` in memory (tests/support/memory.py): the registry fetch, which
+production gives a daemon thread, waits in the harness's pool, and time moves with
+the harness's clock, so a hung registry and ``--upstream-wait`` cost no real seconds.
+Upstream's rules with a fake registry are in tests/test_upstream.py.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
-import re
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hps.upstream import PER_REGISTRY
 from tests.support.counting import CountingProxy, counting_proxy
+from tests.support.memory import Connection, Harness
 from tests.support.registry import Registry, running_registry
 from tests.support.server import Response, Server, Tree, wasm_bytes
 
@@ -37,31 +43,61 @@ def upstream_args(proxy: CountingProxy, cache: Path, *extra: str) -> list[str]:
             "--upstream-plain-http", "--cache-dir", str(cache), "--drain-delay", "0", *extra]
 
 
+def upstream_knobs(proxy: CountingProxy) -> dict:
+    """The same settings as :func:`upstream_args`, for the in-memory harness."""
+    return {"upstream": [f"oci://{proxy.host}/plugins/${{name}}:${{version}}"],
+            "upstream_allow": ["ai-*", "mcp-server"], "upstream_plain_http": True}
+
+
 def herd(server: Server, path: str, count: int) -> list[Response]:
-    """``count`` GETs of ``path`` on as many connections, released at once."""
-    return together(server, [path] * count)
-
-
-def together(server: Server, paths: list[str]) -> list[Response]:
-    """One GET per path, each on its own connection, released at once."""
-    gate = threading.Barrier(len(paths))
+    """``count`` GETs of ``path`` on as many connections of a real process, released at once."""
+    gate = threading.Barrier(count)
     replies: list[Response] = []
 
-    def one(path: str) -> None:
+    def one() -> None:
         gate.wait(10)
         replies.append(server.request(path, timeout=20))
 
-    threads = [threading.Thread(target=one, args=(path,)) for path in paths]
+    threads = [threading.Thread(target=one) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert len(replies) == len(paths)
+    assert len(replies) == count
     return replies
+
+
+def together(server: Harness, paths: list[str]) -> list[Connection]:
+    """One GET per path, each on its own in-memory connection, all in before the server runs."""
+    connections = [server.connect() for _ in paths]
+    for connection, path in zip(connections, paths, strict=True):
+        connection.send(f"GET {path} HTTP/1.1\r\nHost: hps.test\r\n\r\n".encode(), settle=False)
+    server.settle()
+    return connections
+
+
+class Slot(threading.BoundedSemaphore):
+    """A registry's slot for fetches (see RegistrySource.slot) that tells who queues for it."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.queued = threading.Semaphore(0)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        if super().acquire(blocking=False):
+            return True
+        self.queued.release()
+        return super().acquire(blocking, timeout)
+
+    __enter__ = acquire
 
 
 def files_under(path: Path) -> list[str]:
     return sorted(str(Path(d, f).relative_to(path)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def nothing_written(cache: Path) -> bool:
+    return not (cache / "plugins").exists() or files_under(cache / "plugins") == []
 
 
 def test_a_herd_costs_one_fetch_and_the_cache_survives_a_restart(
@@ -103,57 +139,66 @@ def test_a_herd_costs_one_fetch_and_the_cache_survives_a_restart(
 
 
 def test_a_sick_registry_is_503_in_time_and_nothing_is_written(
-        proxy: CountingProxy, tree: Tree, tmp_path: Path, serve) -> None:
+        proxy: CountingProxy, tree: Tree, tmp_path: Path, harness, pauses: list[float]) -> None:
     tree.add("key-auth", "2.0.0")
-    cache = tmp_path / "cache"
-    server = serve("--root", str(tree.root), *upstream_args(proxy, cache, "--upstream-wait", "1"))
+    server = harness(tree.root, upstream_wait=1, **upstream_knobs(proxy))
     proxy.reset("fail")
-    reply = server.get(MODULE.format("3.0.0"))
+    reply = server.get(MODULE.format("3.0.0"))  # the fetch runs (and fails) as the server settles
     assert reply.status == 503 and reply.header("Retry-After") == "5"
-    assert proxy.count() >= 1
-    server.wait_log(r"pull-through: ai-proxy 3\.0\.0 failed")  # its retry is over too
+    assert proxy.count() == 2 and pauses == [0.5]  # hps pull's client: one retry, after a backoff
+    assert "pull-through: ai-proxy 3.0.0 failed" in server.log()
 
+    server.hold_threads = True  # the registry hangs: no fetch gets anywhere until released
     proxy.reset("hang")
-    started = time.monotonic()
-    replies = herd(server, MODULE.format("3.0.1"), 10)
-    assert time.monotonic() - started < 5  # the bound is 1 s; the registry hangs far longer
-    assert {(r.status, r.header("Retry-After")) for r in replies} == {(503, "5")}
-    assert proxy.count() == 1  # the hung fetch is shared, not repeated
-    # Six more distinct misses: all 503 in time, but only 4 fetches talk to one registry.
-    replies = together(server, [MODULE.format(f"3.1.{n}") for n in range(6)])
-    assert {r.status for r in replies} == {503}
-    deadline = time.monotonic() + 5
-    while proxy.count() < 4 and time.monotonic() < deadline:
-        time.sleep(0.02)  # polls the real proxy's count of fetches
-    assert proxy.count() == 4
+    herd_of_ten = together(server, [MODULE.format("3.0.1")] * 10)
+    server.advance(0.99)
+    assert [c.received() for c in herd_of_ten] == [b""] * 10
+    server.advance(0.02)  # --upstream-wait 1 is over
+    assert {(r.status, r.header("Retry-After")) for r in map(Connection.take, herd_of_ten)} == {
+        (503, "5")}
+    # Six more distinct misses: all 503 in time, the registry still hanging.
+    six = together(server, [MODULE.format(f"3.1.{n}") for n in range(6)])
+    server.advance(1.01)
+    assert {c.take().status for c in six} == {503}
     assert server.get("/healthz").status == 200 and server.get("/readyz").status == 200
     assert server.get("/plugins/key-auth/2.0.0/plugin.wasm").status == 200
+    # The seven fetches run on real threads, as in production: only 4 talk to one registry,
+    # the other 3 queue for a slot.
+    slot = server.site.resource.upstream.source.slots[proxy.host] = Slot(PER_REGISTRY)
+    fetches = server.reactor.pool.run_in_threads()
+    assert proxy.wait_for(4) and all(slot.queued.acquire(timeout=10) for _ in range(3))
+    assert proxy.count() == 4 == PER_REGISTRY
     proxy.release()
+    for thread in fetches:
+        thread.join(30)
+    server.hold_threads = False
+    server.settle()
+    assert proxy.count() == 7 * 2  # seven fetches (the herd's was shared), each retried once
     for version in ("3.0.1", *(f"3.1.{n}" for n in range(6))):
-        server.wait_log(rf"pull-through: ai-proxy {re.escape(version)} failed")
-    assert not (cache / "plugins").exists() or files_under(cache / "plugins") == []
+        assert f"pull-through: ai-proxy {version} failed" in server.log()
+    assert nothing_written(tmp_path / "cache")
     proxy.reset()
 
 
 def test_what_the_registry_lacks_or_holds_bad_is_never_written_or_served(
-        registry: Registry, proxy: CountingProxy, tree: Tree, tmp_path: Path, serve) -> None:
-    """One real process: a herd asking for a version no registry has, names and versions
-    that must never reach a registry, and modules that are not Wasm, corrupt or huge."""
+        registry: Registry, proxy: CountingProxy, tree: Tree, tmp_path: Path, harness,
+        pauses: list[float]) -> None:
+    """A herd asking for a version no registry has, versions that must never reach a
+    registry, and modules that are not Wasm, corrupt or huge."""
     registry.push_wasm("plugins/ai-html", "1.0.0", b"<html>not a module</html>")
     registry.push_wasm("plugins/ai-cache", "1.0.0", wasm_bytes(5000, seed=3))
     tree.add("ai-proxy", "1.0.0")
-    cache = tmp_path / "cache"
-    server = serve("--root", str(tree.root), *upstream_args(proxy, cache))
+    server = harness(tree.root, **upstream_knobs(proxy))
     proxy.reset()
-    replies = herd(server, MODULE.format("9.9.9"), 30)
+    replies = [c.take() for c in together(server, [MODULE.format("9.9.9")] * 30)]
     assert {r.status for r in replies} == {404}
     assert proxy.count() == 1  # one manifest request for the herd, then the negative cache
     assert b"versions here: 1.0.0" in replies[0].body
     assert server.get(MODULE.format("9.9.9")).status == 404 and proxy.count() == 1
-    # Outside the allow-list, or not a version: never reaches the registry.
-    # A "+build" version is grammatical but no OCI tag can spell it: 404, nothing sent.
-    for path in ("/plugins/basic-auth/1.0.0/plugin.wasm", "/plugins/ai-proxy/-latest/plugin.wasm",
-                 "/plugins/ai-proxy/1.0.0%2F..%2F2/plugin.wasm",
+    # A path that is not one version never reaches upstream; a "+build" version is
+    # grammatical but no OCI tag can spell it: 404, nothing sent. (Names outside the
+    # allow-list: tests/test_upstream.py.)
+    for path in ("/plugins/ai-proxy/1.0.0%2F..%2F2/plugin.wasm",
                  "/plugins/ai-proxy/1.0.0+b1/plugin.wasm"):
         assert server.get(path).status == 404, path
     assert proxy.count() == 1
@@ -166,29 +211,37 @@ def test_what_the_registry_lacks_or_holds_bad_is_never_written_or_served(
     proxy.reset("huge")  # the manifest says 300 MiB: refused before any blob is read
     assert server.get("/plugins/ai-cache/1.0.0/plugin.wasm").status == 503
     assert proxy.count("blobs") == 0
-    assert not (cache / "plugins").exists() or files_under(cache / "plugins") == []
+    assert nothing_written(tmp_path / "cache")
     proxy.reset()
     assert server.get("/plugins/ai-cache/1.0.0/plugin.wasm").status == 200  # healthy again
+    assert pauses == []  # a bad module is a verdict, not a hiccup: never retried
 
 
 def test_credentials_come_from_where_hps_pull_finds_them(
-        tree: Tree, tmp_path: Path, serve, monkeypatch: pytest.MonkeyPatch) -> None:
+        tree: Tree, tmp_path: Path, harness, monkeypatch: pytest.MonkeyPatch) -> None:
     module = wasm_bytes(4000, seed=21)
+    path = "/plugins/ai-guard/1.0.0/plugin.wasm"
     with running_registry(tmp_path / "locked", users={"hps": "s3cret"}) as locked:
         locked.push_wasm("plugins/ai-guard", "1.0.0", module)
-        template = f"oci://{locked.host}/plugins/${{name}}:${{version}}"
-        args = ["--root", str(tree.root), "--upstream", template, "--upstream-allow", "ai-*",
-                "--upstream-plain-http", "--drain-delay", "0"]
+        knobs = {"upstream": [f"oci://{locked.host}/plugins/${{name}}:${{version}}"],
+                 "upstream_allow": ["ai-*"], "upstream_plain_http": True}
         monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.docker/config.json of the host's
-        monkeypatch.delenv("DOCKER_CONFIG", raising=False)
-        monkeypatch.delenv("HPS_REGISTRY_USERNAME", raising=False)
-        anonymous = serve(*args, "--cache-dir", str(tmp_path / "c1"))  # ready: empty tree
-        reply = anonymous.get("/plugins/ai-guard/1.0.0/plugin.wasm")
-        assert reply.status == 503  # refused by the registry: an operator error, retried
+        for name in ("DOCKER_CONFIG", "HPS_REGISTRY_USERNAME", "HPS_REGISTRY_PASSWORD"):
+            monkeypatch.delenv(name, raising=False)
+        anonymous = harness(tree.root, cache_dir=str(tmp_path / "c1"), **knobs)  # empty tree
+        assert anonymous.get(path).status == 503  # refused by the registry: an operator error
+        docker = tmp_path / ".docker" / "config.json"
+        docker.parent.mkdir()
+        docker.write_text(json.dumps(
+            {"auths": {locked.host: {"auth": base64.b64encode(b"hps:s3cret").decode()}}}))
+        from_file = harness(tree.root, cache_dir=str(tmp_path / "c2"), **knobs)
+        reply = from_file.get(path)
+        assert reply.status == 200 and reply.body == module
+        docker.write_text("{}")
         monkeypatch.setenv("HPS_REGISTRY_USERNAME", "hps")
         monkeypatch.setenv("HPS_REGISTRY_PASSWORD", "s3cret")
-        server = serve(*args, "--cache-dir", str(tmp_path / "c2"))
-        reply = server.get("/plugins/ai-guard/1.0.0/plugin.wasm")
+        from_env = harness(tree.root, cache_dir=str(tmp_path / "c3"), **knobs)
+        reply = from_env.get(path)
         assert reply.status == 200 and reply.body == module
 
 

@@ -2,7 +2,8 @@
 
 Time is a ``MemoryReactorClock``; the registry side is a :class:`Fetches` source whose
 Deferreds the test fires, so each rule is checked without threads or sleeps. The real
-registry and ``twistd hps`` are in tests/test_pull_through.py.
+``RegistrySource`` against a real registry (in memory, and in one ``twistd hps``) is in
+tests/test_pull_through.py.
 """
 
 from __future__ import annotations

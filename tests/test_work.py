@@ -1,8 +1,11 @@
-"""Unit: blocking work runs on the pool of the reactor it was given, results come back."""
+"""Unit: blocking work runs on the pool of the reactor it was given (or, when it may hang,
+on a daemon thread of its own); results come back on the reactor's thread."""
 
 from __future__ import annotations
 
-from hps.work import in_threads
+import threading
+
+from hps.work import in_daemon_threads, in_threads
 from tests.support.memory import Reactor
 
 
@@ -24,3 +27,23 @@ def test_a_failure_comes_back_as_a_failure() -> None:
     reactor.pool.run()
     reactor.run_from_threads()
     assert failures == [ZeroDivisionError]
+
+
+def test_work_that_may_hang_gets_a_daemon_thread_of_its_own() -> None:
+    reactor = Reactor()
+    seen: list[tuple[str, bool]] = []
+    got: list[object] = []
+
+    def work(a: int) -> int:
+        seen.append((threading.current_thread().name, threading.current_thread().daemon))
+        return a * 2
+
+    run = in_daemon_threads(reactor, "upstream fetch")
+    run(work, 21).addCallback(got.append)
+    run(lambda: 1 / 0).addErrback(lambda f: got.append(f.type))
+    for thread in [t for t in threading.enumerate() if t.name == "upstream fetch"]:
+        thread.join(10)
+    assert reactor.pool.queue == [], "not the pool: a hung registry must not starve it"
+    assert seen == [("upstream fetch", True)] and got == []
+    reactor.run_from_threads()
+    assert sorted(got, key=str) == [42, ZeroDivisionError]

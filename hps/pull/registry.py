@@ -92,6 +92,9 @@ class _KeepAuthOnSameHost(urllib.request.HTTPRedirectHandler):
 class Client:
     """One registry and repository; not shared between threads."""
 
+    pause = staticmethod(time.sleep)
+    """How the backoff between attempts waits: tests record the waits instead of sleeping."""
+
     def __init__(
         self,
         registry: str,
@@ -200,7 +203,7 @@ class Client:
         last = ""
         for number in range(self.retries + 1):
             if number:
-                time.sleep(self.backoff * 2 ** (number - 1))
+                self.pause(self.backoff * 2 ** (number - 1))
             try:
                 return attempt()
             except _Retry as exc:

@@ -30,6 +30,7 @@ class CountingProxy(ThreadingHTTPServer):
         self.mode = "pass"
         self.seen: list[tuple[str, str]] = []
         self.lock = threading.Lock()
+        self.recorded = threading.Condition(self.lock)
         self.released = threading.Event()
 
     @property
@@ -37,13 +38,19 @@ class CountingProxy(ThreadingHTTPServer):
         return f"127.0.0.1:{self.server_address[1]}"
 
     def record(self, method: str, path: str) -> None:
-        with self.lock:
+        with self.recorded:
             self.seen.append((method, path))
+            self.recorded.notify_all()
 
     def count(self, kind: str = "") -> int:
         """Requests seen whose path holds ``/<kind>/`` (``manifests``, ``blobs``), or all."""
         with self.lock:
             return sum(1 for _, path in self.seen if f"/{kind}/" in path or not kind)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until ``count`` requests have been seen (False if they never came)."""
+        with self.recorded:
+            return self.recorded.wait_for(lambda: len(self.seen) >= count, timeout)
 
     def reset(self, mode: str = "pass") -> None:
         with self.lock:
@@ -110,7 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
 @contextmanager
 def counting_proxy(target: str) -> Iterator[CountingProxy]:
     proxy = CountingProxy(target)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    # shutdown() waits for the loop to see its flag: poll often, not every 0.5 s.
+    thread = threading.Thread(target=proxy.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield proxy

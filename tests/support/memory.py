@@ -8,7 +8,8 @@ cannot drift from production wiring), its listener lands in the fake reactor's
 
 - bytes move when the harness pumps (``settle``, which every request does);
 - time moves with :meth:`Harness.advance` (the site's sweep, timeouts, drain);
-- work the server sends to threads (scans, gzip variants, big listings) waits in
+- work the server sends to threads (scans, gzip variants, big listings, and the
+  pull-through fetches production gives daemon threads of their own) waits in
   :class:`Pool` and runs when the harness settles, unless the test holds it.
 
 What stays out: inotify and the SIGHUP handler (process-wide), real sockets (so
@@ -23,6 +24,7 @@ import gc
 import http.client
 import io
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,7 @@ from hps.config import Config, build
 from hps.service import make_service
 from hps.site import SWEEP_SECONDS, PluginSite
 from hps.watch import Watcher
+from hps.work import in_threads
 
 START = 1_700_000_000.0
 """The harness clock's first reading (2023-11-14T22:13:20Z): log lines have known times."""
@@ -87,6 +90,15 @@ class Pool:
         else:
             on_result(True, result)
         return True
+
+    def run_in_threads(self) -> list[threading.Thread]:
+        """Start every queued job on a real thread of its own, as production's fetches run:
+        for bounds only concurrency shows. Join them before the harness settles."""
+        # Each thread pops one job (list.pop is atomic); results wait in callFromThread.
+        started = [threading.Thread(target=self.run_one, daemon=True) for _ in self.queue]
+        for thread in started:
+            thread.start()
+        return started
 
 
 @implementer(IReactorThreads, IReactorFromThreads)
@@ -340,6 +352,9 @@ class Harness:
         self.service.startService()
         self.site: PluginSite = self.reactor.tcpServers[0][1]
         self.site.access.stream = self.access
+        upstream = self.site.resource.upstream
+        if upstream is not None:  # the registry fetch waits in the pool like other thread work
+            upstream.source.run = in_threads(self.reactor)
         self.settle()
 
     def _observe(self, event: dict) -> None:

@@ -31,6 +31,7 @@ import pytest
 
 from hps.guard import hidden_or_temporary
 from hps.pull.cli import main
+from hps.pull.registry import Client
 
 BINARY = "docker-registry"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -233,6 +234,14 @@ def _wait_ready(process: subprocess.Popen, port: int, log: Path) -> None:
 def registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     with running_registry(tmp_path_factory.mktemp("registry")) as running:
         yield running
+
+
+@pytest.fixture(name="pauses")
+def pauses_fixture(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoff waits between attempts at a registry, recorded instead of slept."""
+    waits: list[float] = []
+    monkeypatch.setattr(Client, "pause", staticmethod(waits.append))
+    return waits
 
 
 # -- running hps pull in a temp workspace ----------------------------------------------
