@@ -86,7 +86,8 @@ class Config:
                               "(Cache-Control max-age)", non_negative)
     immutable: bool = knob(False, "declare that a name/version never changes its bytes "
                            "(Cache-Control immutable)")
-    gzip: bool = knob(True, "serve a precompressed gzip variant to clients that accept it")
+    gzip: bool = knob(True, "serve a precompressed gzip variant (of modules and listings) to "
+                      "clients that accept it")
     cache_dir: str = knob("/tmp/hps-cache", "writable directory for work the server keeps across "
                           "restarts (gzip variants, pulled-through modules)")
     upstream: tuple[str, ...] = knob(

@@ -50,7 +50,7 @@ from hps.channel import PluginChannel
 from hps.files import Source
 from hps.head import host_ok, keeps_alive
 from hps.headers import EVERY_RESPONSE_LINES
-from hps.negotiate import accepts_gzip
+from hps.negotiate import NO_PREFERENCE, Accept, preferences
 from hps.sender import Sender, zero_copy
 from hps.state import ServerState
 from hps.transfer import Transfer, Variant, variant_headers
@@ -91,7 +91,7 @@ class Parsed:
     version: str
     headers: dict[bytes, bytes] = field(default_factory=dict)
     close: bool = False
-    wants_gzip: bool = False
+    accept: Accept = NO_PREFERENCE
     head: bool = False
 
 
@@ -115,7 +115,7 @@ def parse_request(data: bytes) -> Parsed | None:
     connection = headers.get(b"connection")
     return Parsed(parts[0], parts[1], *target, headers,
                   not keeps_alive(b"HTTP/1.1", connection and [connection]),
-                  accepts_gzip(headers.get(b"accept-encoding")), parts[0] == b"HEAD")
+                  preferences(headers.get(b"accept-encoding")), parts[0] == b"HEAD")
 
 
 def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
@@ -225,9 +225,9 @@ class ArtifactFastPath:
         artifact = self.state.catalog.get(parsed.name, parsed.version)
         if artifact is None:
             return False
-        if self.transfer.gzip_pending(artifact, parsed.wants_gzip):
+        if self.transfer.gzip_pending(artifact, parsed.accept):
             return False  # twisted.web waits for the variant
-        opened = self.transfer.open(artifact, parsed.wants_gzip, quiet=True)
+        opened = self.transfer.open(artifact, parsed.accept, quiet=True)
         if opened is None:
             return False  # twisted.web answers the 503 (and logs why)
         variant, source = opened

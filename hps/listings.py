@@ -38,7 +38,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from hps.catalog import Catalog
-from hps.negotiate import accepts_gzip, gzip_etag, not_modified
+from hps.negotiate import GZIP, Accept, not_modified, requested, variant_etag, variant_fields
 from hps.work import in_threads
 
 THREAD_ABOVE = 500
@@ -103,21 +103,23 @@ class Rendered:
     identity: Variant
     gzipped: Variant | None
 
-    def variant(self, accept_encoding: bytes | None) -> Variant:
-        if self.gzipped is not None and accepts_gzip(accept_encoding):
+    def variant(self, accept: Accept) -> Variant:
+        """The variant ``accept`` chooses (the same rule as artifacts')."""
+        if self.gzipped is not None and accept.choose((GZIP,)) == GZIP:
             return self.gzipped
         return self.identity
 
 
-def render(body: bytes, content_type: str) -> Rendered:
-    """Hash and compress ``body`` once (may run in a thread: touches nothing shared)."""
-    etag = '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
-    identity = Variant(etag.encode(), None, len(body), split(body))
+def render(body: bytes, content_type: str, compress: bool = True) -> Rendered:
+    """Hash and, with ``compress`` (the ``gzip`` knob), compress ``body`` once (may run in
+    a thread: touches nothing shared)."""
+    etag = b'"%s"' % hashlib.sha256(body).hexdigest()[:40].encode()
+    identity = Variant(etag, None, len(body), split(body))
     gzipped = None
-    if len(body) > GZIP_ABOVE:
+    if compress and len(body) > GZIP_ABOVE:
         packed = gzip.compress(body, compresslevel=6, mtime=0)
         if len(packed) < len(body):
-            gzipped = Variant(gzip_etag(etag).encode(), b"gzip", len(packed), split(packed))
+            gzipped = Variant(variant_etag(etag, GZIP), GZIP, len(packed), split(packed))
     return Rendered(content_type.encode(), identity, gzipped)
 
 
@@ -127,8 +129,9 @@ class Listings:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, extra: Callable[[], int] = lambda: 0,
-                 in_thread: Callable[..., Deferred] | None = None) -> None:
+                 in_thread: Callable[..., Deferred] | None = None, compress: bool = True) -> None:
         self.clock = clock
+        self.compress = compress
         self.extra = extra
         self.in_thread = in_thread or in_threads(clock)
         self.extra_seen = extra()
@@ -161,11 +164,11 @@ class Listings:
             found.append(waiter)
             return waiter
         if not (heavy and len(catalog) > THREAD_ABOVE):
-            rendered = render(build(), content_type)
+            rendered = render(build(), content_type, self.compress)
             self.pages[key] = rendered
             return rendered
         waiting = self.pages[key] = [waiter]
-        building = self.in_thread(lambda: render(build(), content_type))
+        building = self.in_thread(lambda: render(build(), content_type, self.compress))
         building.addBoth(self._built, generation, key, waiting)
         return waiter
 
@@ -183,14 +186,13 @@ class Listings:
 
 def send(request: Request, rendered: Rendered) -> bytes | int:
     """Answer ``request`` with ``rendered``: 200 (body or HEAD) or 304."""
-    variant = rendered.variant(request.getHeader(b"accept-encoding"))
+    variant = rendered.variant(requested(request.requestHeaders.getRawHeaders(b"accept-encoding")))
     request.setHeader(b"content-type", rendered.content_type)
     request.setHeader(b"cache-control", CACHE_CONTROL)
-    request.setHeader(b"etag", variant.etag)
-    if rendered.gzipped is not None:
-        request.setHeader(b"vary", b"Accept-Encoding")
-    if variant.encoding:
-        request.setHeader(b"content-encoding", variant.encoding)
+    # A page's variants are fixed when it is built: negotiable only if it has a gzip one.
+    for name, value in variant_fields(variant.etag, variant.encoding,
+                                      rendered.gzipped is not None):
+        request.setHeader(name, value)
     if not_modified(request.getHeader(b"if-none-match"), None, variant.etag, 0):
         request.setResponseCode(http.NOT_MODIFIED)
         return _no_body(request)

@@ -1,13 +1,17 @@
-"""Pure HTTP decisions about one artifact: validators, ranges, encodings.
+"""Pure HTTP decisions about one response: validators, ranges, content codings.
 
 No Twisted here: every function takes header bytes and plain values, so the
-twisted.web path (``transfer``) and the fast path (``fastpath``) share one
-definition of "matches", "satisfiable" and "accepts gzip" and cannot disagree.
+twisted.web path (``transfer``), the fast path (``fastpath``) and the listings
+(``listings``) share one definition of "matches", "satisfiable" and "which
+variant" (:meth:`Accept.choose`), and one way to name a variant in headers
+(:func:`variant_etag`, :func:`variant_fields`): they cannot disagree.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 MAX_RANGES = 64
@@ -142,29 +146,98 @@ def pick_range(header: bytes | None, size: int) -> Span | Unsatisfiable | None:
     return merged[0] if len(merged) == 1 else None
 
 
-def accepts_gzip(header: bytes | None) -> bool:
-    """Does Accept-Encoding allow gzip? ``gzip;q=0`` says no; ``*`` counts unless gzip is named."""
-    if not header:
-        return False
-    named: float | None = None
+GZIP = b"gzip"
+"""The one content coding hps offers (``x-gzip`` is its alias, RFC 9110 8.4.1.3)."""
+_ALIASES = {b"x-gzip": GZIP}
+_IMPLICIT = 0.0001
+"""Identity's weight when the field neither names it nor has ``*``: acceptable, but below
+0.001, the least preference a qvalue can state, so any coding the client lists wins."""
+
+
+@dataclass(frozen=True)
+class Accept:
+    """A request's Accept-Encoding: a weight per named coding, ``*``'s weight, and whether
+    the field was sent at all. Immutable: the fast path shares one per request bytes."""
+
+    weights: dict[bytes, float]
+    star: float | None
+    present: bool
+
+    def weight(self, coding: bytes) -> float:
+        """How much the client wants ``coding`` (0: not acceptable), by RFC 9110 12.5.3."""
+        if coding in self.weights:
+            return self.weights[coding]
+        if self.star is not None:
+            return self.star
+        return _IMPLICIT if coding == b"identity" else 0.0
+
+    def choose(self, offered: Collection[bytes]) -> bytes | None:
+        """The coding to send among ``offered``; None: identity, the response as it is.
+
+        The highest weight wins; a tie goes to a coding (smaller on the wire) over
+        identity. Identity is the answer when the field is absent (the client states no
+        preference, and every client can read identity) and when nothing is acceptable
+        (``identity;q=0`` and no offered coding wanted: the field is disregarded, as
+        RFC 9110 12.1 allows, rather than answering 406).
+        """
+        if not self.present:
+            return None
+        best, best_weight = None, self.weight(b"identity")
+        for coding in offered:
+            weight = self.weight(coding)
+            if weight > 0 and (weight > best_weight or (weight == best_weight and best is None)):
+                best, best_weight = coding, weight
+        return best
+
+
+NO_PREFERENCE = Accept({}, None, False)
+
+
+def preferences(header: bytes | None) -> Accept:
+    """Parse an Accept-Encoding field value (several field lines joined by commas).
+
+    Codings are case-insensitive, ``x-gzip`` is ``gzip``, a coding named twice keeps
+    its highest weight (so the order of elements never matters), and an element that
+    is not ``coding[;q=qvalue]`` grants nothing.
+    """
+    if header is None:
+        return NO_PREFERENCE
+    weights: dict[bytes, float] = {}
     star: float | None = None
     for item in header.split(b","):
-        if not item.strip():
-            continue
         match = _CODING.match(item)
         if match is None:
-            continue  # an element we cannot read grants nothing
+            continue  # an empty element, or one we cannot read
         coding = match.group(1).lower()
+        coding = _ALIASES.get(coding, coding)
         q = float(match.group(2)) if match.group(2) else 1.0
-        if coding in (b"gzip", b"x-gzip"):
-            named = q if named is None else max(named, q)
-        elif coding == b"*":
-            star = q
-    if named is not None:
-        return named > 0
-    return star is not None and star > 0
+        if coding == b"*":
+            star = q if star is None else max(star, q)
+        else:
+            weights[coding] = max(weights.get(coding, q), q)
+    return Accept(weights, star, True)
 
 
-def gzip_etag(etag: str) -> str:
-    """The gzip variant's own strong tag: ``"<sha>-gz"`` for ``"<sha>"``."""
-    return etag[:-1] + '-gz"'
+def requested(lines: Sequence[bytes] | None) -> Accept:
+    """The preferences of a request's Accept-Encoding field lines (all of them: twisted.web's
+    ``getHeader`` would give only the last)."""
+    return preferences(None if lines is None else b",".join(lines))
+
+
+def variant_etag(etag: bytes, encoding: bytes | None) -> bytes:
+    """The strong tag of one variant: the identity's ``"<sha>"``, or ``"<sha>-gz"`` for gzip
+    (each variant is its own representation, RFC 9110 8.8.3)."""
+    return etag if encoding is None else etag[:-1] + b'-gz"'
+
+
+def variant_fields(etag: bytes, encoding: bytes | None,
+                   negotiable: bool) -> list[tuple[bytes, bytes]]:
+    """The header fields naming one variant, the same on 200, 206, 304 and 416: its ETag,
+    its Content-Encoding, and ``Vary: Accept-Encoding`` when the resource is
+    ``negotiable`` (another Accept-Encoding could get, now or later, another variant)."""
+    fields = [(b"ETag", etag)]
+    if encoding is not None:
+        fields.append((b"Content-Encoding", encoding))
+    if negotiable:
+        fields.append((b"Vary", b"Accept-Encoding"))
+    return fields

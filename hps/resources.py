@@ -82,12 +82,13 @@ class Root(Resource):
         super().__init__()
         if clock is None:
             from twisted.internet import reactor as clock
+        config = state.config
         self.listings = listings.Listings(
-            clock, extra=lambda: misses.generation if misses is not None else 0)
+            clock, extra=lambda: misses.generation if misses is not None else 0,
+            compress=config.gzip)
         self.state = state
         self.misses = misses
         self.upstream = upstream
-        config = state.config
         self.transfer = transfer or Transfer(Policy.from_config(
             config.cache_max_age, config.immutable, config.gzip))
 

@@ -24,13 +24,16 @@ from hps._twisted import h2_unsent
 from hps.catalog import Artifact, Catalog, Identity
 from hps.files import FileTable, Replaced, Source
 from hps.negotiate import (
+    GZIP,
     UNSATISFIABLE,
+    Accept,
     Span,
-    accepts_gzip,
-    gzip_etag,
     not_modified,
     pick_range,
     range_applies,
+    requested,
+    variant_etag,
+    variant_fields,
 )
 from hps.sender import Sender, zero_copy
 from hps.variants import GzipFile, GzipVariants
@@ -73,18 +76,14 @@ def variant_headers(artifact: Artifact, variant: Variant,
     """Headers shared by 200, 206, 304 and 416 of one variant: the one builder both paths
     use. They depend on the artifact's whole identity (two copies of the same bytes
     differ in Last-Modified), never on the ETag alone."""
-    headers = [
+    return [
         (b"Content-Type", WASM_TYPE),
-        (b"ETag", variant.etag),
         (b"Last-Modified", http.datetimeToString(int(artifact.mtime))),
         (b"Cache-Control", policy.cache_control),
         (b"Accept-Ranges", b"bytes"),
+        # With gzip on, any module may get a variant (being made, or remade): negotiable.
+        *variant_fields(variant.etag, variant.encoding, policy.gzip),
     ]
-    if variant.encoding:
-        headers.append((b"Content-Encoding", variant.encoding))
-    if policy.gzip:
-        headers.append((b"Vary", b"Accept-Encoding"))
-    return headers
 
 
 class Transfer:
@@ -112,16 +111,18 @@ class Transfer:
             return set()
         return {(f.path, f.identity) for f in self.variants.ready.values()}
 
-    def gzip_pending(self, artifact: Artifact, wants_gzip: bool) -> bool:
+    def gzip_pending(self, artifact: Artifact, accept: Accept) -> bool:
         """Would this client get gzip once the module's variant, being prepared, is ready?"""
-        return (self.policy.gzip and wants_gzip and self.variants is not None
-                and self.variants.preparing(artifact))
+        return (self.policy.gzip and self.variants is not None
+                and self.variants.preparing(artifact) and accept.choose((GZIP,)) == GZIP)
 
-    def choose(self, artifact: Artifact, wants_gzip: bool) -> Variant:
-        """gzip when enabled, accepted and ready; identity otherwise."""
+    def choose(self, artifact: Artifact, accept: Accept) -> Variant:
+        """The variant ``accept`` chooses among those ready: gzip when enabled and made."""
         found = None
-        if self.policy.gzip and wants_gzip and self.variants is not None:
+        if self.policy.gzip and self.variants is not None:
             found = self.variants.get(artifact)
+        if found is not None and accept.choose((GZIP,)) != GZIP:
+            found = None
         # Built once per artifact and variant file: every download of a module asks again.
         origin: object = artifact if found is None else found
         memo = self.chosen.get(id(origin))
@@ -130,15 +131,16 @@ class Transfer:
         if found is None:
             variant = identity_variant(artifact)
         else:
-            variant = Variant(gzip_etag(artifact.etag).encode(), b"gzip", found.size, found)
+            etag = variant_etag(artifact.etag.encode(), GZIP)
+            variant = Variant(etag, GZIP, found.size, found)
         self.chosen[id(origin)] = (origin, variant)
         return variant
 
-    def open(self, artifact: Artifact, wants_gzip: bool,
+    def open(self, artifact: Artifact, accept: Accept,
              quiet: bool = False) -> tuple[Variant, Source] | None:
         """The variant to send and a verified source of its bytes; None: answer 503
         (logged, unless ``quiet``: the fast path declines and twisted.web asks again)."""
-        variant = self.choose(artifact, wants_gzip)
+        variant = self.choose(artifact, accept)
         found = variant.gzip
         if found is not None:
             try:
@@ -179,13 +181,13 @@ class ArtifactFile(static.File):
         return self.artifact.mtime
 
     def render_GET(self, request: Request) -> bytes | int:
-        wants_gzip = accepts_gzip(request.getHeader(b"accept-encoding"))
-        if self.transfer.gzip_pending(self.artifact, wants_gzip):
-            self.respond_when_ready(request, wants_gzip)
+        accept = requested(request.requestHeaders.getRawHeaders(b"accept-encoding"))
+        if self.transfer.gzip_pending(self.artifact, accept):
+            self.respond_when_ready(request, accept)
             return NOT_DONE_YET
-        return self.respond(request, wants_gzip)
+        return self.respond(request, accept)
 
-    def respond_when_ready(self, request: Request, wants_gzip: bool) -> None:
+    def respond_when_ready(self, request: Request, accept: Accept) -> None:
         """Wait (at most GZIP_WAIT) for the variant, then answer: gzip on the wire from the
         first download, rather than identity to whoever comes before the compressor."""
         assert self.transfer.variants is not None
@@ -195,7 +197,7 @@ class ArtifactFile(static.File):
         def answer(_: object) -> None:
             if gone:
                 return
-            body = self.respond(request, wants_gzip)
+            body = self.respond(request, accept)
             if body is not NOT_DONE_YET:
                 request.write(body)
                 request.finish()
@@ -205,8 +207,8 @@ class ArtifactFile(static.File):
         waiting.addBoth(answer).addErrback(
             lambda failure: self.log.failure("answering after a gzip wait", failure))
 
-    def respond(self, request: Request, wants_gzip: bool) -> bytes | int:
-        opened = self.transfer.open(self.artifact, wants_gzip)
+    def respond(self, request: Request, accept: Accept) -> bytes | int:
+        opened = self.transfer.open(self.artifact, accept)
         if opened is None:
             return self.unavailable(request)
         variant, source = opened

@@ -11,16 +11,18 @@ from typing import Any
 import pytest
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
 
 from hps import fastpath
 from hps._twisted import inner_channel
-from hps.catalog import scan
+from hps.catalog import Catalog, scan
 from hps.config import Config
 from hps.fastpath import parse_request
 from hps.resources import Root
 from hps.site import PluginSite
 from hps.state import ServerState
 from hps.transfer import Policy, Transfer
+from hps.variants import GzipVariants
 from tests.support.server import wasm_bytes
 from tests.support.sockets import Reactor, pump, tcp_pair
 
@@ -75,18 +77,26 @@ class Rig:
     body: bytes
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Rig:
+def make_rig(tmp_path: Path, gzip_variants: bool = False) -> Rig:
     body = wasm_bytes(600_000)
     target = tmp_path / "demo" / "1.0.0" / "plugin.wasm"
     target.parent.mkdir(parents=True)
     target.write_bytes(body)
     state = ServerState(config=Config(root=str(tmp_path)), catalog=scan(str(tmp_path)))
-    transfer = Transfer(Policy.from_config(300, immutable=False, gzip=True))
+    variants = None
+    if gzip_variants:  # made at once, in this thread
+        variants = GzipVariants(str(tmp_path / "cache"), run=lambda work, *a: succeed(work(*a)))
+        variants.on_swap(Catalog(root=str(tmp_path)), state.catalog)
+    transfer = Transfer(Policy.from_config(300, immutable=False, gzip=True), variants=variants)
     reactor = Reactor()
     site = PluginSite(Root(state, transfer), state=state, reactor=reactor)
     fastpath.install(state, site, transfer)
     return Rig(site, reactor, tmp_path, body)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return make_rig(tmp_path)
 
 
 def connect(rig: Rig, sndbuf: int | None = None) -> tuple[Any, tcp.Server, socket.socket]:
@@ -158,3 +168,29 @@ def test_other_requests_reach_twisted_web_which_keeps_the_connection(rig: Rig) -
     proto.dataReceived(GET + b"\r\n")  # plain, but twisted.web owns the connection now
     head, body = response(rig, server, peer, len(rig.body))
     assert body == rig.body and len(channel.requests) == 0
+
+
+def test_the_fast_path_and_twisted_web_negotiate_alike(tmp_path: Path) -> None:
+    """The same Accept-Encoding gets the same variant and headers on both paths (an
+    If-None-Match naming nothing sends a request to twisted.web and changes nothing else)."""
+    rig = make_rig(tmp_path, gzip_variants=True)
+
+    def fields(extra: bytes) -> tuple[bool, dict[bytes, bytes]]:
+        proto, server, peer = connect(rig)
+        proto.dataReceived(GET + extra + b"\r\n")
+        head, _ = response(rig, server, peer, 0)
+        status, *lines = head.split(b"\r\n")
+        assert status == b"HTTP/1.1 200 OK"
+        fields = dict(line.split(b": ", 1) for line in lines if not line.startswith(b"Date:"))
+        return inner_channel(proto).web_owned, fields
+
+    for asked in (b"", b"gzip", b"x-gzip, br", b"*", b"gzip;q=0", b"identity;q=0, *",
+                  b"gzip;q=0.5, identity", b"*;q=0"):
+        extra = b"Accept-Encoding: " + asked + b"\r\n" if asked else b""
+        fast_owned, fast = fields(extra)
+        web_owned, web = fields(extra + b'If-None-Match: "none"\r\n')
+        assert not fast_owned and web_owned, asked
+        assert fast == web, asked
+        gzipped = asked in (b"gzip", b"x-gzip, br", b"*", b"identity;q=0, *")
+        assert (fast.get(b"Content-Encoding") == b"gzip") == gzipped, asked
+        assert fast[b"Vary"] == b"Accept-Encoding" and fast[b"ETag"].endswith(b'-gz"') == gzipped
