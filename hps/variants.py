@@ -6,7 +6,7 @@ A module's gzip representation is a file:
   by ``hps pull``), used only when it decompresses to bytes with the module's
   SHA-256; a bad one is skipped with one log line;
 - else one the server compressed, once, into ``<cache_dir>/gzip/<sha256>.gz``
-  (atomic write; a restart or a rescan reuses it);
+  (written by :mod:`hps.atomic`; a restart or a rescan reuses it);
 - else, when the cache directory cannot be written, an unlinked temporary file
   (one warning), so the memory goal still holds.
 
@@ -31,6 +31,7 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from hps.atomic import staged
 from hps.catalog import Artifact, Catalog, Identity, identity_of
 from hps.files import Source, open_verified
 
@@ -55,6 +56,10 @@ class GzipFile:
 
 class Bad(Exception):
     """A sibling ``.gz`` that is not this module (the message says why)."""
+
+
+class _NotWritten(Exception):
+    """The module changed, or gzip does not make it smaller: the staged file is dropped."""
 
 
 def _regular(path: str) -> os.stat_result | None:
@@ -121,16 +126,15 @@ def compress(artifact: Artifact, directory: str | None) -> GzipFile | None:
             fd = os.dup(handle.fileno())  # the unlinked file lives as long as this descriptor
         identity = identity_of(os.fstat(fd))
         return GzipFile("", identity, identity[2], Source(fd, identity))
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", delete=False) as handle:
-        good = _deflate(source, handle) == artifact.sha256 and handle.tell() < artifact.size
-        if good:
-            os.fsync(handle.fileno())
-    if not good:
-        os.unlink(handle.name)
-        return None
     final = os.path.join(directory, f"{artifact.sha256}.gz")
-    os.replace(handle.name, final)
-    return GzipFile(final, identity_of(os.stat(final)), os.stat(final).st_size)
+    try:
+        with staged(final) as out:
+            if _deflate(source, out) != artifact.sha256 or out.tell() >= artifact.size:
+                raise _NotWritten
+    except _NotWritten:
+        return None
+    info = os.stat(final)
+    return GzipFile(final, identity_of(info), info.st_size)
 
 
 def cached(artifact: Artifact, directory: str) -> GzipFile | None:

@@ -77,6 +77,16 @@ def test_without_a_sibling_the_module_is_compressed_into_the_cache(module,
     assert unlinked is not None and unlinked.source is not None and unlinked.path == ""
 
 
+def test_a_module_gzip_cannot_shrink_leaves_nothing_in_the_cache(tree: Tree,
+                                                                  tmp_path: Path) -> None:
+    tree.add("noise", "1.0.0", body=b"\0asm\x01\0\0\0" + os.urandom(100_000))
+    artifact = scan(str(tree.root)).get("noise", "1.0.0")
+    directory = tmp_path / "gzip"
+    directory.mkdir()
+    assert prepare(artifact, str(directory)) == (None, None, None)
+    assert list(directory.iterdir()) == []  # the staged file went with the attempt
+
+
 class Runner:
     """Runs each job when told, so the test sees the queue between jobs."""
 

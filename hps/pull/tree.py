@@ -1,10 +1,9 @@
 """Write modules and aliases into the served tree so a reader never sees half a file.
 
-Every file lands under a temporary name that starts with ``.`` (the server
-never lists dotfiles) in its final directory, is fsynced, renamed over the
-target and the directory fsynced: a server reading the same tree sees the old
-file or the new one, nothing in between. Aliases are relative symlinks to the
-module file, swapped in the same way.
+Every file and alias is written by :mod:`hps.atomic` (a dot-named temporary
+beside the target, fsynced, renamed over it, the directory fsynced): a server
+reading the same tree sees the old file or the new one, nothing in between.
+Aliases are relative symlinks to the module file, swapped in the same way.
 
 Beside each module goes ``plugin.wasm.gz`` (nginx's ``gzip_static`` convention),
 so the server can send gzip from the first download: best compression, and the
@@ -17,12 +16,10 @@ import gzip
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
+from hps.atomic import fsync_dir, staged, swap_in, unlink_quietly
 from hps.catalog import NotAModule, examine_module
 from hps.guard import MODULE_FILE, within_root
 from hps.pull.errors import NotWasm, PullError
@@ -67,14 +64,14 @@ def write_module_file(target: Path, source: IO[bytes]) -> None:
 
 
 def _write_from(target: Path, source: IO[bytes]) -> None:
-    with _staged(target) as out:
+    with staged(target) as out:
         shutil.copyfileobj(source, out, CHUNK)
 
 
 def write_gzip(target: Path, source: IO[bytes]) -> None:
     """Deterministic gzip of ``source`` at level 9: no file name, mtime 0."""
     with (
-        _staged(target) as out,
+        staged(target) as out,
         gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=out, mtime=0) as gz,
     ):
         shutil.copyfileobj(source, gz, CHUNK)
@@ -95,11 +92,11 @@ def link_module(root: Path, name: str, version: str, target_name: str, target_ve
     gz_link = link.with_name(GZIP_FILE)
     if target.with_name(GZIP_FILE).exists():
         relative_gz = os.path.relpath(target.with_name(GZIP_FILE), link.parent)
-        _replace(gz_link, lambda tmp: os.symlink(relative_gz, tmp))
+        swap_in(gz_link, lambda tmp: os.symlink(relative_gz, tmp))
     else:
-        _unlink_quietly(str(gz_link))  # a stale one would describe other bytes
+        unlink_quietly(str(gz_link))  # a stale one would describe other bytes
     relative = os.path.relpath(target, link.parent)
-    _replace(link, lambda tmp: os.symlink(relative, tmp))
+    swap_in(link, lambda tmp: os.symlink(relative, tmp))
     return link
 
 
@@ -116,7 +113,7 @@ def remove_temporaries(root: Path, *others: Path) -> list[Path]:
     for directory in directories:
         for entry in _scan(directory):
             if entry.is_file(follow_symlinks=False) and _OUR_TEMPORARY.match(entry.name):
-                _unlink_quietly(entry.path)
+                unlink_quietly(entry.path)
                 removed.append(Path(entry.path))
     return removed
 
@@ -136,7 +133,7 @@ def _scan(directory: Path) -> list[os.DirEntry]:
 def write_bytes(path: Path, data: bytes) -> None:
     """Atomically replace a small file (the lock)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _staged(path) as out:
+    with staged(path) as out:
         out.write(data)
 
 
@@ -166,46 +163,4 @@ def make_dirs(root: Path, directory: Path) -> None:
             current.unlink()
         if not current.is_dir():
             current.mkdir()
-            _fsync_dir(parent)
-
-
-@contextmanager
-def _staged(target: Path) -> Iterator[IO[bytes]]:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the server may run as another user
-        os.replace(tmp, target)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _replace(target: Path, make: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    os.unlink(tmp)  # only the unique name was wanted; ``make`` creates the entry
-    try:
-        make(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    with suppress(FileNotFoundError):
-        os.unlink(path)
+            fsync_dir(parent)
