@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from hps.pull.auth import Credentials, from_environment
 from hps.pull.errors import InputError
+from hps.pull.fetch import Options
 from hps.pull.inventory import (
     CHECKOUT_UPSTREAM,
     REPO_UPSTREAM,
@@ -157,13 +158,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
         lock=None if args.snapshot else args.lock or sources(args)[0].path.parent / LOCK_NAME,
         locked=args.locked,
         use_local=args.use_local,
-        plain_http=args.plain_http,
         jobs=args.jobs,
-        retries=args.retries,
-        timeout=args.timeout,
-        credentials=_credentials(args),
-        registry=args.registry,
-        namespace=args.namespace,
+        fetch=Options(
+            plain_http=args.plain_http,
+            credentials=_credentials(args),
+            timeout=args.timeout,
+            retries=args.retries,
+            registry=args.registry,
+            namespace=args.namespace,
+        ),
     )
 
 

@@ -13,7 +13,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hps.pull.auth import Credentials
 from hps.pull.errors import Drift, InputError, NotWasm, PullError
 from hps.pull.fetch import Options, fetch_to
 from hps.pull.gate import Gate
@@ -33,30 +32,19 @@ THREAD_PREFIX = "hps-pull"
 
 @dataclass
 class Settings:
+    """What one ``hps pull`` does: where to, with which lock, how many at once, and how to
+    talk to registries (``fetch``: the same :class:`Options` every fetch takes)."""
+
     output: Path
     lock: Path | None  # None: write no lock (snapshot mode: the inputs are the locks)
     locked: bool = False
     use_local: bool = False
-    plain_http: bool = False
     jobs: int = 4
-    retries: int = 3
-    timeout: float = 30.0
-    credentials: Credentials | None = None  # from flags/env; else ~/.docker/config.json
-    registry: str | None = None  # pull every reference from this mirror instead
-    namespace: str | None = None
-    gate: Gate | None = None
+    fetch: Options = field(default_factory=Options)
 
-    def options(self, progress: Progress) -> Options:
-        return Options(
-            plain_http=self.plain_http,
-            credentials=self.credentials,
-            timeout=self.timeout,
-            retries=self.retries,
-            registry=self.registry,
-            namespace=self.namespace,
-            on_bytes=progress.received,
-            gate=self.gate,
-        )
+    def options(self, progress: Progress, gate: Gate) -> Options:
+        """``fetch`` for this run: bytes counted by ``progress``, writes through ``gate``."""
+        return replace(self.fetch, on_bytes=progress.received, gate=gate)
 
 
 @dataclass
@@ -105,10 +93,10 @@ def _pull_all(
 ) -> Outcome:
     outcome = Outcome()
     gate = Gate()
-    settings = replace(settings, gate=gate)
+    options = settings.options(progress, gate)
     pool = ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix=THREAD_PREFIX)
     futures: dict[Key, Future] = {
-        key: pool.submit(_guarded, entry, previous.get(key), settings, progress)
+        key: pool.submit(_guarded, entry, previous.get(key), settings, options, progress)
         for key, entry in plan.entries.items()
     }
     try:
@@ -146,12 +134,13 @@ def _abandon(output: Path, futures: dict[Key, Future], gate: Gate, progress: Pro
 
 
 def _guarded(
-    entry: Entry, previous: Record | None, settings: Settings, progress: Progress
+    entry: Entry, previous: Record | None, settings: Settings, options: Options,
+    progress: Progress,
 ) -> tuple[Record | None, str]:
     """One entry's failure is one line, never a traceback or a stopped run."""
     progress.started(entry.label)
     try:
-        record = pull_one(entry, previous, settings, progress)
+        record = pull_one(entry, previous, settings, options, progress)
     except PullError as exc:
         failure = str(exc)
     except OSError as exc:
@@ -172,7 +161,8 @@ def _describe(entry: Entry, record: Record) -> str:
 
 
 def pull_one(
-    entry: Entry, previous: Record | None, settings: Settings, progress: Progress
+    entry: Entry, previous: Record | None, settings: Settings, options: Options,
+    progress: Progress,
 ) -> Record:
     locked = previous if settings.locked else None  # check_locked made sure it exists
     if settings.use_local:
@@ -190,7 +180,7 @@ def pull_one(
     fetched = fetch_to(
         ref,
         module_path(settings.output, entry.name, entry.version),
-        settings.options(progress),
+        options,
         pin=pin,
         layer_pin=layer_pin,
         expect_sha256=locked.wasm_sha256 if locked else entry.sha256,
