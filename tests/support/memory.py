@@ -8,9 +8,15 @@ cannot drift from production wiring), its listener lands in the fake reactor's
 
 - bytes move when the harness pumps (``settle``, which every request does);
 - time moves with :meth:`Harness.advance` (the site's sweep, timeouts, drain);
+- as in a real reactor, a timed call due now that schedules another for now
+  (``callLater(0)``) gets it run on the next turn, after bytes have moved: twisted.web's
+  HTTP/2 send loop waits for a flow-control window that way;
 - work the server sends to threads (scans, gzip variants, big listings, and the
   pull-through fetches production gives daemon threads of their own) waits in
   :class:`Pool` and runs when the harness settles, unless the test holds it.
+
+A ``ssl:`` listener is wrapped in TLS as the real reactor's ``listenSSL`` does (so ALPN
+picks HTTP/2 through twisted.web's own negotiation); clients then speak TLS too.
 
 What stays out: inotify and the SIGHUP handler (process-wide), real sockets (so
 the fast path, which needs ``os.sendfile`` on a TCP socket, declines and
@@ -38,9 +44,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorFromThreads, IReactorThreads
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from zope.interface import implementer
@@ -54,6 +62,10 @@ from hps.work import in_threads
 
 START = 1_700_000_000.0
 """The harness clock's first reading (2023-11-14T22:13:20Z): log lines have known times."""
+
+SPIN_TURNS = 50
+"""Turns in a row in which only timed calls due now ran (nothing moved): the server is
+busy-waiting, as twisted.web's HTTP/2 send loop does for a window, so it has settled."""
 
 SEND_BUFFER = 65536
 """Bytes a server transport holds before it pauses its producer (``FileDescriptor``'s
@@ -161,6 +173,31 @@ class Reactor(MemoryReactorClock):
         factory.doStart()
         return _Port(listening, factory)
 
+    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
+                  interface: str = "") -> Any:
+        """As the real reactor does it: TLS wrapped around ``factory`` on a TCP port (the
+        wrapper asks the Site for its ALPN protocols); recorded in ``sslServers`` too."""
+        self.sslServers.append((port, factory, contextFactory, backlog, interface))
+        tls = TLSMemoryBIOFactory(contextFactory, False, factory, clock=self)  # its write batching
+        return self.listenTCP(port, tls, backlog, interface)
+
+    def run_due(self) -> bool:
+        """One reactor turn's timed calls: those due now, in order, and not the ones they
+        schedule for now (``advance`` would run those at once, forever for a call that
+        keeps rescheduling itself). True if any ran."""
+        due = self.calls[:bisect.bisect_right(self.calls, self.rightNow, key=_due)]
+        for call in due:
+            if not call.active():  # an earlier one cancelled it (and took it off the list)
+                continue
+            self.calls.remove(call)
+            if call.delayed_time:  # reset to later: it waits in its new place
+                call.activate_delay()
+                bisect.insort(self.calls, call, key=_due)
+                continue
+            call.called = 1
+            call.func(*call.args, **call.kw)
+        return bool(due)
+
     def run_from_threads(self) -> bool:
         ran = bool(self.from_threads)
         while self.from_threads:
@@ -261,6 +298,16 @@ class ServerTransport(FakeTransport):
         return None
 
 
+class _One(Factory):
+    """A factory for one protocol that exists already (a client TLS wraps)."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol_made = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.protocol_made
+
+
 class Client(Protocol):
     """Raw bytes in and out: tests write heads exactly as they mean them."""
 
@@ -325,13 +372,19 @@ class Connection:
     server: Any
     transport: ServerTransport
     pump: IOPump
+    wire: ClientTransport | None = None
+    """The client's end of the socket (under its TLS, if any)."""
+
+    @property
+    def client_end(self) -> FakeTransport:
+        return self.wire if self.wire is not None else self.client.transport
 
     def step(self) -> bool:
         """Move bytes once; both ends learn of a close (True if anything happened)."""
-        if _quiet(self.transport) and _quiet(self.client.transport):
+        if _quiet(self.transport) and _quiet(self.client_end):
             return False  # most of a flood: spares pumping thousands of idle connections
         moved = self.pump.pump(advanceClock=False)
-        for transport in (self.transport, self.client.transport):
+        for transport in (self.transport, self.client_end):
             if transport.disconnected and not getattr(transport, "reported", False):
                 transport.reportDisconnect()
                 moved = True
@@ -392,7 +445,9 @@ class Harness:
                 self.watcher = child
         self.service.privilegedStartService()
         self.service.startService()
-        self.site: PluginSite = self.reactor.tcpServers[0][1]
+        self.listening: Any = self.reactor.tcpServers[0][1]
+        """What the port accepts with: the site, or the TLS wrapped around it."""
+        self.site: PluginSite = getattr(self.listening, "wrappedFactory", self.listening)
         self.site.access.stream = self.access
         upstream = self.site.resource.upstream
         if upstream is not None:  # the registry fetch waits in the pool like other thread work
@@ -414,19 +469,28 @@ class Harness:
 
     # -- moving bytes and time ---------------------------------------------------------
 
+    def turn(self) -> tuple[bool, bool]:
+        """One reactor turn: the calls due now, thread work, bytes moved once each way.
+        Returns (a timed call ran, anything else happened)."""
+        moved = self.reactor.run_from_threads()
+        timed = self.reactor.run_due()
+        if not self.hold_threads:
+            moved = self.reactor.pool.run() or moved
+        moved = self.reactor.run_from_threads() or moved
+        for connection in list(self.connections):
+            moved = connection.step() or moved
+            if connection.transport.disconnected and connection.client_end.disconnected:
+                self.connections.remove(connection)
+        return timed, moved
+
     def settle(self) -> None:
-        """Run everything that can run now: calls due, thread work, bytes both ways."""
+        """Run everything that can run now, turn by turn, until nothing moves (calls that
+        only reschedule themselves for now, a busy-wait, stop counting after SPIN_TURNS)."""
+        spinning = 0
         for _ in range(100_000):
-            moved = self.reactor.run_from_threads()
-            self.reactor.advance(0)
-            if not self.hold_threads:
-                moved = self.reactor.pool.run() or moved
-            moved = self.reactor.run_from_threads() or moved
-            for connection in list(self.connections):
-                moved = connection.step() or moved
-                if connection.transport.disconnected and connection.client.transport.disconnected:
-                    self.connections.remove(connection)
-            if not moved:
+            timed, moved = self.turn()
+            spinning = 0 if moved else spinning + 1
+            if (not timed and not moved) or spinning > SPIN_TURNS:
                 return
         raise AssertionError("the server never settled")
 
@@ -434,23 +498,30 @@ class Harness:
         """Move the clock by ``seconds``, settling after each ``step`` (the sweep's period)."""
         left = seconds
         while left > 1e-9:
-            self.reactor.advance(min(step, left))
+            self.reactor.rightNow += min(step, left)  # ``Clock.advance`` without its runs
             left -= step
             self.settle()
 
     # -- clients -----------------------------------------------------------------------
 
-    def connect(self, peer: str = "127.0.0.1", settle: bool = True) -> Connection:
-        """A new client connection; ``settle=False`` leaves its accept unsettled (to open
-        thousands at once)."""
+    def connect(self, peer: str = "127.0.0.1", settle: bool = True,
+                client: Protocol | None = None, tls: Any = None) -> Connection:
+        """A new connection from ``peer``: a raw :class:`Client`, or ``client``. On a TLS
+        listener the client speaks TLS with the ``tls`` options (default: no ALPN, so
+        HTTP/1.1). ``settle=False`` leaves its accept unsettled (to open thousands at once).
+        """
         address = IPv4Address("TCP", peer, 40000 + len(self.connections))
         host = IPv4Address("TCP", "127.0.0.1", 8080)
-        server = self.site.buildProtocol(address)
-        client = Client()
-        transport = ServerTransport(server, address, host)
-        pump = connect(server, transport, client, ClientTransport(client, False, address, host),
-                       greet=False, clock=self.reactor)
-        connection = Connection(self, client, server, transport, pump)
+        server = self.listening.buildProtocol(address)
+        client = client if client is not None else Client()
+        wire: Protocol = client
+        if self.listening is not self.site:
+            wire = TLSMemoryBIOFactory(tls or CertificateOptions(), True, _One(client),
+                                       clock=self.reactor).buildProtocol(host)
+        transport, client_end = (ServerTransport(server, address, host),
+                                 ClientTransport(wire, False, address, host))
+        pump = connect(server, transport, wire, client_end, greet=False, clock=self.reactor)
+        connection = Connection(self, client, server, transport, pump, client_end)
         self.connections.append(connection)
         if settle:
             self.settle()
