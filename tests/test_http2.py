@@ -1,120 +1,139 @@
-"""HTTP/2 against a hostile client (the ``h2`` library over TLS + ALPN) and a real process."""
+"""HTTP/2 against a hostile client (the ``h2`` library over TLS + ALPN), in memory.
+
+The server is the real one on a fake reactor (tests/support/memory.py) listening on
+``ssl:``; the client speaks TLS and HTTP/2 to it. The real-process TLS + HTTP/2 smoke
+test is tests/test_tls.py (curl).
+"""
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
+from hps.files import Source
 from hps.http2 import LOG_EVERY, MAX_STREAMS, PluginH2Connection
-from tests.support.h2client import H2Client
-from tests.support.server import Server, Tree
+from hps.site import SWEEP_SECONDS
+from tests.support.h2client import connect_h2
+from tests.support.memory import Harness
+from tests.support.server import Tree
 from tests.test_tls import self_signed
 
 BIG = "/plugins/big/1.0.0/plugin.wasm"
 SMALL = "/plugins/small/1.0.0/plugin.wasm"
+BIG_SIZE = 1 << 20
+"""Many times the client's window (64 KiB) and the server's per-stream backlog."""
 
 
 @pytest.fixture
-def h2server(tree: Tree, serve, tmp_path: Path):
-    def start(*args: str) -> tuple[Server, bytes]:
-        body = tree.add("big", "1.0.0", size=8 << 20)
+def h2site(tree: Tree, harness, tmp_path: Path):
+    """``h2site(**knobs)``: an in-memory server on ``ssl:`` serving ``big`` and ``small``."""
+    def start(**knobs: object) -> tuple[Harness, bytes]:
+        body = tree.add("big", "1.0.0", size=BIG_SIZE)
         tree.add("small", "1.0.0", size=100_000)
         key, cert = self_signed(tmp_path)
-        server = serve("--root", str(tree.root), *args, ready=False,
-                       listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
-        server.wait_log("catalog holds 2 artifacts")
+        server = harness(tree.root, listen=[f"ssl:8443:privateKey={key}:certKey={cert}"],
+                         **knobs)
+        assert len(server.site.state.catalog) == 2
         return server, body
     return start
 
 
-def descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def quiet(server: Harness) -> None:
+    log = server.log()
+    assert "Traceback" not in log and "Unhandled" not in log, log
 
 
-def test_cancels_and_bodies_reset_only_their_own_streams(h2server) -> None:
-    """One real process: streams opened and cancelled in one write, then a request body
-    that never ends, each beside a download that must finish whole."""
-    server, body = h2server()
-    client = H2Client(server.port)
-    try:
-        big = client.get(BIG)
-        client.pump(0.2)
-        for burst in (2, 2, 2, 200):  # each opened and cancelled, all in the same write
-            for _ in range(burst):
-                client.cancel(client.get(SMALL, send=False), send=False)
-            client.flush()
-            client.pump(0.05)
-        assert client.wait(lambda: big in client.ended, 30), "the download never finished"
-        assert bytes(client.bodies[big]) == body and not client.closed
-    finally:
-        client.close()
-    assert "Traceback" not in server.log() and "Unhandled" not in server.log()
-    client = H2Client(server.port)
-    try:
-        big = client.get(BIG)
-        post = client.conn.get_next_available_stream_id()
-        client.conn.send_headers(post, [(":method", "POST"), (":path", "/"), (":scheme", "https"),
-                                        (":authority", "localhost")])
-        for _ in range(4):  # 32 KiB of a body that never ends (well within the window)
-            client.conn.send_data(post, b"x" * 8192)
+def test_cancels_and_bodies_reset_only_their_own_streams(h2site) -> None:
+    """Streams opened and cancelled in one write, then a request body that never ends,
+    each beside a download that must finish whole."""
+    server, body = h2site()
+    client = connect_h2(server)
+    big = client.get(BIG)
+    for _ in range(5):
+        server.turn()
+    for burst in (2, 2, 2, 200):  # each opened and cancelled, all in the same write
+        for _ in range(burst):
+            client.cancel(client.get(SMALL, send=False), send=False)
         client.flush()
-        assert client.wait(lambda: big in client.ended and post in client.reset, 30)
-        assert bytes(client.bodies[big]) == body and not client.closed
-    finally:
-        client.close()
-    assert "Traceback" not in server.log()
+        server.turn()
+        assert big not in client.ended, "the download is still under way beside them"
+    server.settle()
+    assert big in client.ended and bytes(client.bodies[big]) == body and not client.closed
+    client.close()
+    quiet(server)
+
+    client = connect_h2(server)
+    big = client.get(BIG)
+    post = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(post, [(":method", "POST"), (":path", "/"), (":scheme", "https"),
+                                    (":authority", "localhost")])
+    for _ in range(4):  # 32 KiB of a body that never ends (past MAX_BODY, within the window)
+        client.conn.send_data(post, b"x" * 8192)
+    client.flush()
+    server.settle()
+    assert post in client.reset and post not in client.ended
+    assert big in client.ended and bytes(client.bodies[big]) == body and not client.closed
+    client.close()
+    quiet(server)
+
+
+def accounting(server: Harness) -> dict[str, float]:
+    """What the server holds (its own books, as the cap sees them), and its metrics."""
+    scrape = server.metrics()  # on a connection of its own, closed when it returns
+    return {"connections": len(server.site.connections) + len(server.site.probes),
+            "descriptors": server.site.descriptors_in_use(), "files": Source.open,
+            "in flight": server.site.in_flight,
+            "open (metric)": scrape["hps_connections_open"],
+            "in flight (metric)": scrape["hps_responses_in_flight"],
+            "cut (metric)": scrape.get('hps_responses_aborted_total{reason="send_timeout"}', 0)}
+
+
+CLIENTS = 3
 
 
 def test_window_zero_streams_are_cut_by_the_send_deadline_and_leave_nothing_open(
-        h2server) -> None:
-    """5 connections x 100 streams whose window stays 0 while the client PINGs."""
+        h2site) -> None:
+    """Connections at the stream cap (100), every window 0 while the client PINGs."""
     send_timeout = 2.0
-    server, _ = h2server("--send-timeout", str(send_timeout))
-    pid = server.process.pid
-    warm = H2Client(server.port)
+    server, body = h2site(send_timeout=send_timeout)
+    warm = connect_h2(server)
     stream = warm.get(BIG)
-    assert warm.wait(lambda: stream in warm.ended)
+    server.settle()
+    assert bytes(warm.bodies[stream]) == body
     warm.close()
-    time.sleep(0.5)  # a real process: its side of the closed connection goes too
-    baseline = descriptors(pid)
-    clients = [H2Client(server.port, window=0) for _ in range(5)]
-    try:
+    before = accounting(server)
+    clients = [connect_h2(server, window=0) for _ in range(CLIENTS)]
+    for client in clients:
+        assert client.conn.remote_settings.max_concurrent_streams == MAX_STREAMS
+        for _ in range(MAX_STREAMS):
+            client.get(BIG, send=False)
+        client.flush()
+    server.settle()
+    began = server.reactor.seconds()
+    held = accounting(server)
+    assert held["connections"] == before["connections"] + CLIENTS
+    assert held["in flight"] == before["in flight"] + CLIENTS * MAX_STREAMS
+    while not all(len(c.reset) == MAX_STREAMS for c in clients):
+        assert server.reactor.seconds() - began <= send_timeout + 2 * SWEEP_SECONDS, (
+            f"only {sum(len(c.reset) for c in clients)} streams cut")
         for client in clients:
-            client.pump(0.1)  # the server's SETTINGS
-            assert client.conn.remote_settings.max_concurrent_streams == MAX_STREAMS
-            for _ in range(MAX_STREAMS):
-                client.get(BIG, send=False)
-            client.flush()
-        began = time.monotonic()
-        peak = 0
-        while time.monotonic() - began < send_timeout + 6:
-            for client in clients:
-                client.ping()
-                client.pump(0.05)
-            peak = max(peak, descriptors(pid))
-            if all(len(c.reset) == MAX_STREAMS for c in clients):
-                break
-        took = time.monotonic() - began
-        cut = sum(len(c.reset) for c in clients)
-        assert cut == 5 * MAX_STREAMS, f"only {cut} streams cut"
-        assert all(not c.ended for c in clients) and not any(c.closed for c in clients)
-    finally:
-        for client in clients:
-            client.close()
-    deadline = time.monotonic() + 10
-    while descriptors(pid) > baseline and time.monotonic() < deadline:
-        time.sleep(0.1)  # polls a real process's descriptors
-    after = descriptors(pid)
-    print(f"500 window-0 HTTP/2 streams (5 connections, PINGing) cut {took:.1f}s after they "
-          f"opened (send_timeout {send_timeout}s); descriptors: baseline {baseline}, peak "
-          f"{peak}, after {after}")
-    assert took >= send_timeout - 0.5, "cut by the send deadline, not before"
-    assert after <= baseline
+            client.ping()
+        server.advance(0.1, step=0.1)
+        if server.reactor.seconds() - began < send_timeout:
+            assert not any(c.reset for c in clients), "cut by the send deadline, not before"
+    assert all(not c.ended and not c.closed for c in clients)
+    assert all(len(c.bodies[s]) == 0 for c in clients for s in c.bodies), "window 0: no bytes"
+    cut = accounting(server)
+    assert cut["connections"] == held["connections"] and cut["in flight"] == before["in flight"]
+    assert cut["cut (metric)"] == before["cut (metric)"] + CLIENTS * MAX_STREAMS
+    for client in clients:
+        client.close()
+    after = accounting(server)
+    assert after == dict(before, **{"cut (metric)": cut["cut (metric)"]}), (before, after)
+    quiet(server)
 
 
 def test_protocol_errors_close_the_connection_with_one_line_every_few_seconds() -> None:
@@ -144,17 +163,19 @@ def test_protocol_errors_close_the_connection_with_one_line_every_few_seconds() 
     assert len(lines) == 2 and "(2 more not logged)" in lines[1]
 
 
-def test_a_probe_slot_past_the_cap_answers_probes_only_on_http2_too(h2server) -> None:
-    server, _ = h2server("--max-connections", "1")
-    stalled = H2Client(server.port, window=0)  # the one connection, answering (window 0)
-    stalled.get(BIG)
-    stalled.pump(0.3)
-    probe = H2Client(server.port)
-    try:
-        health, download = probe.get("/healthz"), probe.get(SMALL)
-        assert probe.wait(lambda: {health, download} <= probe.ended)
-        assert probe.status[health] == 200 and bytes(probe.bodies[health]) == b"ok\n"
-        assert probe.status[download] == 503
-    finally:
-        probe.close()
-        stalled.close()
+def test_a_probe_slot_past_the_cap_answers_probes_only_on_http2_too(h2site) -> None:
+    server, _ = h2site(max_connections=1)
+    stalled = connect_h2(server, window=0)  # the one connection, answering (window 0)
+    download = stalled.get(BIG)
+    server.settle()
+    assert stalled.status[download] == 200 and download not in stalled.ended
+    probe = connect_h2(server)
+    health, refused = probe.get("/healthz"), probe.get(SMALL)
+    server.settle()
+    assert {health, refused} <= probe.ended
+    assert probe.status[health] == 200 and bytes(probe.bodies[health]) == b"ok\n"
+    assert probe.status[refused] == 503
+    assert list(server.site.probes) == [probe.connection.server.wrappedProtocol]
+    probe.close()
+    stalled.close()
+    assert not server.site.connections and not server.site.probes

@@ -1,49 +1,56 @@
-"""A hostile HTTP/2 client over TLS + ALPN, built on the ``h2`` library.
+"""A hostile HTTP/2 client (the ``h2`` library) over TLS + ALPN, in memory.
 
 It does what a browser never does: holds flow-control windows at zero while
 pinging, resets streams in batches, and writes frames exactly when the test says.
+:func:`connect_h2` connects it to an in-memory server (``tests/support/memory.py``)
+listening on ``ssl:``: TLS on both ends, ALPN picks ``h2`` through the server's
+own negotiation, and bytes move when the harness settles.
 """
 
 from __future__ import annotations
-
-import contextlib
-import socket
-import ssl
-import time
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import CertificateOptions
+from twisted.python.failure import Failure
+
+from tests.support.memory import Connection, Harness
 
 
-class H2Client:
-    def __init__(self, port: int, window: int | None = None, timeout: float = 10) -> None:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        context.set_alpn_protocols(["h2"])
-        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock = context.wrap_socket(raw, server_hostname="localhost")
-        assert self.sock.selected_alpn_protocol() == "h2"
+class H2Client(Protocol):
+    def __init__(self, window: int | None = None) -> None:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         if window is not None:  # every stream's receive window (0: the server may send nothing)
             self.conn.local_settings = h2.settings.Settings(
                 client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window,
                                              h2.settings.SettingCodes.ENABLE_PUSH: 0})
-        self.conn.initiate_connection()
-        self.flush()
+        self.auto_window = window is None
         self.bodies: dict[int, bytearray] = {}
         self.status: dict[int, int] = {}
         self.ended: set[int] = set()
         self.reset: set[int] = set()
         self.closed = False
-        self.auto_window = window is None
+        self.connection: Connection | None = None
+
+    def connectionMade(self) -> None:
+        self.conn.initiate_connection()
+        self.flush()
+
+    def dataReceived(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            self.handle(event)
+        self.flush()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed = True
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
         if data:
-            self.sock.sendall(data)
+            self.transport.write(data)
 
     def get(self, path: str, send: bool = True) -> int:
         stream = self.conn.get_next_available_stream_id()
@@ -66,24 +73,6 @@ class H2Client:
         self.conn.ping(b"12345678")
         self.flush()
 
-    def pump(self, seconds: float = 0.2) -> None:
-        """Read and handle frames for ``seconds`` (or until the server closes)."""
-        deadline = time.monotonic() + seconds
-        while not self.closed and time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except (ConnectionError, ssl.SSLError, OSError):
-                data = b""
-            if not data:
-                self.closed = True
-                return
-            for event in self.conn.receive_data(data):
-                self.handle(event)
-            self.flush()
-
     def handle(self, event: object) -> None:
         if isinstance(event, h2.events.ResponseReceived):
             self.status[event.stream_id] = int(dict(event.headers)[b":status"])
@@ -99,12 +88,16 @@ class H2Client:
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.closed = True
 
-    def wait(self, done, timeout: float = 15) -> bool:
-        deadline = time.monotonic() + timeout
-        while not done() and not self.closed and time.monotonic() < deadline:
-            self.pump(0.1)
-        return bool(done())
-
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        """The client hangs up (TLS close, then the socket)."""
+        assert self.connection is not None
+        self.connection.close()
+
+
+def connect_h2(server: Harness, window: int | None = None) -> H2Client:
+    """A new :class:`H2Client` on ``server`` (listening on ``ssl:``), TLS done, ALPN h2."""
+    client = H2Client(window)
+    client.connection = server.connect(
+        client=client, tls=CertificateOptions(acceptableProtocols=[b"h2"]))
+    assert client.transport.negotiatedProtocol == b"h2", "ALPN did not pick h2"
+    return client
