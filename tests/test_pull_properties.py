@@ -54,14 +54,20 @@ def test_bad_references(text: str) -> None:
         parse_reference(text)
 
 
-_component = st.from_regex(r"[a-z0-9]{1,8}([._-][a-z0-9]{1,8}){0,2}", fullmatch=True)
+# Built from parts, not ``st.from_regex``: the same sets of strings, drawn ~10x faster (a
+# 64-digit regex costs Hypothesis seconds per run).
+_word = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
+_component = st.builds(  # [a-z0-9]{1,8}([._-][a-z0-9]{1,8}){0,2}
+    lambda first, rest: first + "".join(sep + word for sep, word in rest),
+    _word, st.lists(st.tuples(st.sampled_from("._-"), _word), max_size=2))
+_number = st.text("0123456789", min_size=1, max_size=3)
 
 
 @given(
     host=st.sampled_from([HOST, "127.0.0.1:5000", "localhost", "ghcr.io"]),
     repo=st.lists(_component, min_size=1, max_size=3).map("/".join),
-    tag=st.none() | st.from_regex(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", fullmatch=True),
-    digest=st.none() | st.from_regex(r"sha256:[0-9a-f]{64}", fullmatch=True),
+    tag=st.none() | st.tuples(_number, _number, _number).map(".".join),
+    digest=st.none() | st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex()),
 )
 def test_reference_round_trips(host: str, repo: str, tag: str | None, digest: str | None) -> None:
     if tag is None and digest is None:
