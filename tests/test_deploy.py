@@ -331,9 +331,12 @@ def replayed_image(image_venv: Path, tmp_path: Path) -> Iterator[Replay]:
     workdir.mkdir()
     port = free_port()
     argv = runtime_command()
-    # Only the tree's location and the port change; everything else is the image's.
+    # Only the tree's location, the port and the drain delay change; everything else is the
+    # image's. Waiting out the default 5 s delay would prove nothing the in-memory drain tests
+    # (tests/test_drain.py) do not; SIGTERM's exit code and clean log are what this checks.
     argv[argv.index("--root") + 1] = str(root)
     argv[argv.index("--listen") + 1] = f"tcp:{port}:interface=127.0.0.1"
+    argv += ["--drain-delay", "0"]
     env = image_environment(image_venv)
     argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
     assert argv[0].startswith(str(image_venv)), f"{argv[0]} is not the venv's"
