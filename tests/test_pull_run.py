@@ -152,7 +152,7 @@ def test_use_local_keeps_a_valid_module(registry: Registry, workspace: Workspace
 
 
 def test_failures_are_one_line_each_and_leave_no_partial_file(
-    registry: Registry, workspace: Workspace
+    registry: Registry, workspace: Workspace, pauses: list[float]
 ) -> None:
     registry.push_wasm("fail/good", "1.0.0", wasm("good"))
     registry.push_wasm("fail/html", "1.0.0", b"<html>oops</html>")
@@ -187,6 +187,7 @@ def test_failures_are_one_line_each_and_leave_no_partial_file(
     assert "holds 0 *.wasm files" in failures["none"]
     assert f"pinned {wrong}" in failures["pinned"]
     assert "registry unreachable" in failures["unreachable"]
+    assert pauses == [0.5]  # only the unreachable registry is worth a retry (--retries 1)
     assert "Traceback" not in result.err
     assert workspace.module("good", "1.0.0") == wasm("good")
     assert sorted(os.listdir(workspace.out)) == ["good"]
