@@ -90,15 +90,16 @@ def test_the_image_build_serves_every_console_url(
 
 
 def test_an_upstream_checkout_pulls_both_versions_by_default(
-    registry: Registry, tmp_path: Path
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for tag in UPSTREAM_TAGS:
         registry.push_wasm("checkout/key-auth", tag, wasm(f"checkout {tag}"))
     (tmp_path / "plugins.properties").write_text(
         f"key-auth=oci://{registry.host}/checkout/key-auth:1.0.0\n"
     )
-    done = hps_pull(tmp_path, "--plain-http")
-    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(tmp_path)  # in-process: the image build's run is the process test above
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["--plain-http"]) == 0
     for tag in UPSTREAM_TAGS:
         module = tmp_path / "plugins" / "key-auth" / tag / "plugin.wasm"
         assert module.read_bytes() == wasm(f"checkout {tag}")
