@@ -96,3 +96,30 @@ def h2_unsent(stream: Any) -> int | None:
     if queues is None:
         return None
     return sum(len(item) for item in queues.get(stream.streamID, ()) if isinstance(item, bytes))
+
+
+def h2_can_send(connection: Any, stream_id: int) -> bool:
+    """Can a twisted.web ``H2Connection`` send what it queued first for ``stream_id`` now:
+    the end-of-stream marker (needs no window), or bytes the flow-control window allows?
+    Nothing queued, or a stream h2 no longer knows, answers True: twisted.web decides."""
+    from h2.exceptions import NoSuchStreamError  # h2 is an extra: only HTTP/2 calls this
+
+    queue = connection._outboundStreamQueues.get(stream_id)
+    if not queue or not isinstance(queue[0], bytes):
+        return True
+    try:
+        return connection.conn.local_flow_control_window(stream_id) > 0
+    except NoSuchStreamError:  # closed (StreamClosedError is one): not ours to judge
+        return True
+
+
+def h2_resume_sending(connection: Any) -> None:
+    """Mark every stream whose queued bytes can go now as ready, and restart the send loop
+    if it is parked waiting for one (a ``Deferred`` twisted.web fires only on a write or an
+    end of response, never on a window opening: its loop never parks for a window)."""
+    for stream_id, queue in list(connection._outboundStreamQueues.items()):
+        if queue and h2_can_send(connection, stream_id):
+            connection.priority.unblock(stream_id)
+    waiting, connection._sendingDeferred = connection._sendingDeferred, None
+    if waiting is not None:
+        waiting.callback(None)

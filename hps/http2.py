@@ -14,28 +14,49 @@ twisted.web's ``H2Connection``, with what hps needs on top:
 - **Send deadline per stream**, the HTTP/1.1 rule: a stream whose response made
   no progress (bytes accepted for it, which flow control bounds by the client's
   window) for ``send_timeout`` is reset, however often the client PINGs.
+- **No busy-wait for a window**: twisted.web's send loop keeps a stream whose
+  bytes wait for flow-control window in its ready set and reschedules itself with
+  ``callLater(0)`` until the window opens: a core spent per such client, until the
+  send deadline. Here such a stream leaves the ready set (:class:`WindowedPriority`)
+  and every frame received puts back those a window now allows.
 - **No traceback floods**: anything else h2 raises ends that connection (GOAWAY)
   with one log line, at most one per ``LOG_EVERY`` seconds for the whole server.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import h2.errors
 import h2.exceptions
 import h2.settings
+import priority
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from hps import metrics
-from hps._twisted import H2Connection
+from hps._twisted import H2Connection, h2_can_send, h2_resume_sending
 
 MAX_STREAMS = 100
 LOG_EVERY = 10.0
 
+
+class WindowedPriority(priority.PriorityTree):
+    """The send order over streams, passing over (and blocking) those that cannot send."""
+
+    def __init__(self, can_send: Callable[[int], bool]) -> None:
+        super().__init__()
+        self.can_send = can_send
+
+    def __next__(self) -> int:
+        while True:
+            stream_id = super().__next__()  # DeadlockError once every stream is blocked
+            if self.can_send(stream_id):
+                return stream_id
+            self.block(stream_id)  # h2_resume_sending unblocks it when a window opens
 
 
 class PluginH2Connection(H2Connection):
@@ -53,6 +74,7 @@ class PluginH2Connection(H2Connection):
         values = dict(self.conn.local_settings.items())
         values[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_STREAMS
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
+        self.priority = WindowedPriority(lambda stream_id: h2_can_send(self, stream_id))
         self.stamps: dict[int, float] = {}
         """Per stream: when its response last made progress."""
 
@@ -91,6 +113,8 @@ class PluginH2Connection(H2Connection):
     def dataReceived(self, data: bytes) -> None:
         try:
             super().dataReceived(data)
+            if self.streams:  # a WINDOW_UPDATE or SETTINGS may have given some room
+                h2_resume_sending(self)
         except Exception as err:  # a state h2 refuses; never let it reach the reactor
             self.protocol_error(err)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.application import app
 from twisted.internet.base import ReactorBase
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import StringTransport
 from twisted.web.http import HTTPChannel
@@ -21,6 +22,8 @@ from zope.interface import implementer
 from hps._twisted import (
     GenericHTTPChannelProtocol,
     forget_exit_signal,
+    h2_can_send,
+    h2_resume_sending,
     h2_unsent,
     inner_channel,
     negotiating,
@@ -148,3 +151,28 @@ def test_h2_streams_queue_unsent_data_on_their_connection() -> None:
     connection._outboundStreamQueues[3] = deque([b"abc", b"de"])
     assert h2_unsent(Stream()) == 5
     assert h2_unsent(object()) is None
+
+
+def test_h2_send_loop_parks_on_a_deferred_and_reads_the_priority_tree() -> None:
+    """What hps.http2's WindowedPriority and h2_resume_sending rely on: the send loop takes
+    streams from ``self.priority`` and, with none ready, parks on ``_sendingDeferred``; a
+    queue holds bytes and a non-bytes end marker."""
+    from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
+
+    loop = inspect.getsource(H2Connection._sendPrioritisedData)
+    assert "next(self.priority)" in loop and "self._sendingDeferred = Deferred()" in loop
+    assert "self.priority.unblock(streamID)" in inspect.getsource(H2Connection.endRequest)
+    assert not isinstance(_END_STREAM_SENTINEL, bytes)
+    connection = H2Connection()
+    connection.priority.insert_stream(1)
+    connection.priority.block(1)
+    connection._outboundStreamQueues[1] = deque([_END_STREAM_SENTINEL])
+    assert h2_can_send(connection, 1), "an end marker needs no window"
+    connection._outboundStreamQueues[1].appendleft(b"data")
+    assert h2_can_send(connection, 1), "a stream h2 does not know: twisted.web decides"
+    woken: list[object] = []
+    connection._sendingDeferred = Deferred()
+    connection._sendingDeferred.addCallback(woken.append)
+    h2_resume_sending(connection)
+    assert woken == [None] and connection._sendingDeferred is None
+    assert next(connection.priority) == 1, "unblocked"

@@ -136,6 +136,27 @@ def test_window_zero_streams_are_cut_by_the_send_deadline_and_leave_nothing_open
     quiet(server)
 
 
+def test_a_stream_without_window_leaves_the_server_idle_until_the_window_opens(
+        h2site, tree: Tree) -> None:
+    """Responses queued on streams whose window is 0 wait for a WINDOW_UPDATE without
+    busy-polling (twisted.web reschedules its send loop with callLater(0) meanwhile: a
+    core per such client until the send deadline), then finish whole."""
+    server, _ = h2site()
+    client = connect_h2(server, window=0)
+    health, download = client.get("/healthz"), client.get(SMALL)
+    server.settle()
+    assert client.status == {health: 200, download: 200} and not client.ended
+    now = server.reactor.seconds()
+    assert [call for call in server.reactor.getDelayedCalls() if call.getTime() <= now] == []
+    client.auto_window = True
+    for stream in (health, download):
+        client.conn.increment_flow_control_window(1 << 20, stream_id=stream)
+    client.flush()
+    server.settle()
+    assert {health, download} <= client.ended and bytes(client.bodies[health]) == b"ok\n"
+    assert bytes(client.bodies[download]) == (tree.root / "small/1.0.0/plugin.wasm").read_bytes()
+
+
 def test_protocol_errors_close_the_connection_with_one_line_every_few_seconds() -> None:
     clock = MemoryReactorClock()
     lines: list[str] = []
