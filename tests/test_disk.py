@@ -1,6 +1,6 @@
 """Artifacts served from disk: gzip variants on disk, files that change under the server and
 files unreadable to it, in memory; and, with a real process, sendfile on TCP against
-bounded reads on TLS, and what stalled readers cost it."""
+bounded reads on TLS. (What stalled readers cost the server: tests/test_transfer.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import gzip
 import http.client
 import os
 import re
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -16,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.permissions import owner_permissions
-from tests.support.server import Server, Tree, wasm_bytes
+from tests.support.server import Server, Tree
 from tests.test_tls import self_signed
-from tests.test_transfer import etag_of, raw_get, read_all, vm_rss
 
 URL = "/plugins/demo/1.0.0/plugin.wasm"
 GET = f"GET {URL} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
@@ -222,73 +220,3 @@ def test_the_first_gzip_download_after_start_is_gzip(tree: Tree, harness) -> Non
     # p3 waited for p0 (being made when it asked), then its own came next, not p1 and p2;
     # p2 likewise waited for p1, begun meanwhile; p1 and p0 were ready by then.
     assert jobs == [2, 2, 0, 0]
-
-
-def test_stalled_readers_hold_no_body_bytes(tree: Tree, serve, tmp_path: Path) -> None:
-    """What a real process holds for clients that stop reading: on TCP (sendfile) the bytes
-    they have not taken stay in the kernel; on TLS (bounded reads) the transport pauses the
-    sender, so each holds a chunk. Copies would be ~100 MB; the RSS is what is measured."""
-    size = 4_000_000
-    body = tree.add("demo", "1.0.0", size=size)
-    key, cert = self_signed(tmp_path)
-    server = serve("--root", str(tree.root), "--no-gzip", "--listen",
-                   f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
-    before = vm_rss(server.process.pid)
-    reader = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    reader.sendall(f"GET {URL} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
-    plain = [reader] + [raw_get(server.port, URL) for _ in range(24)]
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    tls = []
-    for _ in range(12):
-        raw = socket.create_connection(("127.0.0.1", server.ports[1]), timeout=10)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        sock = context.wrap_socket(raw, server_hostname="localhost")
-        sock.sendall(f"GET {URL} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        tls.append(sock)
-    # No outside sign says "every socket is as full as it gets": give the real process
-    # the wall-clock time to fill them, then measure.
-    time.sleep(1.5)  # see above: the real process fills the sockets
-    grown = vm_rss(server.process.pid) - before
-    replaced = tree.add("demo", "1.0.0", body=wasm_bytes(size, seed=7))
-    reply = read_all(plain[0])
-    for sock in plain + tls:
-        sock.close()
-    assert grown < 12 << 20, grown
-    head, _, received = reply.partition(b"\r\n\r\n")
-    assert received == body != replaced
-    assert etag_of(received).encode() in head
-    # HTTP/2 (same process): 16 streams under 2 GiB windows, never read. Unbounded, 64 MB
-    # would wait in memory; each stream queues at most 64 KiB.
-    before = vm_rss(server.process.pid)
-    streams = [h2_stalled(server.ports[1], URL, 4) for _ in range(4)]
-    time.sleep(1.5)  # as above: the real process's time to queue what it will
-    grown = vm_rss(server.process.pid) - before
-    for sock in streams:
-        sock.close()
-    assert grown < 16 << 20, grown
-
-
-def h2_stalled(port: int, path: str, streams: int) -> ssl.SSLSocket:
-    """An HTTP/2 client with 2 GiB windows that asks for ``path`` on ``streams`` streams and
-    never reads: only the server's own bound keeps it from queueing every byte."""
-    import h2.config
-    import h2.connection
-    import h2.settings
-
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    sock = context.wrap_socket(raw, server_hostname="localhost")
-    assert sock.selected_alpn_protocol() == "h2"
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
-    conn.increment_flow_control_window(2**31 - 1 - 65535)
-    for i in range(streams):
-        conn.send_headers(1 + 2 * i, [(":method", "GET"), (":path", path), (":scheme", "https"),
-                                      (":authority", "localhost")], end_stream=True)
-    sock.sendall(conn.data_to_send())
-    return sock

@@ -1,21 +1,22 @@
 """HTTP semantics of artifact transfers, through the real site in memory: validators,
-ranges, gzip, Cache-Control, and bodies that stay true to their headers."""
+ranges, gzip, Cache-Control, bodies that stay true to their headers, and what clients
+that stop reading cost the server (HTTP/1.1 and HTTP/2)."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import re
-import socket
 from pathlib import Path
 
 import pytest
 
-from hps._twisted import inner_channel
+from hps._twisted import h2_unsent, inner_channel
 from hps.files import Source
-from hps.sender import READ_CHUNK
+from hps.sender import H2_BACKLOG, H2_POLL, READ_CHUNK
+from tests.support.h2client import connect_h2
 from tests.support.memory import SEND_BUFFER
 from tests.support.server import Tree, wasm_bytes
+from tests.test_tls import self_signed
 
 URL = "/plugins/demo/1.0.0/plugin.wasm"
 DATE_FREE = ("Date",)
@@ -157,8 +158,8 @@ def test_stalled_readers_hold_a_bounded_part_of_the_body(tree: Tree, harness) ->
     """Bounded reads (TLS, HTTP/2, here): each client that stops reading holds at most
     the transport's buffer and one read of the body, whatever its size; its sender is
     paused, not reading on, and every one shares the table's one descriptor of the file.
-    (On plain TCP, sendfile leaves what a client has not read in the kernel:
-    tests/test_fastpath.py.)"""
+    (On plain TCP, sendfile passes nothing through the transport and leaves what a client
+    has not read in the kernel: tests/test_sender.py, tests/test_fastpath.py.)"""
     body = tree.add("demo", "1.0.0", size=2_000_000)  # 24 times the bound below
     server = harness(tree.root, gzip=False)
     bound = SEND_BUFFER + READ_CHUNK + 1024  # the buffer, one read, a head
@@ -177,23 +178,36 @@ def test_stalled_readers_hold_a_bounded_part_of_the_body(tree: Tree, harness) ->
     assert stalled[0].take().body == body
 
 
-# Raw-socket helpers for the real-process tests of tests/test_disk.py.
-
-
-def raw_get(port: int, path: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
-    return sock
-
-
-def read_all(sock: socket.socket, first: bytes = b"") -> bytes:
-    data = [first]
-    while chunk := sock.recv(65536):
-        data.append(chunk)
-    return b"".join(data)
-
-
-def vm_rss(pid: int) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) * 1024
+def test_stalled_http2_streams_queue_a_bounded_part_of_the_body(tree: Tree, harness,
+                                                                tmp_path: Path) -> None:
+    """HTTP/2 clients that grant 2 GiB windows and never read: flow control would let the
+    server queue all of every body (16 streams of 2 MB here); each stream queues at most
+    H2_BACKLOG and a read, its sender polling, however long the client stays stalled."""
+    body = tree.add("demo", "1.0.0", size=2_000_000)
+    key, cert = self_signed(tmp_path)
+    server = harness(tree.root, gzip=False,
+                     listen=[f"ssl:8443:privateKey={key}:certKey={cert}"])
+    clients = []
+    for _ in range(4):
+        client = connect_h2(server, window=2**31 - 1)
+        client.conn.increment_flow_control_window(2**31 - 1 - 65535)  # the connection's too
+        client.connection.stop_reading()
+        streams = [client.get(URL, send=False) for _ in range(4)]
+        client.flush()
+        clients.append((client, streams))
+    for _ in range(2):
+        server.advance(10 * H2_POLL, step=H2_POLL)  # the senders poll; nothing drains
+        for client, _ in clients:
+            h2 = inner_channel(client.connection.server.wrappedProtocol)
+            assert len(h2.streams) == 4
+            for stream in h2.streams.values():
+                assert 0 < h2_unsent(stream) <= H2_BACKLOG + READ_CHUNK
+                assert stream.producer.poll is not None or stream.producer.paused
+            assert client.connection.transport.buffered() <= SEND_BUFFER + 2 * READ_CHUNK
+    client, streams = clients[0]
+    client.connection.resume_reading()
+    for _ in range(100):  # a poll finds its stream drained and queues 64 KiB more (~30)
+        if client.ended >= set(streams):
+            break
+        server.advance(H2_POLL, step=H2_POLL)
+    assert all(bytes(client.bodies[stream]) == body for stream in streams)
