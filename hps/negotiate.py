@@ -10,8 +10,8 @@ variant" (:meth:`Accept.choose`), and one way to name a variant in headers
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 MAX_RANGES = 64
@@ -157,11 +157,15 @@ _IMPLICIT = 0.0001
 @dataclass(frozen=True)
 class Accept:
     """A request's Accept-Encoding: a weight per named coding, ``*``'s weight, and whether
-    the field was sent at all. Immutable: the fast path shares one per request bytes."""
+    the field was sent at all. Its fields never change (only the memo of answers fills), so
+    the fast path shares one among every request with the same bytes."""
 
     weights: dict[bytes, float]
     star: float | None
     present: bool
+    chosen: dict[tuple[bytes, ...], bytes | None] = field(default_factory=dict, compare=False,
+                                                          repr=False)
+    """Answers of :meth:`choose`, per offer: the fast path asks its shared one per download."""
 
     def weight(self, coding: bytes) -> float:
         """How much the client wants ``coding`` (0: not acceptable), by RFC 9110 12.5.3."""
@@ -171,7 +175,7 @@ class Accept:
             return self.star
         return _IMPLICIT if coding == b"identity" else 0.0
 
-    def choose(self, offered: Collection[bytes]) -> bytes | None:
+    def choose(self, offered: tuple[bytes, ...]) -> bytes | None:
         """The coding to send among ``offered``; None: identity, the response as it is.
 
         The highest weight wins; a tie goes to a coding (smaller on the wire) over
@@ -180,13 +184,16 @@ class Accept:
         (``identity;q=0`` and no offered coding wanted: the field is disregarded, as
         RFC 9110 12.1 allows, rather than answering 406).
         """
-        if not self.present:
-            return None
+        try:
+            return self.chosen[offered]
+        except KeyError:
+            pass
         best, best_weight = None, self.weight(b"identity")
-        for coding in offered:
+        for coding in offered if self.present else ():
             weight = self.weight(coding)
             if weight > 0 and (weight > best_weight or (weight == best_weight and best is None)):
                 best, best_weight = coding, weight
+        self.chosen[offered] = best
         return best
 
 
