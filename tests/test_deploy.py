@@ -352,6 +352,7 @@ def replayed_image(image_venv: Path, tmp_path: Path) -> Iterator[Replay]:
             process.wait(timeout=10)
 
 
+@pytest.mark.process
 def test_image_command_serves_and_stops(replayed_image: Replay) -> None:
     replay = replayed_image
     base = f"http://127.0.0.1:{replay.port}"

@@ -12,6 +12,8 @@ import json
 import signal
 import socket
 
+import pytest
+
 from tests.support.server import Tree
 
 SIZE = 1 << 20
@@ -76,6 +78,7 @@ def test_drain_timeout_aborts_stuck_clients(tree: Tree, harness) -> None:
     assert "drain timeout after 1.0s: aborted 1 connections" in server.log()
 
 
+@pytest.mark.process
 def test_a_real_sigterm_drains_and_exits_zero(tree: Tree, serve) -> None:
     """The process: twistd's SIGTERM handling, the drain, and exit status 0 (not 143)."""
     tree.add("big", "1.0.0", size=8 << 20)

@@ -54,7 +54,7 @@ CONTEXT_FILES = ("Dockerfile", ".dockerignore", "setup.py", "README.md",
 CONTEXT_DIRS = ("hps", "plugins")
 LOCAL_MODULE = b"\0asm\x01\0\0\0" + b"a module built by the user, not pulled"
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.process]
 
 
 def cannot_build(reason: str) -> None:

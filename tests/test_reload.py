@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.support.server import Server, Tree
 
 PATH = "/plugins/hot/1.0.0/plugin.wasm"
@@ -102,6 +104,7 @@ def reloads(server: Server) -> float:
     return float(found.group(1))
 
 
+@pytest.mark.process
 def test_inotify_and_sighup_rescan_a_real_process(tree: Tree, serve) -> None:
     """No periodic rescan for 5 minutes: only inotify and SIGHUP can make these show."""
     tree.add("hot", "1.0.0", size=100_000)

@@ -225,6 +225,7 @@ def test_alias_symlink_inside_root(tree: Tree, harness) -> None:
     assert entry["plugins"][0]["versions"][0]["aliasOf"] == "jsonrpc-converter/1.0.0"
 
 
+@pytest.mark.process
 def test_start_up_failures_exit_nonzero_with_one_line(tree: Tree, tmp_path) -> None:
     """A real ``twistd hps``: the operator's view of a bad config, a missing one, a busy port."""
     config = tmp_path / "hps.yaml"

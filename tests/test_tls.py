@@ -67,6 +67,7 @@ def curl_speaks_http2() -> None:
         pytest.fail("this curl lacks HTTP2; install a curl built with nghttp2")
 
 
+@pytest.mark.process
 def test_tls_endpoints_with_curl(tree: Tree, serve, tmp_path: Path, curl_speaks_http2) -> None:
     """One real process, two TLS listeners (``ssl:`` and the ``tls:`` SNI directory form),
     a 1 s header timeout and a cap of 3 connections; each part below uses it in turn."""

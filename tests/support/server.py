@@ -206,8 +206,13 @@ def tree(tmp_path: Path) -> Tree:
 
 
 @pytest.fixture
-def serve() -> Iterator:
-    """``serve(*args)`` starts a server; every one is stopped at teardown."""
+def serve(request: pytest.FixtureRequest) -> Iterator:
+    """``serve(*args)`` starts a server; every one is stopped at teardown.
+
+    Only for tests marked ``process``: real processes are few and counted
+    (tests/test_suite.py), and ``-m "not process"`` must leave none behind."""
+    if request.node.get_closest_marker("process") is None:
+        pytest.fail("a test that starts twistd hps must be marked @pytest.mark.process")
     started: list[Server] = []
 
     def factory(*args: str, **kwargs) -> Server:
