@@ -74,6 +74,7 @@ def shapes(etag: str, gz_etag: str, modified: str) -> list[tuple[str, dict[str, 
     return out
 
 
+@pytest.mark.process
 def test_sendfile_and_bounded_reads_answer_alike(tree: Tree, serve, tmp_path: Path) -> None:
     """Every request shape, on the fast path, through twisted.web (sendfile) and over TLS
     (bounded reads): same status, headers and bytes; copies keep their own Last-Modified."""
