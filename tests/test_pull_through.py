@@ -100,6 +100,7 @@ def nothing_written(cache: Path) -> bool:
     return not (cache / "plugins").exists() or files_under(cache / "plugins") == []
 
 
+@pytest.mark.process
 def test_a_herd_costs_one_fetch_and_the_cache_survives_a_restart(
         registry: Registry, proxy: CountingProxy, tree: Tree, tmp_path: Path, serve) -> None:
     module = wasm_bytes(300_000, seed=13)
