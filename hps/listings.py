@@ -186,7 +186,7 @@ class Listings:
 
 def send(request: Request, rendered: Rendered) -> bytes | int:
     """Answer ``request`` with ``rendered``: 200 (body or HEAD) or 304."""
-    variant = rendered.variant(requested(request.requestHeaders.getRawHeaders(b"accept-encoding")))
+    variant = rendered.variant(requested(request.requestHeaders))
     request.setHeader(b"content-type", rendered.content_type)
     request.setHeader(b"cache-control", CACHE_CONTROL)
     # A page's variants are fixed when it is built: negotiable only if it has a gzip one.

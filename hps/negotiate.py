@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 MAX_RANGES = 64
 """More range specs than this is abuse, not a download manager: the header is ignored."""
@@ -225,9 +226,16 @@ def preferences(header: bytes | None) -> Accept:
     return Accept(weights, star, True)
 
 
-def requested(lines: Sequence[bytes] | None) -> Accept:
-    """The preferences of a request's Accept-Encoding field lines (all of them: twisted.web's
-    ``getHeader`` would give only the last)."""
+class RawHeaders(Protocol):
+    """What :func:`requested` reads: twisted.web's ``Headers``, by its public method."""
+
+    def getRawHeaders(self, name: bytes) -> Sequence[bytes] | None: ...
+
+
+def requested(headers: RawHeaders) -> Accept:
+    """The preferences of a request's Accept-Encoding, from all its field lines
+    (twisted.web's ``getHeader`` would give only the last)."""
+    lines = headers.getRawHeaders(b"accept-encoding")
     return preferences(None if lines is None else b",".join(lines))
 
 

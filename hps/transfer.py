@@ -184,7 +184,7 @@ class ArtifactFile(static.File):
         return self.artifact.mtime
 
     def render_GET(self, request: Request) -> bytes | int:
-        accept = requested(request.requestHeaders.getRawHeaders(b"accept-encoding"))
+        accept = requested(request.requestHeaders)
         if self.transfer.gzip_pending(self.artifact, accept):
             self.respond_when_ready(request, accept)
             return NOT_DONE_YET
