@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -227,19 +228,23 @@ def test_alias_symlink_inside_root(tree: Tree, harness) -> None:
 
 @pytest.mark.process
 def test_start_up_failures_exit_nonzero_with_one_line(tree: Tree, tmp_path) -> None:
-    """A real ``twistd hps``: the operator's view of a bad config, a missing one, a busy port."""
+    """A real ``twistd hps``: the operator's view of a bad config, a missing one, a busy port
+    (the three run at once: each is a second of interpreter start-up)."""
     config = tmp_path / "hps.yaml"
     config.write_text("colour: blue\n")
-    result = run_twistd("--config", str(config), "--root", str(tree.root))
-    assert result.returncode != 0 and "unknown key 'colour'" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    result = run_twistd("--config", str(tmp_path / "absent.yaml"), "--root", str(tree.root))
-    assert result.returncode != 0 and "cannot read config" in result.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_twistd("--root", str(tree.root), "--listen", f"tcp:{port}:interface=127.0.0.1")
-    assert result.returncode != 0
-    assert f"cannot listen on tcp:{port}" in result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+        with ThreadPoolExecutor(3) as pool:
+            bad, absent, taken = pool.map(
+                lambda args: run_twistd(*args, "--root", str(tree.root)),
+                [("--config", str(config)), ("--config", str(tmp_path / "absent.yaml")),
+                 ("--listen", f"tcp:{port}:interface=127.0.0.1")])
+    assert bad.returncode != 0 and "unknown key 'colour'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert absent.returncode != 0 and "cannot read config" in absent.stderr
+    assert taken.returncode != 0
+    assert f"cannot listen on tcp:{port}" in taken.stderr
+    for result in (bad, absent, taken):
+        assert "Traceback" not in result.stderr + result.stdout
