@@ -93,15 +93,21 @@ def test_extract_from_a_wasm_layer_and_from_a_tar_layer() -> None:
     assert module.read() == wasm("tar") and "sha256:" + sha == sha256(wasm("tar"))
 
 
+def tgz(files: dict[str, bytes]) -> bytes:
+    """A tar+gzip layer, the same bytes every time (pytest-xdist workers must collect the
+    same test ids, and gzip's header holds the time by default)."""
+    return gzip.compress(tar_bytes(files), mtime=0)
+
+
 @pytest.mark.parametrize(
     ("data", "media", "expected"),
     [
         (b"MZ\x90\x00\0\0\0\0", WASM_LAYER, "no \\\\0asm magic"),
         (b"\0asm\x01\0\0", WASM_LAYER, "7 bytes"),  # under 8 bytes is no module
         (b"not gzip at all", TAR_GZ, "not a readable tar"),
-        (gzip.compress(tar_bytes({"p.wasm": b"ELF"})), TAR_GZ, "3 bytes"),
-        (gzip.compress(tar_bytes({"p.wasm": b"\x7fELF\x02\x01\x01\0"})), TAR_GZ, "no \\\\0asm"),
-        (gzip.compress(tar_bytes({"a.wasm": wasm(), "b.wasm": wasm()})), TAR_GZ, "holds 2"),
+        (tgz({"p.wasm": b"ELF"}), TAR_GZ, "3 bytes"),
+        (tgz({"p.wasm": b"\x7fELF\x02\x01\x01\0"}), TAR_GZ, "no \\\\0asm"),
+        (tgz({"a.wasm": wasm(), "b.wasm": wasm()}), TAR_GZ, "holds 2"),
     ],
 )
 def test_extract_refuses(data: bytes, media: str, expected: str) -> None:
