@@ -127,6 +127,12 @@ class Catalog:
         return dataclasses.replace(self, artifacts={**added, **self.artifacts},
                                    skipped=self.skipped | frozenset(skipped))
 
+    def without(self, keys: Iterable[tuple[str, str]]) -> Catalog:
+        """This snapshot less the artifacts at ``keys`` (what pull-through evicted)."""
+        gone = set(keys)
+        return dataclasses.replace(
+            self, artifacts={k: a for k, a in self.artifacts.items() if k not in gone})
+
 
 def unloaded(root: str) -> Catalog:
     """The snapshot before the first scan finishes: empty and not ready."""

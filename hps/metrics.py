@@ -128,6 +128,8 @@ RELOAD_ERRORS = Counter("hps_catalog_reload_errors", "Catalog rescans that faile
                         registry=REGISTRY)
 FETCHES = Counter("hps_upstream_fetches", "Pull-through fetches that ended, by outcome: "
                   "fetched, missing (404) or failed (503).", ["outcome"], registry=REGISTRY)
+EVICTIONS = Counter("hps_upstream_evictions", "Pulled-through modules evicted from the cache "
+                    "tree to make room, the least recently served first.", registry=REGISTRY)
 GZIP_PENDING = Gauge("hps_gzip_variants_pending",
                      "Modules whose gzip variant is still being checked or compressed.",
                      registry=REGISTRY)
@@ -191,6 +193,10 @@ def observe_reload(ok: bool) -> None:
 
 def observe_fetch(outcome: str) -> None:
     FETCHES.labels(outcome).inc()
+
+
+def observe_eviction() -> None:
+    EVICTIONS.inc()
 
 
 def observe_draining(draining: bool) -> None:

@@ -8,6 +8,7 @@ off the reactor thread and swaps the snapshot in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -126,11 +127,14 @@ class CatalogLoader:
     log = Logger()
 
     def __init__(self, state: ServerState, roots: list[str] | None = None,
-                 run: Runner = threads.deferToThread) -> None:
+                 run: Runner = threads.deferToThread,
+                 prune: Callable[[catalog.Catalog], catalog.Catalog] | None = None) -> None:
         self.state = state
         self.run = run
         self.roots = roots or [state.config.root]
         """The served tree first (it wins a conflict), then the pull-through cache tree."""
+        self.prune = prune or (lambda fresh: fresh)
+        """What a scan found, less what pull-through evicted while it ran (Upstream.prune)."""
 
     def rescan(self) -> Deferred:
         # The unloaded snapshot holds no artifacts, so passing it reuses nothing, as None would.
@@ -139,6 +143,7 @@ class CatalogLoader:
         return d
 
     def swap(self, fresh: catalog.Catalog) -> catalog.Catalog:
+        fresh = self.prune(fresh)
         old = self.state.catalog
         for reason in sorted(fresh.skipped - old.skipped):
             self.log.warn("skipped {reason}", reason=reason)
@@ -183,11 +188,12 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> MultiSe
     reactor.addSystemEventTrigger("after", "shutdown", site.access.flush)
     top = MultiService()
     # The watcher owns every scan, the first included, so two never race.
-    watcher = Watcher(config.root, CatalogLoader(state, roots, run).rescan,
-                      config.rescan_interval, reactor, hangup=True)
+    loader = CatalogLoader(state, roots, run, upstream.prune if upstream else None)
+    watcher = Watcher(config.root, loader.rescan, config.rescan_interval, reactor, hangup=True)
     watcher.setServiceParent(top)
     if upstream:
         upstream.rescan = watcher.rescanner.request
+        transfer.served = upstream.touch
     # Listeners are children of the drain, which decides when they stop (see hps.drain).
     front = Drain(state, site, config.drain_delay, config.drain_timeout, reactor)
     front.setServiceParent(top)

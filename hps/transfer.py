@@ -13,6 +13,7 @@ retryable 503.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +102,8 @@ class Transfer:
         self.variants = variants
         self.unreadable: set[tuple[str, Identity]] = set()
         self.chosen: dict[int, tuple[object, Variant]] = {}
+        self.served: Callable[[Artifact], None] = lambda artifact: None
+        """Told of every artifact a response is about to send (pull-through's eviction order)."""
 
     def on_swap(self, old: Catalog, new: Catalog) -> None:
         """Close (once no response holds them) the files no artifact of ``new`` names."""
@@ -143,6 +146,7 @@ class Transfer:
              quiet: bool = False) -> tuple[Variant, Source] | None:
         """The variant to send and a verified source of its bytes; None: answer 503
         (logged, unless ``quiet``: the fast path declines and twisted.web asks again)."""
+        self.served(artifact)
         variant = self.choose(artifact, accept)
         found = variant.gzip
         if found is not None:

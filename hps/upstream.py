@@ -7,7 +7,8 @@ Like a Docker registry mirror, but for the plugin URLs the Console builds. Two h
   how long each waits, a short negative cache for what the registry lacks, and bounds
   on pending fetches and on cached modules. It swaps the fetched artifact into the
   catalog and answers each waiter's Deferred. Requests only ever wait on that Deferred;
-  they never talk to a registry.
+  they never talk to a registry. Beyond :data:`MAX_CACHED` modules it evicts the least
+  recently served one of the cache tree (see :meth:`Upstream.make_room`).
 - :class:`RegistrySource` does the blocking part on a daemon thread with ``hps pull``'s
   own client, credentials, digest and Wasm checks and atomic writes: it tries each
   template in order and writes the module into the cache tree
@@ -18,8 +19,11 @@ Like a Docker registry mirror, but for the plugin URLs the Console builds. Two h
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -27,19 +31,19 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.internet.defer import Deferred, TimeoutError, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from hps import metrics
-from hps.catalog import Artifact, Skip, examine
+from hps.catalog import Artifact, Catalog, Identity, Skip, examine
 from hps.guard import MODULE_FILE, accept_name, accept_version
 from hps.pull.errors import NotFound, NotWasm, PullError
 from hps.pull.fetch import Options, fetch_to
 from hps.pull.properties import Reference, parse_reference
 from hps.state import ServerState
-from hps.work import Runner, in_daemon_threads
+from hps.work import Runner, in_daemon_threads, in_threads
 
 WAIT = 10.0
 """Default seconds a request waits for a fetch (the ``upstream_wait`` knob)."""
@@ -50,7 +54,10 @@ NEGATIVE_SECONDS = 30.0
 MAX_PENDING = 16
 """Distinct fetches under way at once; more distinct misses get 503 at once."""
 MAX_CACHED = 256
-"""Modules the cache tree may hold; beyond it misses stay 404 (and are counted)."""
+"""Modules the cache tree may hold; a fetch beyond it evicts the least recently served."""
+TRASH = ".evicted"
+"""Beside the cache tree, never scanned: evicted version directories wait here, renamed,
+while a thread deletes them."""
 MAX_NEGATIVE = 4096
 """Remembered "not found" pairs; the oldest are forgotten first."""
 PER_REGISTRY = 4
@@ -89,12 +96,15 @@ class Upstream:
                  allow: Iterable[str],
                  cache_root: str, templates: Iterable[str] = (), wait: float = WAIT,
                  negative_seconds: float = NEGATIVE_SECONDS, max_pending: int = MAX_PENDING,
-                 max_cached: int = MAX_CACHED) -> None:
+                 max_cached: int = MAX_CACHED, run: Runner = maybeDeferred) -> None:
         self.state = state
         self.source = source
         self.clock = clock
         self.allow = tuple(allow)
         self.cache_root = os.path.realpath(cache_root)
+        self.trash = os.path.join(os.path.dirname(self.cache_root), TRASH)
+        self.cache_prefix = self.cache_root + os.sep
+        self.root_prefix = os.path.realpath(state.config.root) + os.sep
         self.templates = tuple(templates)
         self.wait_seconds = wait
         self.negative_seconds = negative_seconds
@@ -104,6 +114,14 @@ class Upstream:
         self.negative: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.rescan: Callable[[], None] = lambda: None
         """Asks the watcher for a scan (set by make_service); see :meth:`settled`."""
+        self.run = run
+        """Where evicted directories are deleted (make_upstream: the reactor's threads)."""
+        self.order: OrderedDict[tuple[str, str], None] = OrderedDict()
+        """The cache tree's modules in the catalog, least recently served first."""
+        self.evicted: dict[tuple[str, str], Identity] = {}
+        """Evicted modules a scan begun before their eviction may still hold (:meth:`prune`)."""
+        state.on_swap.append(self.on_swap)
+        self.on_swap(state.catalog, state.catalog)
 
     def admits(self, name: str, version: str) -> bool:
         """Only grammatical names and versions the allow-list names ever reach a registry."""
@@ -140,10 +158,6 @@ class Upstream:
         """Why no new fetch may start for ``key`` now, or None."""
         if len(self.pending) >= self.max_pending:
             return Unavailable("too many pull-through fetches under way")
-        if self.cached_count() >= self.max_cached:
-            self.log.warn("pull-through cache holds {n} modules (the limit); not fetching "
-                          "{name} {version}", n=self.max_cached, name=key[0], version=key[1])
-            return Missing("the pull-through cache is full")
         return None
 
     def settled(self, result: Artifact | Failure, key: tuple[str, str]) -> None:
@@ -162,6 +176,9 @@ class Upstream:
             outcome = self.state.catalog.get(*key) or result
             self.log.info("pull-through: serving {name} {version} ({size} bytes, sha256 {sha})",
                           name=key[0], version=key[1], size=outcome.size, sha=outcome.sha256)
+            if key in self.order:  # fetched, not served yet: counts as just used
+                self.order.move_to_end(key)
+            self.make_room()
         for waiter in waiters:
             if not waiter.called:
                 (waiter.errback if isinstance(outcome, Exception) else waiter.callback)(outcome)
@@ -198,9 +215,109 @@ class Upstream:
             raise Unavailable(f"{name} {version}: still fetching after {self.wait_seconds:g} s")
         return failure
 
-    def cached_count(self) -> int:
-        prefix = self.cache_root + os.sep
-        return sum(1 for a in self.state.catalog if a.path.startswith(prefix))
+    # -- the bound: least recently served out first ------------------------------------
+
+    def cached(self, artifact: Artifact) -> bool:
+        """Is this the cache tree's module (never the image's tree, wherever the two are)?"""
+        path = artifact.path
+        return path.startswith(self.cache_prefix) and not path.startswith(self.root_prefix)
+
+    def touch(self, artifact: Artifact) -> None:
+        """A response is about to send ``artifact`` (Transfer.served): most recently used."""
+        key = (artifact.name, artifact.version)
+        if key in self.order:
+            self.order.move_to_end(key)
+
+    def on_swap(self, old: Catalog, new: Catalog) -> None:
+        """Keep :attr:`order` to the cache tree's modules in ``new``: those gone leave it,
+        those new to it (a fetch, or every one at start) join as just used, older files
+        first. A restart thus begins from the files' mtimes, the time each was fetched:
+        access times are not kept on most mounts (noatime, relatime), and touching a
+        file's own times would change the identity its downloads are checked against."""
+        present = [a for a in new.artifacts.values() if self.cached(a)]
+        keys = {(a.name, a.version) for a in present}
+        for key in [k for k in self.order if k not in keys]:
+            del self.order[key]
+        for artifact in sorted(present, key=lambda a: a.mtime):
+            self.order.setdefault((artifact.name, artifact.version))
+
+    def make_room(self) -> None:
+        """Evict the least recently served modules beyond :attr:`max_cached`, never one with
+        a fetch pending (its thread may be writing or reading that directory)."""
+        excess = len(self.order) - self.max_cached
+        if excess > 0:
+            idle = (key for key in self.order if key not in self.pending)
+            for key in list(itertools.islice(idle, excess)):
+                self.evict(key)
+
+    def evict(self, key: tuple[str, str]) -> None:
+        """Move the module's directory aside, drop it from the catalog, delete it in a thread.
+
+        The rename comes first, on this thread, so a fetch of the same module started
+        later writes a new directory the deletion never sees. Downloads under way keep
+        their open descriptor and finish whole; the next request is a miss again.
+        """
+        name, version = key
+        try:
+            os.makedirs(self.trash, exist_ok=True)
+            os.rename(os.path.join(self.cache_root, name, version),
+                      os.path.join(self.trash, f"{name}@{version}.{uuid.uuid4().hex[:12]}"))
+        except OSError as err:
+            self.log.warn("pull-through: cannot evict {name} {version}: {why}", name=name,
+                          version=version, why=err)
+            self.order.move_to_end(key)  # the next eviction tries another one first
+            return
+        artifact = self.state.catalog.get(name, version)
+        if artifact is not None and self.cached(artifact):
+            self.evicted[key] = artifact.identity
+            self.state.swap(self.state.catalog.without([key]))
+            metrics.observe_catalog(len(self.state.catalog))
+        self.order.pop(key, None)
+        metrics.observe_eviction()
+        self.log.info("pull-through: evicted {name} {version}, the least recently served "
+                      "(the cache tree holds at most {n} modules)", name=name, version=version,
+                      n=self.max_cached)
+        self.run(empty, self.trash).addCallbacks(self.emptied, lambda failure: self.log.failure(
+            "emptying {trash}", failure, trash=self.trash))
+        self.rescan()  # a scan under way may have seen it: the next one must not
+
+    def emptied(self, failures: list[str]) -> None:
+        if failures:
+            self.log.warn("pull-through: evicted files left in {trash}: {what}",
+                          trash=self.trash, what="; ".join(failures[:3]))
+
+    def prune(self, fresh: Catalog) -> Catalog:
+        """A scan's snapshot less the modules evicted since it began (it may have found them
+        before their directory moved). Once a scan no longer finds one, it is forgotten."""
+        if not self.evicted:
+            return fresh
+        stale = [key for key, identity in self.evicted.items()
+                 if (found := fresh.get(*key)) is not None and found.identity == identity]
+        self.evicted = {key: self.evicted[key] for key in stale}
+        return fresh.without(stale) if stale else fresh
+
+
+def empty(trash: str) -> list[str]:
+    """Delete everything in ``trash`` (this eviction's directory, and any a crash left);
+    what could not be deleted, as text. Runs in a thread."""
+    failures: list[str] = []
+    try:
+        entries = list(os.scandir(trash))
+    except FileNotFoundError:
+        return failures
+    except OSError as err:
+        return [str(err)]
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            pass  # another eviction's thread is emptying it too
+        except OSError as err:
+            failures.append(f"{entry.path}: {err.strerror}")
+    return failures
 
 
 class RegistrySource:
@@ -291,7 +408,7 @@ def make_upstream(state: ServerState, reactor: IReactorTime,
     source = source_factory(config.upstream, cache_root, reactor,
                             plain_http=config.upstream_plain_http)
     return Upstream(state, source, reactor, config.upstream_allow, cache_root,
-                    config.upstream, wait=config.upstream_wait)
+                    config.upstream, wait=config.upstream_wait, run=in_threads(reactor))
 
 
 def cache_tree(cache_dir: str) -> str:

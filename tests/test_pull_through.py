@@ -275,3 +275,41 @@ def test_a_scan_of_many_versions_keeps_the_metric_bounded(tree: Tree, harness) -
     assert len(misses) == 100
     assert 'hps_misses_total{plugin="scan",version="0.0.299"}' in misses
     assert 'hps_misses_total{plugin="scan",version="0.0.0"}' not in misses
+
+
+def test_beyond_the_bound_the_least_recently_served_goes_and_its_download_finishes(
+        registry: Registry, proxy: CountingProxy, tree: Tree, tmp_path: Path, harness) -> None:
+    """Through make_service: served means served over HTTP; the bound is set to 2 here."""
+    modules = {version: wasm_bytes(200_000, seed=40 + n)
+               for n, version in enumerate(("4.0.0", "4.0.1", "4.0.2"))}
+    for version, module in modules.items():
+        registry.push_wasm("plugins/ai-proxy", version, module)
+    tree.add("key-auth", "2.0.0")
+    image = files_under(tree.root)
+    server = harness(tree.root, **upstream_knobs(proxy))
+    server.site.resource.upstream.max_cached = 2
+    before = server.metrics().get("hps_upstream_evictions_total", 0.0)
+    cache = tmp_path / "cache" / "plugins" / "ai-proxy"
+    proxy.reset()
+    for version in ("4.0.0", "4.0.1"):
+        assert server.get(MODULE.format(version)).body == modules[version]
+    # A download of 4.0.1 under way: its client stops reading, most of the body unsent.
+    slow = server.connect()
+    slow.stop_reading()
+    slow.send(f"GET {MODULE.format('4.0.1')} HTTP/1.1\r\nHost: hps.test\r\n\r\n".encode())
+    assert slow.received() == b""
+    assert server.get(MODULE.format("4.0.0")).status == 200  # fetched first, served last
+    assert server.get(MODULE.format("4.0.2")).body == modules["4.0.2"]  # evicts 4.0.1
+    assert sorted(os.listdir(cache)) == ["4.0.0", "4.0.2"]
+    assert os.listdir(tmp_path / "cache" / ".evicted") == []  # deleted by a pool thread
+    assert files_under(tree.root) == image
+    assert server.get("/plugins/ai-proxy/4.0.1/metadata.txt").status == 200  # a miss: fetched
+    slow.resume_reading()
+    reply = slow.take()
+    assert reply.status == 200 and reply.body == modules["4.0.1"]  # from the unlinked file
+    assert proxy.count() == 2 * 4  # manifest and blob for 4.0.0, 4.0.1, 4.0.2, then 4.0.1
+    assert sorted(os.listdir(cache)) == ["4.0.1", "4.0.2"]  # 4.0.0 was served before 4.0.2
+    assert server.metrics()["hps_upstream_evictions_total"] == before + 2
+    assert ("pull-through: evicted ai-proxy 4.0.1, the least recently served (the cache tree "
+            "holds at most 2 modules)") in server.log()
+    assert "ai-proxy 4.0.0, the least recently served" in server.log()

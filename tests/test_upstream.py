@@ -9,12 +9,14 @@ tests/test_pull_through.py.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 
 from hps import metrics
@@ -181,17 +183,114 @@ def test_a_scan_of_both_trees_prefers_the_image_tree(tmp_path: Path) -> None:
     assert both.root == str(tree)
 
 
-def test_pending_fetches_and_cached_modules_are_bounded(world) -> None:
+def test_pending_fetches_are_bounded(world) -> None:
     _state, source, upstream, _ = world
     for n in range(4):
         upstream.wait("ai-proxy", f"1.0.{n}")
     assert isinstance(outcomes([upstream.wait("ai-proxy", "1.0.9")])[0], Unavailable)
     assert len(source.calls) == 4
-    for index in range(3):
-        source.succeed(index)
-    source.fail(Missing("gone"), 3)
-    assert isinstance(outcomes([upstream.wait("ai-proxy", "2.0.0")])[0], Missing)  # cache full
-    assert len(source.calls) == 4 and upstream.cached_count() == 3
+
+
+# -- the cache tree's bound: the least recently served is evicted ------------------------
+
+
+def logged(upstream: Upstream) -> list[str]:
+    lines: list[str] = []
+    upstream.log = Logger(observer=lambda event: lines.append(formatEvent(event)))
+    return lines
+
+
+def evictions() -> float:
+    """``hps_upstream_evictions_total`` as scraped (the registry is process-wide)."""
+    text = metrics.exposition()[0].decode()
+    return float(next(line.split()[1] for line in text.splitlines()
+                      if line.startswith("hps_upstream_evictions_total ")))
+
+
+def fetched(upstream: Upstream, source: Fetches, version: str) -> bytes:
+    seen = outcomes([upstream.wait("ai-proxy", version)])
+    body = source.succeed()
+    assert isinstance(seen[0], Artifact)
+    return body
+
+
+def versions(state: ServerState) -> list[str]:
+    return [a.version for a in state.catalog.versions("ai-proxy")]
+
+
+def test_beyond_the_bound_the_least_recently_served_is_evicted(world) -> None:
+    state, source, upstream, _ = world
+    cache, root = Path(upstream.cache_root), Path(state.config.root)
+    lines, before = logged(upstream), evictions()
+    for version in ("1.0.0", "1.0.1", "1.0.2"):  # the bound is 3: nothing evicted yet
+        fetched(upstream, source, version)
+    assert list(upstream.order) == [("ai-proxy", v) for v in ("1.0.0", "1.0.1", "1.0.2")]
+    upstream.touch(state.catalog.get("ai-proxy", "1.0.0"))  # served: most recently used
+    upstream.touch(state.catalog.get("key-auth", "2.0.0"))  # the image's tree: not in it
+    fetched(upstream, source, "1.0.3")
+    assert versions(state) == ["1.0.0", "1.0.2", "1.0.3"]
+    assert sorted(p.name for p in (cache / "ai-proxy").iterdir()) == ["1.0.0", "1.0.2", "1.0.3"]
+    assert list(Path(upstream.trash).iterdir()) == []  # deleted (inline here, a thread in hps)
+    assert [str(p.relative_to(root)) for p in root.rglob("*")] == [
+        "key-auth", "key-auth/2.0.0", "key-auth/2.0.0/plugin.wasm"]
+    assert evictions() == before + 1
+    assert [line for line in lines if "evicted" in line] == [
+        "pull-through: evicted ai-proxy 1.0.1, the least recently served (the cache tree "
+        "holds at most 3 modules)"]
+    # Asked for again: a miss like any other, fetched again; now 1.0.2 makes room.
+    fetched(upstream, source, "1.0.1")
+    assert source.calls[-1] == ("ai-proxy", "1.0.1") and len(source.calls) == 5
+    assert versions(state) == ["1.0.0", "1.0.1", "1.0.3"] and evictions() == before + 2
+
+
+def test_a_module_with_a_fetch_pending_is_never_evicted(world) -> None:
+    state, source, upstream, _ = world
+    cache = Path(upstream.cache_root)
+    first = outcomes([upstream.wait("ai-proxy", "1.0.0")])
+    # Its thread wrote the file and a scan found it before the fetch settled here.
+    (cache / "ai-proxy" / "1.0.0").mkdir(parents=True)
+    (cache / "ai-proxy" / "1.0.0" / "plugin.wasm").write_bytes(wasm_bytes(700, seed=5))
+    state.swap(scan_trees([state.config.root, str(cache)]))
+    assert list(upstream.order) == [("ai-proxy", "1.0.0")]  # the least recently served
+    for version in ("1.0.1", "1.0.2", "1.0.3"):
+        fetched(upstream, source, version)
+    assert versions(state) == ["1.0.0", "1.0.2", "1.0.3"]  # 1.0.1 went instead
+    assert (cache / "ai-proxy" / "1.0.0" / "plugin.wasm").exists()
+    source.succeed(0)
+    assert isinstance(first[0], Artifact) and first[0].version == "1.0.0"
+    assert versions(state) == ["1.0.0", "1.0.2", "1.0.3"]
+
+
+def test_a_restart_orders_the_cache_tree_by_fetch_time(world, tmp_path: Path) -> None:
+    state, source, _, clock = world
+    cache = tmp_path / "cache"
+    for age, version in enumerate(("3.0.0", "1.0.0", "2.0.0")):  # newest first
+        target = cache / "ai-proxy" / version / "plugin.wasm"
+        target.parent.mkdir(parents=True)
+        target.write_bytes(wasm_bytes(600, seed=age))
+        os.utime(target, (1_600_000_000 - age * 60,) * 2)
+    state.swap(scan_trees([state.config.root, str(cache)]))
+    again = Upstream(state, source, clock, ["ai-*"], str(cache), max_cached=3)
+    assert [v for _, v in again.order] == ["2.0.0", "1.0.0", "3.0.0"]  # oldest file first
+    fetched(again, source, "4.0.0")
+    assert versions(state) == ["1.0.0", "3.0.0", "4.0.0"]
+    # Whatever the paths, nothing from the image's tree is ever in the order.
+    assert not Upstream(state, source, clock, ["*"], state.config.root).order
+
+
+def test_a_scan_begun_before_an_eviction_does_not_bring_it_back(world) -> None:
+    state, source, upstream, _ = world
+    cache, trees = upstream.cache_root, [state.config.root, upstream.cache_root]
+    for version in ("1.0.0", "1.0.1", "1.0.2"):
+        fetched(upstream, source, version)
+    stale = scan_trees(trees)  # found 1.0.0 before its directory moved
+    fetched(upstream, source, "1.0.3")
+    assert state.catalog.get("ai-proxy", "1.0.0") is None
+    assert upstream.prune(stale).get("ai-proxy", "1.0.0") is None
+    assert upstream.prune(stale).get("ai-proxy", "1.0.1") is not None
+    fresh = scan_trees(trees)  # begun after: never finds it, and it is forgotten
+    assert upstream.prune(fresh) is fresh and upstream.evicted == {}
+    assert not os.path.exists(os.path.join(cache, "ai-proxy", "1.0.0"))
 
 
 def test_misses_stay_bounded_and_so_do_metric_labels() -> None:
