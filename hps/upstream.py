@@ -266,6 +266,7 @@ class Upstream:
             self.log.warn("pull-through: cannot evict {name} {version}: {why}", name=name,
                           version=version, why=err)
             self.order.move_to_end(key)  # the next eviction tries another one first
+            self.rescan()  # if it is gone already, the catalog learns so
             return
         artifact = self.state.catalog.get(name, version)
         if artifact is not None and self.cached(artifact):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -276,6 +277,26 @@ def test_a_restart_orders_the_cache_tree_by_fetch_time(world, tmp_path: Path) ->
     assert versions(state) == ["1.0.0", "3.0.0", "4.0.0"]
     # Whatever the paths, nothing from the image's tree is ever in the order.
     assert not Upstream(state, source, clock, ["*"], state.config.root).order
+
+
+def test_a_directory_that_cannot_be_moved_is_warned_about_and_skipped_next(world) -> None:
+    state, source, upstream, _ = world
+    lines, before = logged(upstream), evictions()
+    for version in ("1.0.0", "1.0.1", "1.0.2"):
+        fetched(upstream, source, version)
+    rescans: list[None] = []
+    upstream.rescan = lambda: rescans.append(None)
+    shutil.rmtree(Path(upstream.cache_root) / "ai-proxy" / "1.0.0")  # an operator was faster
+    fetched(upstream, source, "1.0.3")
+    assert evictions() == before and len(state.catalog.versions("ai-proxy")) == 4
+    assert len(rescans) == 2  # the fetch's, and the failed eviction's: 1.0.0 is gone
+    warned = [line for line in lines if "cannot evict" in line]
+    assert len(warned) == 1 and warned[0].startswith(
+        "pull-through: cannot evict ai-proxy 1.0.0: [Errno 2] No such file or directory")
+    # The next fetch catches up on the bound with the others (a rescan drops 1.0.0).
+    fetched(upstream, source, "1.0.4")
+    assert versions(state) == ["1.0.0", "1.0.3", "1.0.4"] and evictions() == before + 2
+    assert list(upstream.order)[-1] == ("ai-proxy", "1.0.4")
 
 
 def test_a_scan_begun_before_an_eviction_does_not_bring_it_back(world) -> None:
