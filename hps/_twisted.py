@@ -87,15 +87,22 @@ def forget_exit_signal(reactor: IReactorCore) -> None:
         reactor._exitSignal = None
 
 
+def h2_connection(stream: Any) -> Any | None:
+    """The ``H2Connection`` a twisted.web HTTP/2 stream belongs to; None for any other channel."""
+    connection = getattr(stream, "_conn", None)
+    return connection if hasattr(connection, "_outboundStreamQueues") else None
+
+
 def h2_unsent(stream: Any) -> int | None:
     """Bytes a twisted.web HTTP/2 stream has queued that its connection has not sent yet;
     None when ``stream`` is not one. twisted.web pauses a stream's producer only when the
     client's flow-control window is spent, which the client chooses (up to 2 GiB): this is
     what lets a sender stop at a bound of its own while the connection is blocked."""
-    queues = getattr(getattr(stream, "_conn", None), "_outboundStreamQueues", None)
-    if queues is None:
+    connection = h2_connection(stream)
+    if connection is None:
         return None
-    return sum(len(item) for item in queues.get(stream.streamID, ()) if isinstance(item, bytes))
+    queue = connection._outboundStreamQueues.get(stream.streamID, ())
+    return sum(len(item) for item in queue if isinstance(item, bytes))
 
 
 def h2_can_send(connection: Any, stream_id: int) -> bool:

@@ -19,6 +19,11 @@ twisted.web's ``H2Connection``, with what hps needs on top:
   ``callLater(0)`` until the window opens: a core spent per such client, until the
   send deadline. Here such a stream leaves the ready set (:class:`WindowedPriority`)
   and every frame received puts back those a window now allows.
+- **Room, announced**: a response's sender stops once its stream holds
+  ``H2_BACKLOG`` unsent bytes (the client's window alone could let a body pile up
+  in memory); :meth:`PluginH2Connection.after_send` wakes it when the send loop
+  next takes a frame from that stream, so a stream moves as fast as the
+  connection drains it, not at a polling rate.
 - **No traceback floods**: anything else h2 raises ends that connection (GOAWAY)
   with one log line, at most one per ``LOG_EVERY`` seconds for the whole server.
 """
@@ -47,14 +52,16 @@ LOG_EVERY = 10.0
 class WindowedPriority(priority.PriorityTree):
     """The send order over streams, passing over (and blocking) those that cannot send."""
 
-    def __init__(self, can_send: Callable[[int], bool]) -> None:
+    def __init__(self, can_send: Callable[[int], bool],
+                 picked: Callable[[int], None] = lambda stream_id: None) -> None:
         super().__init__()
-        self.can_send = can_send
+        self.can_send, self.picked = can_send, picked
 
     def __next__(self) -> int:
         while True:
             stream_id = super().__next__()  # DeadlockError once every stream is blocked
             if self.can_send(stream_id):
+                self.picked(stream_id)  # its next frame goes out in this turn
                 return stream_id
             self.block(stream_id)  # h2_resume_sending unblocks it when a window opens
 
@@ -74,9 +81,21 @@ class PluginH2Connection(H2Connection):
         values = dict(self.conn.local_settings.items())
         values[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_STREAMS
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
-        self.priority = WindowedPriority(lambda stream_id: h2_can_send(self, stream_id))
+        self.priority = WindowedPriority(lambda stream_id: h2_can_send(self, stream_id),
+                                         self.picked)
         self.stamps: dict[int, float] = {}
         """Per stream: when its response last made progress."""
+        self.waiting: dict[int, Callable[[], None]] = {}
+        """Per stream: who to wake once the send loop takes a frame from it."""
+
+    def after_send(self, stream_id: int, wake: Callable[[], None]) -> None:
+        """Call ``wake`` on a later turn, once the send loop has sent a frame of this stream."""
+        self.waiting[stream_id] = wake
+
+    def picked(self, stream_id: int) -> None:
+        wake = self.waiting.pop(stream_id, None)
+        if wake is not None:
+            self.clock.callLater(0, wake)  # after the frame left the queue, outside the loop
 
     def gone(self, stream_id: int) -> bool:
         """Has the client closed this stream (h2 knows, even if twisted.web does not yet)?"""
@@ -145,8 +164,9 @@ class PluginH2Connection(H2Connection):
 
     def check(self, now: float, send_timeout: float) -> None:
         """Reset every stream whose response made no progress for ``send_timeout``."""
-        for stream_id in [s for s in self.stamps if s not in self.streams]:
-            del self.stamps[stream_id]
+        for table in (self.stamps, self.waiting):
+            for stream_id in [s for s in table if s not in self.streams]:
+                del table[stream_id]
         for stream_id, stream in list(self.streams.items()):
             since = self.stamps.setdefault(stream_id, now)
             if now - since > send_timeout:

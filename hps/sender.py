@@ -10,7 +10,9 @@
   costs nothing but its socket buffers;
 - on TLS and HTTP/2 (bytes must pass through OpenSSL or be framed), bounded
   reads of ``READ_CHUNK`` bytes, written while the transport does not push back
-  (it pauses this producer once its buffer holds 64 KiB).
+  (it pauses this producer once its buffer holds 64 KiB); an HTTP/2 stream also
+  stops at ``H2_BACKLOG`` unsent bytes and is woken when its connection sends a
+  frame of it (:class:`H2Backlog`).
 
 A sender is an ``IPushProducer`` registered on the channel (twisted.web's
 ``request.registerProducer`` or the fast path's ``channel.registerProducer``), so
@@ -27,11 +29,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport, ITransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from hps._twisted import wake_when_writable
+from hps._twisted import h2_connection, h2_unsent, wake_when_writable
 from hps.files import Source
 from hps.negotiate import Span
 
@@ -40,9 +42,8 @@ SENDFILE_TURN = 4 << 20
 loopback cannot starve the others; then it yields and is woken when writable."""
 
 H2_BACKLOG = 65536
-"""Unsent bytes an HTTP/2 stream may queue before its sender waits (polling every
-H2_POLL seconds): HTTP/2 flow control alone would let a client's window decide."""
-H2_POLL = 0.05
+"""Unsent bytes an HTTP/2 stream may queue before its sender waits for the connection
+to send a frame of it: HTTP/2 flow control alone would let a client's window decide."""
 
 READ_CHUNK = 16384
 """Bytes read per write on TLS and HTTP/2 (one TLS record): with the transport's
@@ -52,6 +53,28 @@ READ_CHUNK = 16384
 def zero_copy(transport: ITransport | None) -> bool:
     """Can bytes go from a file straight to this transport's socket?"""
     return isinstance(transport, tcp.Connection) and not ISSLTransport.providedBy(transport)
+
+
+class H2Backlog:
+    """One HTTP/2 stream's queue in its connection: how much is unsent, and a wake-up
+    when the connection's send loop takes a frame of it (``hps.http2``)."""
+
+    def __init__(self, stream: Any, connection: Any) -> None:
+        self.stream, self.connection = stream, connection
+
+    @classmethod
+    def of(cls, channel: Any) -> H2Backlog | None:
+        """The backlog of ``channel`` if it is a stream of hps's HTTP/2 connection."""
+        connection = h2_connection(channel)
+        if connection is None or not hasattr(connection, "after_send"):
+            return None
+        return cls(channel, connection)
+
+    def unsent(self) -> int:
+        return h2_unsent(self.stream) or 0
+
+    def after_send(self, wake: Callable[[], None]) -> None:
+        self.connection.after_send(self.stream.streamID, wake)
 
 
 @implementer(IPushProducer)
@@ -69,15 +92,13 @@ class Sender:
     def __init__(self, source: Source, span: Span, transport: ITransport | None,
                  write: Callable[[bytes], None], progress: Callable[[int], None],
                  finished: Callable[[], None], abort: Callable[[], None],
-                 unsent: Callable[[], int] | None = None,
-                 clock: IReactorTime | None = None) -> None:
+                 backlog: H2Backlog | None = None) -> None:
         self.source: Source | None = source
         self.pos, self.end = span[0], span[1] + 1
         self.transport, self.write, self.progress = transport, write, progress
         self.finished, self.abort = finished, abort
         self.zero_copy = zero_copy(transport)
-        self.unsent, self.clock = unsent, clock
-        self.poll: Any = None
+        self.backlog = backlog
         self.paused = self.done = self.running = False
 
     def start(self, flushed: bool) -> None:
@@ -129,8 +150,8 @@ class Sender:
 
     def send_reads(self, source: Source) -> None:
         while not self.paused and not self.done and self.pos < self.end:
-            if self.unsent is not None and self.unsent() >= H2_BACKLOG:
-                self.poll = self.clock.callLater(H2_POLL, self.polled)
+            if self.backlog is not None and self.backlog.unsent() >= H2_BACKLOG:
+                self.backlog.after_send(self.drained)
                 return
             data = source.read(self.pos, min(READ_CHUNK, self.end - self.pos))
             if not data:
@@ -140,9 +161,8 @@ class Sender:
             self.write(data)
             self.progress(len(data))
 
-    def polled(self) -> None:
-        self.poll = None
-        if not self.paused:
+    def drained(self) -> None:
+        if not self.paused and not self.done:
             self.resumeProducing()
 
     def changed(self) -> None:
@@ -152,9 +172,6 @@ class Sender:
 
     def close(self) -> None:
         self.done = True
-        if self.poll is not None and self.poll.active():
-            self.poll.cancel()
-        self.poll = None
         self.source = None  # the descriptor closes once the file table lets go too
 
     def pauseProducing(self) -> None:

@@ -21,7 +21,6 @@ from twisted.logger import Logger
 from twisted.web import http, static
 from twisted.web.server import NOT_DONE_YET, Request
 
-from hps._twisted import h2_unsent
 from hps.catalog import Artifact, Catalog, Identity
 from hps.files import FileTable, Replaced, Source
 from hps.negotiate import (
@@ -36,7 +35,7 @@ from hps.negotiate import (
     variant_etag,
     variant_fields,
 )
-from hps.sender import Sender, zero_copy
+from hps.sender import H2Backlog, Sender, zero_copy
 from hps.variants import GzipFile, GzipVariants
 
 WASM_TYPE = b"application/wasm"
@@ -273,11 +272,8 @@ class ArtifactFile(static.File):
             request.finish()
 
         request.write(b"")  # the head goes first
-        unsent = None
-        if h2_unsent(channel) is not None:
-            unsent = lambda: h2_unsent(channel) or 0  # noqa: E731 - bound to this stream
         sender = Sender(source, span, transport, request.write, progress, finished,
-                        (transport or channel).abortConnection, unsent, request.site.reactor)
+                        (transport or channel).abortConnection, H2Backlog.of(channel))
         request.registerProducer(sender, True)
         sender.start(flushed=False)
 

@@ -154,13 +154,17 @@ def test_h2_streams_queue_unsent_data_on_their_connection() -> None:
 
 
 def test_h2_send_loop_parks_on_a_deferred_and_reads_the_priority_tree() -> None:
-    """What hps.http2's WindowedPriority and h2_resume_sending rely on: the send loop takes
-    streams from ``self.priority`` and, with none ready, parks on ``_sendingDeferred``; a
-    queue holds bytes and a non-bytes end marker."""
+    """What hps.http2's WindowedPriority, after_send and h2_resume_sending rely on: the send
+    loop takes streams from ``self.priority`` (and a frame from the one it took) and, with
+    none ready, parks on ``_sendingDeferred``; a queue holds bytes and a non-bytes end
+    marker."""
     from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
     loop = inspect.getsource(H2Connection._sendPrioritisedData)
     assert "next(self.priority)" in loop and "self._sendingDeferred = Deferred()" in loop
+    # PluginH2Connection.after_send: the stream next() returns is the one a frame leaves.
+    assert loop.index("next(self.priority)") < loop.index(
+        "self._outboundStreamQueues[stream].popleft()")
     assert "self.priority.unblock(streamID)" in inspect.getsource(H2Connection.endRequest)
     assert not isinstance(_END_STREAM_SENTINEL, bytes)
     connection = H2Connection()
