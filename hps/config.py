@@ -109,6 +109,10 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+REMOVED = {
+    "memory_budget": "modules are sent from disk now (there is no body cache); delete it",
+}
+"""Keys earlier releases knew: a config carried over names what to do, not just "unknown"."""
 LIST = "tuple[str, ...]"
 """The type of repeatable knobs: a YAML list, a flag given once per item."""
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True,
@@ -167,6 +171,9 @@ def read_yaml(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of settings")
     unknown = sorted(str(k) for k in data if k not in FIELDS)
+    for key in unknown:
+        if key in REMOVED:
+            raise ConfigError(f"{key!r} in {path} was removed: {REMOVED[key]}")
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {path} (known: {', '.join(FIELDS)})")
     return {key: _coerce(key, value, from_text=False) for key, value in data.items()}

@@ -30,6 +30,7 @@ def test_config_file_and_flags(tree: Tree, tmp_path, harness) -> None:
 
 CONFIG_ERRORS = [
     ("colour: blue\n", [], "unknown key 'colour'"),
+    ("memory_budget: 64m\n", [], "hps.yaml was removed: modules are sent from disk now"),
     ("root: [1, 2]\n", [], "'root' must be a non-empty string"),
     ("listen: 8080\n", [], "'listen' must be a list"),
     ("root: {tmp}/missing\n", [], "is not a directory"),
