@@ -14,14 +14,22 @@ Everything here runs off the reactor thread, one module at a time (a rollout's
 downloads keep the other core), right after each catalog swap. Until a
 module's variant is ready it is served as identity; readiness does not wait,
 and ``/metrics`` shows how many are pending.
+
+The cache directory holds only variants of modules the catalog serves: after a
+swap, in the same queue (so never while a variant of the same SHA-256 is being
+written), :func:`prune` deletes the ``<sha256>.gz`` no current module has, and
+temporary files a crash left. A response still sending a deleted variant keeps
+its open descriptor, which Linux keeps readable until it is closed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import tempfile
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +49,13 @@ GZIP_LEVEL = 6
 
 SIBLING_SUFFIX = ".gz"
 _BLOCK = 1 << 20
+
+STALE_TEMPORARY = 3600.0
+"""Seconds after which a temporary file of :mod:`hps.atomic` in the cache is a crash's
+leftover (a write takes well under a second; a younger one may be another process's)."""
+
+_VARIANT = re.compile(r"([0-9a-f]{64})\.gz")
+_TEMPORARY = re.compile(r"\.[0-9a-f]{64}\.gz\..+\.tmp")
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,38 @@ def usable_dir(cache_dir: str) -> str | None:
     return path
 
 
+def _unneeded(name: str, info: os.stat_result, live: frozenset[str], now: float) -> bool:
+    """Is this regular file of the cache a variant no live module has, or a stale temporary?"""
+    variant = _VARIANT.fullmatch(name)
+    if variant is not None:
+        return variant.group(1) not in live
+    return _TEMPORARY.fullmatch(name) is not None and now - info.st_mtime > STALE_TEMPORARY
+
+
+def prune(directory: str, live: frozenset[str]) -> tuple[int, int]:
+    """Delete from ``directory`` the variants whose SHA-256 is not in ``live`` and stale
+    temporary files (runs in a thread); return (files, bytes) deleted.
+
+    Only regular files with those names: anything else (a symlink, a directory, a
+    file of another name) is left as it is.
+    """
+    files = size = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0, 0
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and _unneeded(entry.name, info, live, now):
+                os.unlink(entry.path)  # never follows a symlink, whatever the name is now
+                files, size = files + 1, size + info.st_size
+        except OSError:  # gone meanwhile, or not ours to delete: the next prune retries
+            continue
+    return files, size
+
+
 Prepared = tuple[GzipFile | None, str | None, str | None]
 """(variant, why the sibling was skipped, why no variant could be written)."""
 
@@ -191,6 +238,9 @@ def prepare(artifact: Artifact, directory: str | None) -> Prepared:
 
 Runner = Callable[..., Deferred]
 
+PRUNING = "prune"
+"""``GzipVariants.busy`` while the cache directory is being pruned (no SHA-256 looks so)."""
+
 
 class GzipVariants:
     """The gzip variant of every module, by SHA-256, made ready in the background."""
@@ -210,10 +260,12 @@ class GzipVariants:
         self.write_failed = False
         self.tried: set[str] = set()
         """Modules already prepared once (found or not): a rescan does not redo them."""
+        self.prune_due = False
+        """A swap happened since the last prune (swaps in a row coalesce into one)."""
 
     @property
     def pending(self) -> int:
-        return len(self.queue) + (self.busy is not None)
+        return len(self.queue) + (self.busy not in (None, PRUNING))
 
     def get(self, artifact: Artifact) -> GzipFile | None:
         return self.ready.get(artifact.sha256) if self.enabled else None
@@ -255,16 +307,25 @@ class GzipVariants:
                 self.queue.setdefault(artifact.sha256, artifact)
         for key in [k for k in self.queue if k not in self.live]:
             del self.queue[key]
+        # An unloaded snapshot says nothing about which modules exist: nothing to prune by.
+        self.prune_due = self.prune_due or new.loaded
         self.next()
 
     def next(self) -> None:
-        if self.busy is not None or not self.queue:
+        if self.busy is not None or not (self.queue or self.prune_due):
             return
         if self.directory is False:
             self.directory = usable_dir(self.cache_dir)
             if self.directory is None:
                 self.log.warn("cache directory {path} is not writable; gzip variants go to "
                               "unlinked temporary files", path=self.cache_dir)
+        if self.prune_due:
+            self.prune_due = False
+            if self.directory:  # first: on a full disk, the new modules' variants need the room
+                self.prune_cache(self.directory)
+                return
+            if not self.queue:
+                return
         key, artifact = next(iter(self.queue.items()))
         del self.queue[key]
         self.tried.add(key)
@@ -282,6 +343,22 @@ class GzipVariants:
             self.log.warn("{path}: {why}; serving identity", path=artifact.path, why=failed)
         if found is not None and artifact.sha256 in self.live:
             self.ready[artifact.sha256] = found
+
+    def prune_cache(self, directory: str) -> None:
+        """Delete, in the queue's turn, the cache's files no module of the catalog needs."""
+        self.busy = PRUNING
+        d = self.run(prune, directory, self.live)
+        d.addCallbacks(self.pruned, self.prune_failed, (directory,), None, (directory,))
+        d.addBoth(self.idle)
+
+    def pruned(self, result: tuple[int, int], directory: str) -> None:
+        files, size = result
+        if files:
+            self.log.info("pruned {path}: deleted {files} files ({size} bytes) no served module "
+                          "needs", path=directory, files=files, size=size)
+
+    def prune_failed(self, failure: Any, directory: str) -> None:
+        self.log.failure("pruning {path} failed", failure, path=directory)
 
     def bad_sibling(self, artifact: Artifact, why: str) -> None:
         self.log.warn("skipped {path}{suffix}: {why}", path=artifact.path,

@@ -212,6 +212,8 @@ def test_the_first_gzip_download_after_start_is_gzip(tree: Tree, harness) -> Non
     pool = server.reactor.pool
     assert pool.run_one()  # the first scan; the gzip variants queue up behind it
     server.settle()
+    assert pool.run_one()  # first after a swap: the cache's prune (hps.variants.prune)
+    server.settle()
     assert server.get("/readyz").status == 200, "readiness does not wait for variants"
     jobs = []
     for name in reversed(list(bodies)):

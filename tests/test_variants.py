@@ -1,10 +1,13 @@
-"""Unit: gzip variants on disk, checked and made (hps.variants), with a synchronous runner."""
+"""Unit: gzip variants on disk, checked, made and pruned (hps.variants), with a synchronous
+runner; and, in memory, what pruning does to a server's cache and downloads."""
 
 from __future__ import annotations
 
 import gzip
 import os
 import random
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +21,12 @@ from hps.variants import (
     check_sibling,
     compress,
     prepare,
+    prune,
     usable_dir,
 )
 from tests.support.server import Tree, wasm_bytes
+
+URL = "/plugins/demo/1.0.0/plugin.wasm"
 
 
 @pytest.fixture
@@ -99,10 +105,10 @@ class Runner:
         return d
 
     def step(self) -> str:
+        """Run the next job; the name of its module, or "prune"."""
         d, function, args = self.jobs.pop(0)
-        artifact = args[0]
         d.callback(function(*args))
-        return artifact.name
+        return "prune" if function is prune else args[0].name
 
 
 def test_a_waiting_request_moves_its_module_to_the_front(tree: Tree, tmp_path: Path) -> None:
@@ -112,6 +118,7 @@ def test_a_waiting_request_moves_its_module_to_the_front(tree: Tree, tmp_path: P
     runner = Runner()
     variants = GzipVariants(str(tmp_path / "cache"), run=runner)
     variants.on_swap(Catalog(root=str(tree.root)), catalog)
+    assert runner.step() == "prune"  # first after a swap: it frees room for the new ones
     assert variants.pending == 4
     waited: list[object] = []
     variants.when_ready(catalog.get("p3", "1.0.0")).addCallback(waited.append)
@@ -156,7 +163,7 @@ def test_a_variant_whose_file_changed_is_made_again(module, tmp_path: Path) -> N
     variants = GzipVariants(str(tmp_path / "cache"), run=runner)
     catalog = scan(str(Path(artifact.path).parents[2]))
     variants.on_swap(Catalog(root=catalog.root), catalog)
-    runner.step()
+    assert [runner.step(), runner.step()] == ["prune", "demo"]
     assert variants.get(artifact) is not None
     variants.drop(artifact)
     assert variants.get(artifact) is None and variants.pending == 1
@@ -171,3 +178,101 @@ def test_disabled_variants_do_nothing(module, tmp_path: Path) -> None:
     variants.on_swap(Catalog(root=catalog.root), catalog)
     assert variants.pending == 0 and variants.get(artifact) is None
     assert not variants.preparing(artifact)
+
+
+def test_prune_deletes_only_unneeded_variants_and_stale_temporaries(tmp_path: Path) -> None:
+    directory = tmp_path / "gzip"
+    directory.mkdir()
+    live, dead = "a" * 64, "b" * 64
+    (directory / f"{live}.gz").write_bytes(b"live")
+    (directory / f"{dead}.gz").write_bytes(b"dead!")
+    old_temporary = directory / f".{dead}.gz.x1y2.tmp"
+    old_temporary.write_bytes(b"crashed")
+    hours_ago = time.time() - 7200
+    os.utime(old_temporary, (hours_ago, hours_ago))
+    outside = tmp_path / "outside.gz"
+    outside.write_bytes(b"not ours")
+    kept = {
+        f".{live}.gz.z9.tmp",  # young: maybe another process writing right now
+        "c" * 64 + ".gz",  # a symlink: neither followed nor deleted
+        "d" * 64 + ".gz",  # a directory
+        "notes.txt", "B" * 64 + ".gz", ".probe-x", f"{live}.gz",
+    }
+    (directory / f".{live}.gz.z9.tmp").write_bytes(b"writing")
+    (directory / ("c" * 64 + ".gz")).symlink_to(outside)
+    (directory / ("d" * 64 + ".gz")).mkdir()
+    for name in ("notes.txt", "B" * 64 + ".gz", ".probe-x"):
+        (directory / name).write_bytes(b"foreign")
+    assert prune(str(directory), frozenset({live})) == (2, len(b"dead!") + len(b"crashed"))
+    assert {p.name for p in directory.iterdir()} == kept
+    assert outside.read_bytes() == b"not ours"
+    assert prune(str(tmp_path / "missing"), frozenset()) == (0, 0)
+
+
+def test_swaps_in_a_row_prune_once_never_beside_a_compression(tree: Tree,
+                                                             tmp_path: Path) -> None:
+    tree.add("a", "1.0.0", size=50_000)
+    first = scan(str(tree.root))
+    runner = Runner()
+    variants = GzipVariants(str(tmp_path / "cache"), run=runner)
+    variants.on_swap(Catalog(root=first.root), first)
+    assert runner.step() == "prune" and len(runner.jobs) == 1  # "a" waits for it
+    tree.add("b", "1.0.0", size=50_000)
+    second = scan(str(tree.root))
+    variants.on_swap(first, second)  # while "a" is being compressed...
+    variants.on_swap(second, second)  # ...twice
+    assert len(runner.jobs) == 1, "one job at a time"
+    assert [runner.step(), runner.step(), runner.step()] == ["a", "prune", "b"]
+    assert not runner.jobs
+    variants.on_swap(second, Catalog(root=second.root, loaded=False))
+    assert not runner.jobs, "an unloaded snapshot prunes nothing"
+
+
+def test_a_replaced_module_loses_its_variant_but_its_download_completes(tree: Tree, harness,
+                                                                         tmp_path: Path) -> None:
+    """Replaced (hot reload) while a gzip download of it waits on a reader: its variant file
+    is deleted after the rescan's swap; the response, holding the open file, sends it whole."""
+    old = tree.add("demo", "1.0.0", size=1_000_000)  # a gzip a few times the send buffer
+    sibling = tree.root / "kept" / "1.0.0" / "plugin.wasm.gz"
+    tree.add("kept", "1.0.0", size=100_000)
+    sibling.write_bytes(gzip.compress(tree.root.joinpath("kept/1.0.0/plugin.wasm").read_bytes()))
+    packed_sibling = sibling.read_bytes()
+    server = harness(tree.root)
+    cache = tmp_path / "cache" / "gzip"
+    (cache / "notes.txt").write_bytes(b"foreign")
+    variant = cache / f"{Tree.sha256(old)}.gz"
+    assert {p.name for p in cache.iterdir()} == {variant.name, "notes.txt"}
+    packed = variant.read_bytes()
+    client = server.connect()
+    client.stop_reading()
+    client.send(f"GET {URL} HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n".encode())
+    assert 0 < client.transport.buffered() < len(packed) and client.transport.taken == 0
+    new = tree.add("demo", "1.0.0", body=wasm_bytes(300_000, seed=7))
+    server.rescan()
+    assert {p.name for p in cache.iterdir()} == {f"{Tree.sha256(new)}.gz", "notes.txt"}
+    assert sibling.read_bytes() == packed_sibling  # the tree is never pruned
+    assert f"deleted 1 files ({len(packed)} bytes) no served module needs" in server.log()
+    client.resume_reading()
+    reply = client.take()
+    assert reply.status == 200 and reply.complete and reply.header("Content-Encoding") == "gzip"
+    assert reply.body == packed and gzip.decompress(reply.body) == old
+    assert gzip.decompress(server.get(URL, Accept_Encoding="gzip").body) == new
+    assert server.get("/plugins/kept/1.0.0/plugin.wasm",
+                      Accept_Encoding="gzip").body == packed_sibling
+    server.rescan()  # nothing left to delete: no second line
+    assert server.log().count("no served module needs") == 1
+
+
+def test_a_restart_prunes_what_the_new_tree_does_not_use(tree: Tree, harness,
+                                                         tmp_path: Path) -> None:
+    kept = tree.add("kept", "1.0.0", size=100_000)
+    gone = tree.add("gone", "1.0.0", size=100_000)
+    cache = tmp_path / "cache" / "gzip"
+    harness(tree.root).close()  # the shutdown's unloaded snapshot deletes nothing
+    assert {p.name for p in cache.iterdir()} == {f"{Tree.sha256(kept)}.gz",
+                                                f"{Tree.sha256(gone)}.gz"}
+    shutil.rmtree(tree.root / "gone")
+    server = harness(tree.root)
+    assert [p.name for p in cache.iterdir()] == [f"{Tree.sha256(kept)}.gz"]
+    assert server.get("/plugins/kept/1.0.0/plugin.wasm", Accept_Encoding="gzip").body == (
+        cache / f"{Tree.sha256(kept)}.gz").read_bytes()
