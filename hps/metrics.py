@@ -133,6 +133,8 @@ EVICTIONS = Counter("hps_upstream_evictions", "Pulled-through modules evicted fr
 GZIP_PENDING = Gauge("hps_gzip_variants_pending",
                      "Modules whose gzip variant is still being checked or compressed.",
                      registry=REGISTRY)
+GZIP_PRUNED = Counter("hps_gzip_variants_pruned", "Files deleted from the gzip cache: variants "
+                      "no served module needs, and temporaries a crash left.", registry=REGISTRY)
 DRAINING = Gauge("hps_draining", "1 while the server drains before exiting, else 0.",
                  registry=REGISTRY)
 
@@ -197,6 +199,10 @@ def observe_fetch(outcome: str) -> None:
 
 def observe_eviction() -> None:
     EVICTIONS.inc()
+
+
+def observe_pruned(files: int) -> None:
+    GZIP_PRUNED.inc(files)
 
 
 def observe_draining(draining: bool) -> None:

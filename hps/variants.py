@@ -39,6 +39,7 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from hps import metrics
 from hps.atomic import staged
 from hps.catalog import Artifact, Catalog, Identity, identity_of
 from hps.files import Source, open_verified
@@ -353,6 +354,7 @@ class GzipVariants:
 
     def pruned(self, result: tuple[int, int], directory: str) -> None:
         files, size = result
+        metrics.observe_pruned(files)
         if files:
             self.log.info("pruned {path}: deleted {files} files ({size} bytes) no served module "
                           "needs", path=directory, files=files, size=size)

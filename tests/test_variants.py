@@ -248,7 +248,9 @@ def test_a_replaced_module_loses_its_variant_but_its_download_completes(tree: Tr
     client.send(f"GET {URL} HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n".encode())
     assert 0 < client.transport.buffered() < len(packed) and client.transport.taken == 0
     new = tree.add("demo", "1.0.0", body=wasm_bytes(300_000, seed=7))
+    before = server.metrics().get("hps_gzip_variants_pruned_total", 0.0)
     server.rescan()
+    assert server.metrics()["hps_gzip_variants_pruned_total"] == before + 1
     assert {p.name for p in cache.iterdir()} == {f"{Tree.sha256(new)}.gz", "notes.txt"}
     assert sibling.read_bytes() == packed_sibling  # the tree is never pruned
     assert f"deleted 1 files ({len(packed)} bytes) no served module needs" in server.log()
