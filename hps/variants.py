@@ -33,11 +33,12 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from hps import metrics
 from hps.atomic import staged
@@ -359,18 +360,18 @@ class GzipVariants:
             self.log.info("pruned {path}: deleted {files} files ({size} bytes) no served module "
                           "needs", path=directory, files=files, size=size)
 
-    def prune_failed(self, failure: Any, directory: str) -> None:
+    def prune_failed(self, failure: Failure, directory: str) -> None:
         self.log.failure("pruning {path} failed", failure, path=directory)
 
     def bad_sibling(self, artifact: Artifact, why: str) -> None:
         self.log.warn("skipped {path}{suffix}: {why}", path=artifact.path,
                       suffix=SIBLING_SUFFIX, why=why)
 
-    def failed(self, failure: Any, artifact: Artifact) -> None:
+    def failed(self, failure: Failure, artifact: Artifact) -> None:
         self.log.failure("making the gzip variant of {path} failed", failure,
                          path=artifact.path)
 
-    def idle(self, _: Any) -> None:
+    def idle(self, _: object) -> None:
         key, self.busy = self.busy, None
         for d in self.waiters.pop(key or "", []):
             if not d.called:  # a waiter that timed out was cancelled

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -28,6 +29,9 @@ from twisted.python.filepath import FilePath
 
 from hps.guard import hidden_or_temporary
 from hps.work import in_threads
+
+if TYPE_CHECKING:  # Linux-only: imported where used, so other systems can still load hps
+    from twisted.internet.inotify import INotify
 
 DEBOUNCE = 0.25
 
@@ -87,7 +91,7 @@ class Watcher(Service):
         self.clock = clock
         self.use_inotify = use_inotify
         self.hangup = hangup
-        self.notifier: Any = None
+        self.notifier: INotify | None = None
         self.periodic = LoopingCall(self.rescanner.request, 0)
         self.periodic.clock = clock
         self._retry: IDelayedCall | None = None
@@ -155,7 +159,8 @@ class Watcher(Service):
         walking.addErrback(lambda failure: self.degrade(notifier, failure.value))
         return walking
 
-    def add_watches(self, walked: tuple[list[str], list[str]], notifier: Any) -> Any:
+    def add_watches(self, walked: tuple[list[str], list[str]],
+                    notifier: INotify | None) -> defer.Deferred:
         found, unreadable = walked
         if unreadable and not self.degraded:
             self.degraded = True
@@ -163,7 +168,7 @@ class Watcher(Service):
             self.log.warn("cannot watch {paths} (unreadable); the periodic rescan covers them",
                           paths=", ".join(unreadable[:3]) + more)
 
-        def adding() -> Any:
+        def adding() -> Iterator[None]:
             from twisted.internet import inotify
 
             for path in found:
@@ -179,7 +184,7 @@ class Watcher(Service):
 
         return self.cooperator.cooperate(adding()).whenDone()
 
-    def degrade(self, notifier: Any, err: object) -> None:
+    def degrade(self, notifier: INotify | None, err: object) -> None:
         """inotify cannot watch the tree: close what was built, warn once, retry later."""
         if notifier is not None:
             if notifier is self.notifier:
@@ -200,7 +205,7 @@ class Watcher(Service):
             self.add_tree(path.path)  # a new directory (with whatever it holds already)
         self.rescanner.request()
 
-    def notifier_died(self, notifier: Any) -> None:
+    def notifier_died(self, notifier: INotify) -> None:
         """A watched directory went away and took the notifier with it: rebuild it."""
         if notifier is not self.notifier or not self.running:
             return
@@ -226,13 +231,13 @@ def directories(top: str) -> tuple[list[str], list[str]]:
     return found, unreadable
 
 
-def _mask(inotify: Any) -> int:
+def _mask(inotify: ModuleType) -> int:
     return (inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO
             | inotify.IN_CLOSE_WRITE | inotify.IN_ATTRIB | inotify.IN_DELETE_SELF
             | inotify.IN_MOVE_SELF)
 
 
-def _Notifier(reactor: Any, on_lost: Callable[[Any], None]) -> Any:
+def _Notifier(reactor: IReactorTime, on_lost: Callable[[INotify], None]) -> INotify:
     """An ``INotify`` that says when it closes itself."""
     from twisted.internet import inotify
 
