@@ -30,6 +30,7 @@ twisted.web's ``H2Connection``, with what hps needs on top:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -134,8 +135,20 @@ class PluginH2Connection(H2Connection):
             super().dataReceived(data)
             if self.streams:  # a WINDOW_UPDATE or SETTINGS may have given some room
                 h2_resume_sending(self)
+                self.resume_producers()
         except Exception as err:  # a state h2 refuses; never let it reach the reactor
             self.protocol_error(err)
+
+    def resume_producers(self) -> None:
+        """Resume the senders flow control paused that now have window. twisted.web does so
+        on a WINDOW_UPDATE only; a SETTINGS change of INITIAL_WINDOW_SIZE (RFC 9113 6.9.2)
+        opens every stream's window too, and its paused senders would wait out the send
+        deadline."""
+        for stream_id, stream in list(self.streams.items()):
+            if self.gone(stream_id):
+                continue
+            with contextlib.suppress(h2.exceptions.NoSuchStreamError):  # closed meanwhile
+                stream.windowUpdated()  # resumes only a paused producer that has window
 
     def protocol_error(self, err: Exception) -> None:
         """End this connection politely, with one line (rate-limited) in the log."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h2.settings
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
@@ -155,6 +156,21 @@ def test_a_stream_without_window_leaves_the_server_idle_until_the_window_opens(
     server.settle()
     assert {health, download} <= client.ended and bytes(client.bodies[health]) == b"ok\n"
     assert bytes(client.bodies[download]) == (tree.root / "small/1.0.0/plugin.wasm").read_bytes()
+
+
+def test_a_window_opened_by_settings_resumes_the_download(h2site) -> None:
+    """RFC 9113 6.9.2: raising SETTINGS_INITIAL_WINDOW_SIZE opens every open stream's
+    window, with no WINDOW_UPDATE; the sender flow control paused resumes at once."""
+    server, body = h2site()
+    client = connect_h2(server, window=0)
+    big = client.get(BIG)
+    server.settle()
+    assert client.status == {big: 200} and not client.ended
+    client.auto_window = True
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 4 << 20})
+    client.flush()
+    server.settle()  # no clock movement: not the send deadline, not a poll
+    assert big in client.ended and bytes(client.bodies[big]) == body
 
 
 def test_protocol_errors_close_the_connection_with_one_line_every_few_seconds() -> None:
