@@ -6,7 +6,9 @@ A module's gzip representation is a file:
   by ``hps pull``), used only when it decompresses to bytes with the module's
   SHA-256; a bad one is skipped with one log line;
 - else one the server compressed, once, into ``<cache_dir>/gzip/<sha256>.gz``
-  (written by :mod:`hps.atomic`; a restart or a rescan reuses it);
+  (written by :mod:`hps.atomic`); a restart reuses it after the same check as a
+  sibling's (the directory may be shared, a crash or a disk error may have left other
+  bytes), and deletes and remakes one that fails, with one log line;
 - else, when the cache directory cannot be written, an unlinked temporary file
   (one warning), so the memory goal still holds.
 
@@ -32,6 +34,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -43,7 +46,7 @@ from twisted.python.failure import Failure
 from hps import metrics
 from hps.atomic import staged
 from hps.catalog import Artifact, Catalog, Identity, identity_of
-from hps.files import Source, open_verified
+from hps.files import Replaced, Source, open_verified
 
 GZIP_LEVEL = 6
 """For the server's own compression: level 9 costs ~3x the CPU for ~1 % fewer bytes.
@@ -72,7 +75,7 @@ class GzipFile:
 
 
 class Bad(Exception):
-    """A sibling ``.gz`` that is not this module (the message says why)."""
+    """A sibling ``.gz`` or a cached variant that is not this module (the message says why)."""
 
 
 class _NotWritten(Exception):
@@ -87,15 +90,14 @@ def _regular(path: str) -> os.stat_result | None:
     return info if stat.S_ISREG(info.st_mode) else None
 
 
-def check_sibling(artifact: Artifact) -> GzipFile | None:
-    """The module's ``.gz`` sibling if it holds exactly the module's bytes; None if absent.
+def verify(path: str, artifact: Artifact) -> GzipFile:
+    """The gzip file at ``path`` if it decompresses to exactly the module's bytes (same
+    size and SHA-256, one member, nothing after it) and is smaller than the module.
 
-    Raises :class:`Bad` for a sibling that exists but does not match. A symlink is
-    not followed (it could lead out of the tree).
+    Raises :class:`Bad` otherwise. Inflates at most the module's size plus one block,
+    so a gzip bomb costs no more than a genuine variant; opened without following a
+    symlink. Reads the whole file: call it off the reactor thread.
     """
-    path = artifact.path + SIBLING_SUFFIX
-    if _regular(path) is None:
-        return None
     try:
         source = open_verified(path, identity_of(os.lstat(path)))
         digest, size, offset = hashlib.sha256(), 0, 0
@@ -107,7 +109,7 @@ def check_sibling(artifact: Artifact) -> GzipFile | None:
                 digest.update(data)
                 size += len(data)
                 block = inflate.unconsumed_tail
-    except (OSError, zlib.error) as err:
+    except (OSError, Replaced, zlib.error) as err:
         raise Bad(f"unreadable or not gzip ({err})") from None
     if (size != artifact.size or digest.hexdigest() != artifact.sha256 or not inflate.eof
             or inflate.unused_data):
@@ -115,6 +117,16 @@ def check_sibling(artifact: Artifact) -> GzipFile | None:
     if offset >= artifact.size:
         raise Bad("not smaller than the module")
     return GzipFile(path, source.identity, offset)
+
+
+def check_sibling(artifact: Artifact) -> GzipFile | None:
+    """The module's ``.gz`` sibling if it holds exactly the module's bytes; None if absent.
+
+    Raises :class:`Bad` for a sibling that exists but does not match. A symlink is
+    not followed (it could lead out of the tree).
+    """
+    path = artifact.path + SIBLING_SUFFIX
+    return None if _regular(path) is None else verify(path, artifact)
 
 
 def _deflate(source: Source, out: BinaryIO) -> str:
@@ -134,8 +146,11 @@ def _deflate(source: Source, out: BinaryIO) -> str:
 def compress(artifact: Artifact, directory: str | None) -> GzipFile | None:
     """Compress the module into ``directory`` (``<sha256>.gz``, atomically), or into an
     unlinked temporary file when ``directory`` is None. None if the module changed or
-    compression does not make it smaller."""
-    source = open_verified(artifact.path, artifact.identity)
+    vanished (an eviction, a reload), or compression does not make it smaller."""
+    try:
+        source = open_verified(artifact.path, artifact.identity)
+    except (FileNotFoundError, Replaced):  # gone meanwhile (evicted, reloaded): not a failure
+        return None
     if directory is None:
         with tempfile.TemporaryFile(prefix="hps-gzip-") as handle:
             if _deflate(source, handle) != artifact.sha256 or handle.tell() >= artifact.size:
@@ -155,20 +170,23 @@ def compress(artifact: Artifact, directory: str | None) -> GzipFile | None:
 
 
 def cached(artifact: Artifact, directory: str) -> GzipFile | None:
-    """A variant compressed by an earlier run, if there is a plausible one.
+    """A variant compressed by an earlier run, if one is there; None if absent.
 
-    Ours, written atomically under the module's SHA-256; its gzip trailer must give
-    the module's size (a cheap check against a truncated or foreign file).
+    Verified like a sibling (:func:`verify`): the cache directory may be shared
+    (``/tmp``), and a disk error or a crash can leave other bytes under the name. One
+    that fails is deleted and :class:`Bad` raised; a symlink or a directory under the
+    name is neither followed nor deleted (None: :mod:`hps.atomic` replaces the entry).
     """
     path = os.path.join(directory, f"{artifact.sha256}.gz")
-    info = _regular(path)
-    if info is None or info.st_size < 18:
+    if _regular(path) is None:
         return None
-    with open(path, "rb") as handle:
-        handle.seek(-4, os.SEEK_END)
-        if int.from_bytes(handle.read(4), "little") != artifact.size & 0xFFFFFFFF:
-            return None
-    return GzipFile(path, identity_of(info), info.st_size)
+    try:
+        return verify(path, artifact)
+    except Bad:
+        if _regular(path) is not None:  # unlink never follows a symlink; this skips even one
+            with suppress(OSError):
+                os.unlink(path)
+        raise
 
 
 def usable_dir(cache_dir: str) -> str | None:
@@ -215,27 +233,42 @@ def prune(directory: str, live: frozenset[str]) -> tuple[int, int]:
     return files, size
 
 
-Prepared = tuple[GzipFile | None, str | None, str | None]
-"""(variant, why the sibling was skipped, why no variant could be written)."""
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare` found: the variant, and why a file was refused or none written."""
+
+    variant: GzipFile | None = None
+    bad_sibling: str | None = None
+    """Why the sibling ``.gz`` was skipped (the server then compresses the module itself)."""
+    bad_cached: str | None = None
+    """Why the cache's variant from an earlier run was deleted (then compressed again)."""
+    failed: str | None = None
+    """Why no variant could be written (a full disk): served as identity."""
 
 
 def prepare(artifact: Artifact, directory: str | None) -> Prepared:
-    """Find or make the module's gzip variant (runs in a thread), and why its sibling
-    ``.gz`` was skipped, if it was (the server then compresses the module itself)."""
-    bad = None
+    """Find or make the module's gzip variant (runs in a thread): its checked sibling,
+    else its checked variant in ``directory``, else a new one."""
+    bad_sibling = bad_cached = None
     try:
         sibling = check_sibling(artifact)
     except Bad as why:
-        sibling, bad = None, str(why)
+        sibling, bad_sibling = None, str(why)
     if sibling is not None:
-        return sibling, None, None
-    found = cached(artifact, directory) if directory else None
+        return Prepared(sibling)
+    found = None
+    if directory:
+        try:
+            found = cached(artifact, directory)
+        except Bad as why:
+            bad_cached = str(why)
     if found is None:
         try:
             found = compress(artifact, directory)
         except OSError as err:  # a full disk, most likely: served as identity
-            return None, bad, f"could not write its gzip variant ({err.strerror})"
-    return found, bad, None
+            return Prepared(None, bad_sibling, bad_cached,
+                            f"could not write its gzip variant ({err.strerror})")
+    return Prepared(found, bad_sibling, bad_cached)
 
 
 Runner = Callable[..., Deferred]
@@ -337,14 +370,18 @@ class GzipVariants:
         d.addBoth(self.idle)
 
     def prepared(self, result: Prepared, artifact: Artifact) -> None:
-        found, bad, failed = result
-        if bad is not None:
-            self.bad_sibling(artifact, bad)
-        if failed is not None and not self.write_failed:
+        if result.bad_sibling is not None:
+            self.bad_sibling(artifact, result.bad_sibling)
+        if result.bad_cached is not None:
+            self.log.warn("refused {path}: {why}; compressing {module} again",
+                          path=os.path.join(str(self.directory), f"{artifact.sha256}.gz"),
+                          why=result.bad_cached, module=artifact.path)
+        if result.failed is not None and not self.write_failed:
             self.write_failed = True  # one line, not one per module of a full disk
-            self.log.warn("{path}: {why}; serving identity", path=artifact.path, why=failed)
-        if found is not None and artifact.sha256 in self.live:
-            self.ready[artifact.sha256] = found
+            self.log.warn("{path}: {why}; serving identity", path=artifact.path,
+                          why=result.failed)
+        if result.variant is not None and artifact.sha256 in self.live:
+            self.ready[artifact.sha256] = result.variant
 
     def prune_cache(self, directory: str) -> None:
         """Delete, in the queue's turn, the cache's files no module of the catalog needs."""

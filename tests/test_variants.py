@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger, formatEvent
 
 from hps.catalog import Catalog, scan
 from hps.variants import (
     Bad,
     GzipVariants,
+    Prepared,
     cached,
     check_sibling,
     compress,
@@ -72,14 +74,15 @@ def test_without_a_sibling_the_module_is_compressed_into_the_cache(module,
     artifact, body, _ = module
     directory = tmp_path / "gzip"
     directory.mkdir()
-    found, bad, failed = prepare(artifact, str(directory))
-    assert bad is failed is None and found is not None
+    result = prepare(artifact, str(directory))
+    found = result.variant
+    assert result == Prepared(found) and found is not None
     assert found.path == str(directory / f"{artifact.sha256}.gz")
     assert gzip.decompress(Path(found.path).read_bytes()) == body
     assert [p.name for p in directory.iterdir()] == [f"{artifact.sha256}.gz"]  # no temp left
-    again, _, _ = prepare(artifact, str(directory))  # reused, not rewritten
+    again = prepare(artifact, str(directory)).variant  # reused, not rewritten
     assert again is not None and again.identity == found.identity
-    unlinked, _, _ = prepare(artifact, None)
+    unlinked = prepare(artifact, None).variant
     assert unlinked is not None and unlinked.source is not None and unlinked.path == ""
 
 
@@ -89,7 +92,7 @@ def test_a_module_gzip_cannot_shrink_leaves_nothing_in_the_cache(tree: Tree,
     artifact = scan(str(tree.root)).get("noise", "1.0.0")
     directory = tmp_path / "gzip"
     directory.mkdir()
-    assert prepare(artifact, str(directory)) == (None, None, None)
+    assert prepare(artifact, str(directory)) == Prepared()
     assert list(directory.iterdir()) == []  # the staged file went with the attempt
 
 
@@ -134,15 +137,78 @@ def test_a_waiting_request_moves_its_module_to_the_front(tree: Tree, tmp_path: P
     assert variants.when_ready(catalog.get("p1", "1.0.0")).called  # nothing to wait for
 
 
-def test_a_cached_variant_is_trusted_only_if_its_trailer_gives_the_size(module,
-                                                                        tmp_path: Path) -> None:
+def foreign(body: bytes) -> bytes:
+    """Other bytes a gzip trailer says are the module: the old size-only check took them."""
+    other = gzip.compress(body[:-1] + b"!", mtime=0)
+    assert other[-4:] == len(body).to_bytes(4, "little")
+    return other
+
+
+def test_a_cached_variant_is_reused_only_if_it_is_the_module(module, tmp_path: Path) -> None:
     artifact, body, _ = module
     directory = usable_dir(str(tmp_path / "cache"))
     assert directory == str(tmp_path / "cache" / "gzip")
     made = compress(artifact, directory)
-    assert made is not None and cached(artifact, directory) is not None
-    Path(made.path).write_bytes(gzip.compress(body[:1000], mtime=0))
-    assert cached(artifact, directory) is None, "a truncated or foreign file"
+    assert made is not None and cached(artifact, directory) == made
+    variant = Path(made.path)
+    for planted in (foreign(body), gzip.compress(body[:1000], mtime=0), b"\x1f\x8b" + bytes(30)):
+        variant.write_bytes(planted)
+        with pytest.raises(Bad):
+            cached(artifact, directory)
+        assert not variant.exists(), "refused, and deleted"
+    assert cached(artifact, directory) is None
+
+
+def test_a_symlink_in_the_cache_is_neither_followed_nor_deleted(module, tmp_path: Path) -> None:
+    artifact, body, _ = module
+    directory = tmp_path / "gzip"
+    directory.mkdir()
+    outside = tmp_path / "outside.gz"
+    outside.write_bytes(foreign(body))
+    link = directory / f"{artifact.sha256}.gz"
+    link.symlink_to(outside)
+    assert cached(artifact, str(directory)) is None
+    assert link.is_symlink() and outside.read_bytes() == foreign(body)
+    result = prepare(artifact, str(directory))  # atomic: the rename replaces the link itself
+    assert result == Prepared(result.variant) and result.variant is not None
+    assert not link.is_symlink() and gzip.decompress(link.read_bytes()) == body
+    assert outside.read_bytes() == foreign(body)
+
+
+def test_a_planted_variant_is_deleted_made_again_and_never_served(tree: Tree, harness,
+                                                                   tmp_path: Path) -> None:
+    body = tree.add("demo", "1.0.0", size=200_000)
+    cache = tmp_path / "cache" / "gzip"
+    cache.mkdir(parents=True)
+    variant = cache / f"{Tree.sha256(body)}.gz"
+    variant.write_bytes(foreign(body))
+    server = harness(tree.root)
+    reply = server.get(URL, Accept_Encoding="gzip")
+    assert reply.status == 200 and reply.header("Content-Encoding") == "gzip"
+    assert gzip.decompress(reply.body) == body and reply.body == variant.read_bytes()
+    lines = [line for line in server.log().splitlines() if str(variant) in line]
+    assert len(lines) == 1 and "does not decompress to the module's bytes" in lines[0]
+    assert "compressing" in lines[0]
+
+
+def test_a_module_gone_while_compressing_is_not_a_write_failure(tree: Tree,
+                                                               tmp_path: Path) -> None:
+    tree.add("a", "1.0.0", size=50_000)
+    tree.add("b", "1.0.0", size=50_000)
+    catalog = scan(str(tree.root))
+    runner = Runner()
+    variants = GzipVariants(str(tmp_path / "cache"), run=runner)
+    warnings: list[str] = []
+    variants.log = Logger(observer=lambda event: warnings.append(formatEvent(event)))
+    variants.on_swap(Catalog(root=catalog.root), catalog)
+    shutil.rmtree(tree.root / "a")  # evicted (pull-through) or reloaded away
+    assert runner.step() == "prune"
+    variants.directory = str(tmp_path / "missing")  # for "b": a real write failure (ENOENT too)
+    assert runner.step() == "a"
+    assert variants.get(catalog.get("a", "1.0.0")) is None
+    assert not variants.write_failed and warnings == []
+    assert runner.step() == "b"
+    assert variants.write_failed and len(warnings) == 1 and "serving identity" in warnings[0]
 
 
 def test_an_unwritable_cache_dir_is_noticed(tmp_path: Path) -> None:
@@ -154,7 +220,7 @@ def test_an_unwritable_cache_dir_is_noticed(tmp_path: Path) -> None:
 def test_incompressible_modules_have_no_variant(tree: Tree, tmp_path: Path) -> None:
     tree.add("noise", "1.0.0", body=b"\0asm\1\0\0\0" + random.Random(0).randbytes(4000))
     artifact = scan(str(tree.root)).get("noise", "1.0.0")
-    assert prepare(artifact, str(tmp_path)) == (None, None, None)
+    assert prepare(artifact, str(tmp_path)) == Prepared()
 
 
 def test_a_variant_whose_file_changed_is_made_again(module, tmp_path: Path) -> None:
