@@ -14,9 +14,13 @@ from twisted.internet.interfaces import IReactorCore, ITransport
 from twisted.web.http import _GenericHTTPChannelProtocol
 
 try:
+    from h2.exceptions import NoSuchStreamError
     from twisted.web._http2 import H2Connection
 except ImportError:  # h2 not installed (the http2 extra): no HTTP/2, and no subclass of it
     H2Connection = None  # type: ignore[assignment,misc]
+
+    class NoSuchStreamError(Exception):  # type: ignore[no-redef]
+        """Stands for h2's: never raised without h2, as nothing calls ``h2_can_send`` then."""
 
 GenericHTTPChannelProtocol = _GenericHTTPChannelProtocol
 """twisted.web's HTTP/1.1-or-HTTP/2 switch (ALPN). Private, but the only way to keep
@@ -109,8 +113,6 @@ def h2_can_send(connection: Any, stream_id: int) -> bool:
     """Can a twisted.web ``H2Connection`` send what it queued first for ``stream_id`` now:
     the end-of-stream marker (needs no window), or bytes the flow-control window allows?
     Nothing queued, or a stream h2 no longer knows, answers True: twisted.web decides."""
-    from h2.exceptions import NoSuchStreamError  # h2 is an extra: only HTTP/2 calls this
-
     queue = connection._outboundStreamQueues.get(stream_id)
     if not queue or not isinstance(queue[0], bytes):
         return True

@@ -105,7 +105,7 @@ class Rendered:
 
     def variant(self, accept: Accept) -> Variant:
         """The variant ``accept`` chooses (the same rule as artifacts')."""
-        if self.gzipped is not None and accept.choose((GZIP,)) == GZIP:
+        if self.gzipped is not None and accept.wants_gzip():
             return self.gzipped
         return self.identity
 

@@ -149,6 +149,9 @@ def pick_range(header: bytes | None, size: int) -> Span | Unsatisfiable | None:
 
 GZIP = b"gzip"
 """The one content coding hps offers (``x-gzip`` is its alias, RFC 9110 8.4.1.3)."""
+OFFER = (GZIP,)
+"""What hps offers besides identity, modules and listings alike (whether a variant is
+ready is the caller's business)."""
 _ALIASES = {b"x-gzip": GZIP}
 _IMPLICIT = 0.0001
 """Identity's weight when the field neither names it nor has ``*``: acceptable, but below
@@ -196,6 +199,10 @@ class Accept:
                 best, best_weight = coding, weight
         self.chosen[offered] = best
         return best
+
+    def wants_gzip(self) -> bool:
+        """Is gzip the coding to send, of what hps offers (:data:`OFFER`)?"""
+        return self.choose(OFFER) == GZIP
 
 
 NO_PREFERENCE = Accept({}, None, False)

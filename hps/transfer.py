@@ -39,9 +39,6 @@ from hps.sender import H2Backlog, Sender, zero_copy
 from hps.variants import GzipFile, GzipVariants
 
 WASM_TYPE = b"application/wasm"
-GZIP_ON_OFFER = (GZIP,)
-"""What an artifact may offer besides identity (the chooser is asked whether it would take
-it; whether the variant is ready is the transfer's business)."""
 GZIP_WAIT = 2.0
 """Seconds a gzip-accepting request waits for its module's variant being prepared (a
 sibling check takes milliseconds, compressing an 8 MB module ~0.3 s)."""
@@ -119,14 +116,14 @@ class Transfer:
     def gzip_pending(self, artifact: Artifact, accept: Accept) -> bool:
         """Would this client get gzip once the module's variant, being prepared, is ready?"""
         return (self.policy.gzip and self.variants is not None
-                and accept.choose(GZIP_ON_OFFER) == GZIP and self.variants.preparing(artifact))
+                and accept.wants_gzip() and self.variants.preparing(artifact))
 
     def choose(self, artifact: Artifact, accept: Accept) -> Variant:
         """The variant ``accept`` chooses among those ready: gzip when enabled and made."""
         found = None
         # The chooser is asked first: most requests of a kind (a gateway's) never look further.
         if (self.policy.gzip and self.variants is not None
-                and accept.choose(GZIP_ON_OFFER) == GZIP):
+                and accept.wants_gzip()):
             found = self.variants.get(artifact)
         # Built once per artifact and variant file: every download of a module asks again.
         origin: object = artifact if found is None else found

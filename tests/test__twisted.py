@@ -7,7 +7,10 @@ raising the upper bound on twisted in setup.py.
 from __future__ import annotations
 
 import inspect
+import os
 import signal
+import subprocess
+import sys
 from collections import deque
 from typing import Any
 
@@ -21,6 +24,7 @@ from zope.interface import implementer
 
 from hps._twisted import (
     GenericHTTPChannelProtocol,
+    NoSuchStreamError,
     forget_exit_signal,
     h2_can_send,
     h2_resume_sending,
@@ -180,3 +184,21 @@ def test_h2_send_loop_parks_on_a_deferred_and_reads_the_priority_tree() -> None:
     h2_resume_sending(connection)
     assert woken == [None] and connection._sendingDeferred is None
     assert next(connection.priority) == 1, "unblocked"
+
+
+def test_h2_can_send_catches_h2s_own_error_imported_once() -> None:
+    from h2.exceptions import NoSuchStreamError as h2s
+
+    assert NoSuchStreamError is h2s
+    assert "import" not in inspect.getsource(h2_can_send), "once, not per HTTP/2 frame"
+
+
+def test_hps_imports_without_h2() -> None:
+    """h2 is an extra: without it the server still loads (HTTP/1.1 only)."""
+    code = ("import sys; sys.modules['h2'] = None\n"
+            "import hps._twisted, hps.service\n"
+            "assert hps._twisted.H2Connection is None")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr

@@ -14,6 +14,7 @@ from twisted.web.http_headers import Headers
 
 from hps.negotiate import (
     GZIP,
+    OFFER,
     UNSATISFIABLE,
     none_match,
     not_modified,
@@ -113,6 +114,16 @@ def test_every_field_line_counts() -> None:
     assert requested(lines(b"gzip", b"br")).choose((GZIP,)) == GZIP
     assert requested(lines(b"gzip", b"gzip;q=0")).choose((GZIP,)) == GZIP  # the highest weight
     assert requested(Headers()).choose((GZIP,)) is None
+
+
+@pytest.mark.parametrize(("header", "wanted"), [
+    (b"gzip", True), (b"x-gzip", True), (b"*", True), (b"br", False),
+    (b"gzip;q=0.5, identity", False), (b"gzip, identity;q=0", True), (None, False),
+])
+def test_modules_and_listings_offer_gzip_by_one_rule(header: bytes | None,
+                                                     wanted: bool) -> None:
+    assert OFFER == (GZIP,)
+    assert preferences(header).wants_gzip() is wanted
 
 
 def test_a_variant_is_named_the_same_way_everywhere() -> None:
