@@ -203,6 +203,21 @@ def check(config: Config) -> None:
         raise ConfigError(f"root {config.root!r} is not a directory")
     if not os.access(config.root, os.R_OK | os.X_OK):
         raise ConfigError(f"root {config.root!r} is not readable")
+    tree = cache_tree(config.cache_dir)
+    if config.pull_through and nested(tree, config.root):
+        raise ConfigError(f"cache-dir: the pull-through cache tree {tree!r} and root "
+                          f"{config.root!r} must not nest (its bound on modules would not hold)")
+
+
+def cache_tree(cache_dir: str) -> str:
+    """Where pulled-through modules live: ``<cache_dir>/plugins`` (gzip variants are beside)."""
+    return os.path.join(cache_dir, "plugins")
+
+
+def nested(one: str, other: str) -> bool:
+    """Are the two directories the same, or is either inside the other (symlinks resolved)?"""
+    a, b = (os.path.join(os.path.realpath(path), "") for path in (one, other))
+    return a.startswith(b) or b.startswith(a)
 
 
 class Options(usage.Options):

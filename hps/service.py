@@ -22,7 +22,7 @@ from twisted.web.server import Site
 
 from hps import catalog, fastpath, metrics
 from hps.access import AccessLog
-from hps.config import Config, ConfigError, fail
+from hps.config import Config, ConfigError, cache_tree, fail
 from hps.drain import Drain
 from hps.files import Source
 from hps.limits import Limits
@@ -31,7 +31,7 @@ from hps.resources import Root
 from hps.site import PluginSite
 from hps.state import ServerState
 from hps.transfer import Policy, Transfer
-from hps.upstream import cache_tree, make_upstream
+from hps.upstream import make_upstream
 from hps.variants import GzipVariants
 from hps.watch import Watcher
 from hps.work import Runner, in_threads
@@ -176,7 +176,10 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> MultiSe
     state.on_swap.append(transfer.on_swap)
     misses = Misses(reactor)
     metrics.track_misses(lambda: [(m.name, m.version, m.count) for m in misses.recent()])
-    upstream = make_upstream(state, reactor)
+    try:
+        upstream = make_upstream(state, reactor)
+    except ConfigError as err:
+        fail(err)
     roots = [config.root, cache_tree(config.cache_dir)] if upstream else [config.root]
     site = PluginSite(Root(state, transfer, misses, upstream, reactor), state=state,
                       limits=Limits.from_config(config),

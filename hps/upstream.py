@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -38,7 +39,9 @@ from twisted.python.failure import Failure
 
 from hps import metrics
 from hps.catalog import Artifact, Catalog, Identity, Skip, examine
+from hps.config import ConfigError, cache_tree
 from hps.guard import MODULE_FILE, accept_name, accept_version
+from hps.owned import open_own_dir, own_dir
 from hps.pull.errors import NotFound, NotWasm, PullError
 from hps.pull.fetch import Options, fetch_to
 from hps.pull.properties import Reference, parse_reference
@@ -57,7 +60,9 @@ MAX_CACHED = 256
 """Modules the cache tree may hold; a fetch beyond it evicts the least recently served."""
 TRASH = ".evicted"
 """Beside the cache tree, never scanned: evicted version directories wait here, renamed,
-while a thread deletes them."""
+while a thread deletes them. Like the cache tree, hps's own (:mod:`hps.owned`), mode 0700."""
+EVICTED = re.compile(r"[^@/]+@[^/]+\.[0-9a-f]{12}")
+"""The names :func:`trash_name` gives; :func:`empty` deletes nothing else."""
 MAX_NEGATIVE = 4096
 """Remembered "not found" pairs; the oldest are forgotten first."""
 PER_REGISTRY = 4
@@ -259,9 +264,9 @@ class Upstream:
         """
         name, version = key
         try:
-            os.makedirs(self.trash, exist_ok=True)
+            own_dir(self.trash, 0o700)  # never into a symlink or a directory of another user's
             os.rename(os.path.join(self.cache_root, name, version),
-                      os.path.join(self.trash, f"{name}@{version}.{uuid.uuid4().hex[:12]}"))
+                      os.path.join(self.trash, trash_name(name, version)))
         except OSError as err:
             self.log.warn("pull-through: cannot evict {name} {version}: {why}", name=name,
                           version=version, why=err)
@@ -278,9 +283,14 @@ class Upstream:
         self.log.info("pull-through: evicted {name} {version}, the least recently served "
                       "(the cache tree holds at most {n} modules)", name=name, version=version,
                       n=self.max_cached)
+        self.empty_trash()
+        self.rescan()  # a scan under way may have seen it: the next one must not
+
+    def empty_trash(self) -> None:
+        """Delete what the trash holds, in a thread: after each eviction, and at start-up
+        (a crash may have left evicted directories there)."""
         self.run(empty, self.trash).addCallbacks(self.emptied, lambda failure: self.log.failure(
             "emptying {trash}", failure, trash=self.trash))
-        self.rescan()  # a scan under way may have seen it: the next one must not
 
     def emptied(self, failures: list[str]) -> None:
         if failures:
@@ -298,27 +308,45 @@ class Upstream:
         return fresh.without(stale) if stale else fresh
 
 
+def trash_name(name: str, version: str) -> str:
+    """A fresh name in the trash for an evicted version directory (one of :data:`EVICTED`)."""
+    return f"{name}@{version}.{uuid.uuid4().hex[:12]}"
+
+
 def empty(trash: str) -> list[str]:
-    """Delete everything in ``trash`` (this eviction's directory, and any a crash left);
-    what could not be deleted, as text. Runs in a thread."""
-    failures: list[str] = []
+    """Delete the evicted directories in ``trash`` (this eviction's, and any a crash left);
+    what could not be deleted, as text. Runs in a thread.
+
+    Only names :func:`trash_name` gives, and only through a descriptor of the trash
+    opened without following a symlink and checked to be hps's own: a trash someone
+    swapped for a symlink or a directory of theirs is never emptied.
+    """
     try:
-        entries = list(os.scandir(trash))
+        fd = open_own_dir(trash)
     except FileNotFoundError:
-        return failures
+        return []
     except OSError as err:
         return [str(err)]
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-        except FileNotFoundError:
-            pass  # another eviction's thread is emptying it too
-        except OSError as err:
-            failures.append(f"{entry.path}: {err.strerror}")
-    return failures
+    try:
+        with os.scandir(fd) as listing:
+            entries = [entry for entry in listing if EVICTED.fullmatch(entry.name)]
+        return [failure for entry in entries if (failure := delete(entry, fd, trash))]
+    finally:
+        os.close(fd)
+
+
+def delete(entry: os.DirEntry, fd: int, trash: str) -> str | None:
+    """Delete one entry of the directory ``fd``, never following a symlink; why not, or None."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.name, dir_fd=fd)
+        else:
+            os.unlink(entry.name, dir_fd=fd)
+    except FileNotFoundError:
+        pass  # another eviction's thread is emptying it too
+    except OSError as err:
+        return f"{os.path.join(trash, entry.name)}: {err.strerror}"
+    return None
 
 
 class RegistrySource:
@@ -367,7 +395,7 @@ class RegistrySource:
                           scratch=self.cache_root)
         target = Path(self.cache_root, name, version, MODULE_FILE)
         try:
-            os.makedirs(self.cache_root, exist_ok=True)
+            own_dir(self.cache_root)  # checked at start-up; made again if deleted since
         except OSError as err:
             raise Unavailable(f"cannot write the cache tree: {err}") from None
         errors: list[str] = []
@@ -401,17 +429,19 @@ class RegistrySource:
 
 def make_upstream(state: ServerState, reactor: IReactorTime,
                   source_factory: Callable[..., Source] = RegistrySource) -> Upstream | None:
-    """The pull-through service for ``state.config``, or None when it is off."""
+    """The pull-through service for ``state.config``, or None when it is off; ConfigError
+    if the cache tree is not the server's own."""
     config = state.config
     if not config.pull_through:
         return None
     cache_root = cache_tree(config.cache_dir)
+    try:  # its modules are served: never from a directory someone else could write
+        own_dir(cache_root)
+    except OSError as err:
+        raise ConfigError(f"cache-dir: the pull-through cache tree: {err}") from None
     source = source_factory(config.upstream, cache_root, reactor,
                             plain_http=config.upstream_plain_http)
-    return Upstream(state, source, reactor, config.upstream_allow, cache_root,
-                    config.upstream, wait=config.upstream_wait, run=in_threads(reactor))
-
-
-def cache_tree(cache_dir: str) -> str:
-    """Where pulled-through modules live: ``<cache_dir>/plugins`` (gzip variants are beside)."""
-    return os.path.join(cache_dir, "plugins")
+    upstream = Upstream(state, source, reactor, config.upstream_allow, cache_root,
+                        config.upstream, wait=config.upstream_wait, run=in_threads(reactor))
+    upstream.empty_trash()
+    return upstream

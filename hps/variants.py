@@ -47,6 +47,7 @@ from hps import metrics
 from hps.atomic import staged
 from hps.catalog import Artifact, Catalog, Identity, identity_of
 from hps.files import Replaced, Source, open_verified
+from hps.owned import own_dir
 
 GZIP_LEVEL = 6
 """For the server's own compression: level 9 costs ~3x the CPU for ~1 % fewer bytes.
@@ -189,14 +190,17 @@ def cached(artifact: Artifact, directory: str) -> GzipFile | None:
         raise
 
 
-def usable_dir(cache_dir: str) -> str | None:
-    """``<cache_dir>/gzip``, created, if the server can write there; else None."""
+def usable_dir(cache_dir: str, log: Logger | None = None) -> str | None:
+    """``<cache_dir>/gzip``, created, if it is the server's own (:mod:`hps.owned`) and the
+    server can write there; else None, and one warning on ``log`` saying why."""
     path = os.path.join(cache_dir, "gzip")
     try:
-        os.makedirs(path, exist_ok=True)
+        own_dir(path)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
             pass
-    except OSError:
+    except OSError as err:
+        (log or Logger()).warn("cannot use the gzip cache: {why}; gzip variants go to "
+                               "unlinked temporary files", why=err)
         return None
     return path
 
@@ -350,10 +354,7 @@ class GzipVariants:
         if self.busy is not None or not (self.queue or self.prune_due):
             return
         if self.directory is False:
-            self.directory = usable_dir(self.cache_dir)
-            if self.directory is None:
-                self.log.warn("cache directory {path} is not writable; gzip variants go to "
-                              "unlinked temporary files", path=self.cache_dir)
+            self.directory = usable_dir(self.cache_dir, self.log)
         if self.prune_due:
             self.prune_due = False
             if self.directory:  # first: on a full disk, the new modules' variants need the room

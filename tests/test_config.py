@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from hps.config import FIELDS, Config, ConfigError, Options, build
+from hps.config import FIELDS, Config, ConfigError, Options, build, nested
 from tests.support.server import Tree
 
 
@@ -28,6 +28,7 @@ def test_config_file_and_flags(tree: Tree, tmp_path, harness) -> None:
     assert server.get("/plugins/basic-auth/1.0.0/plugin.wasm").status == 200
 
 
+PULL_THROUGH = "upstream: ['oci://r.example/p/${{name}}:${{version}}']\nupstream_allow: ['*']\n"
 CONFIG_ERRORS = [
     ("colour: blue\n", [], "unknown key 'colour'"),
     ("memory_budget: 64m\n", [], "hps.yaml was removed: modules are sent from disk now"),
@@ -35,6 +36,8 @@ CONFIG_ERRORS = [
     ("listen: 8080\n", [], "'listen' must be a list"),
     ("root: {tmp}/missing\n", [], "is not a directory"),
     ("[unclosed\n", [], "is not valid YAML"),
+    (PULL_THROUGH + "cache_dir: {tmp}\n", [], "and root"),  # the cache tree is the root
+    (PULL_THROUGH + "root: {tmp}\ncache_dir: {tmp}/c\n", [], "must not nest"),
 ]
 @pytest.mark.parametrize(("yaml_text", "flags", "message"), CONFIG_ERRORS)
 def test_bad_config_is_one_line(tree: Tree, tmp_path, capfd, yaml_text, flags,
@@ -106,3 +109,14 @@ def test_flags_are_derived_from_the_table(tree: Tree) -> None:
 def test_describe_names_every_knob() -> None:
     text = Config().describe()
     assert all(f"{f.name}=" in text for f in dataclasses.fields(Config))
+
+
+def test_trees_nest_when_equal_or_either_holds_the_other(tmp_path) -> None:
+    (tmp_path / "plugins2").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "plugins2")
+    for one, other in (("plugins", "plugins"), ("plugins", "plugins/a/b"), ("plugins/a", ""),
+                       ("link", "plugins2/x")):
+        assert nested(str(tmp_path / one), str(tmp_path / other))
+        assert nested(str(tmp_path / other), str(tmp_path / one))
+    assert not nested(str(tmp_path / "plugins"), str(tmp_path / "plugins2"))  # a prefix only
+    assert not nested(str(tmp_path / "a" / "plugins"), str(tmp_path / "b"))

@@ -15,22 +15,33 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 
 from hps import metrics
+from hps import upstream as upstream_module
 from hps.catalog import Artifact, examine, scan, scan_trees
 from hps.config import Config, ConfigError, build
 from hps.misses import MAX_PAIRS, Misses
 from hps.resources import Root
+from hps.service import make_service
 from hps.site import PluginSite
 from hps.state import ServerState
-from hps.upstream import Missing, Unavailable, Upstream, expand
+from hps.upstream import (
+    Missing,
+    Unavailable,
+    Upstream,
+    empty,
+    expand,
+    make_upstream,
+)
+from tests.support.memory import Reactor
 from tests.support.server import wasm_bytes
 
 WAIT = 10.0
+TEMPLATE = "oci://127.0.0.1:1/plugins/${name}:${version}"
 
 
 class Fetches:
@@ -297,6 +308,84 @@ def test_a_directory_that_cannot_be_moved_is_warned_about_and_skipped_next(world
     fetched(upstream, source, "1.0.4")
     assert versions(state) == ["1.0.0", "1.0.3", "1.0.4"] and evictions() == before + 2
     assert list(upstream.order)[-1] == ("ai-proxy", "1.0.4")
+
+
+@pytest.mark.parametrize("planted", ["symlink", "open to all"])
+def test_a_trash_not_hps_own_is_never_used(world, tmp_path: Path, planted: str) -> None:
+    """Whoever can write cache_dir (/tmp/hps-cache on a shared host) got there first: hps
+    neither moves modules into their directory nor deletes anything in it."""
+    state, source, upstream, _ = world
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "precious.txt").write_text("keep me")
+    (victim / "sub" / "x").write_text("x")
+    (victim / "ai-proxy@1.0.0.0123456789ab").mkdir()  # even a name eviction gives
+    if planted == "symlink":
+        Path(upstream.trash).symlink_to(victim)
+    else:
+        victim.chmod(0o777)
+        victim.rename(upstream.trash)
+        victim = Path(upstream.trash)
+    before = sorted(str(p.relative_to(victim)) for p in victim.rglob("*"))
+    lines, evicted = logged(upstream), evictions()
+    for version in ("1.0.0", "1.0.1", "1.0.2", "1.0.3"):
+        fetched(upstream, source, version)
+    assert sorted(str(p.relative_to(victim)) for p in victim.rglob("*")) == before
+    assert evictions() == evicted and len(versions(state)) == 4  # not evicted, as a failed move
+    warned = [line for line in lines if "cannot evict" in line]
+    why = "is a symlink" if planted == "symlink" else "is writable by group or others"
+    assert len(warned) == 1 and warned[0] == (
+        f"pull-through: cannot evict ai-proxy 1.0.0: {upstream.trash} {why}; hps uses only "
+        "a directory of its own there")
+    assert empty(upstream.trash) == [f"{upstream.trash} {why}; hps uses only a directory "
+                                     "of its own there"]
+    assert sorted(str(p.relative_to(victim)) for p in victim.rglob("*")) == before
+
+
+def test_what_a_crash_left_in_the_trash_is_deleted_at_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only what eviction put there: names of its form, never through a symlink."""
+    root, cache_dir = tmp_path / "tree", tmp_path / "cache"
+    root.mkdir()
+    trash = cache_dir / ".evicted"
+    (trash / "ai-proxy@1.0.0.0123456789ab" / "sub").mkdir(parents=True, mode=0o700)
+    (trash / "ai-proxy@1.0.0.0123456789ab" / "plugin.wasm").write_bytes(wasm_bytes(100))
+    (trash / "ai-proxy@1.0.0.0123456789ab" / "sub" / "f").write_text("")
+    outside = tmp_path / "outside"
+    (outside / "kept").mkdir(parents=True)
+    (trash / "ai-proxy@2.0.0.ba9876543210").symlink_to(outside)  # the link goes, not its target
+    (trash / "notes.txt").write_text("not eviction's")
+    monkeypatch.setattr(upstream_module, "in_threads", lambda reactor: maybeDeferred)
+    config = Config(root=str(root), cache_dir=str(cache_dir), upstream=(TEMPLATE,),
+                    upstream_allow=("ai-*",))
+    state = ServerState(config=config, catalog=scan(str(root)))
+    made = make_upstream(state, MemoryReactorClock(), lambda *args, **kwargs: Fetches(cache_dir))
+    assert made is not None and made.trash == str(trash)
+    assert sorted(p.name for p in trash.iterdir()) == ["notes.txt"]
+    assert (outside / "kept").is_dir() and (cache_dir / "plugins").is_dir()
+
+
+@pytest.mark.parametrize("planted", ["symlink", "open to all"])
+def test_a_cache_tree_not_hps_own_stops_the_start(tree, tmp_path: Path, capfd,
+                                                  planted: str) -> None:
+    """Its modules would be served: never from a directory someone else can write."""
+    cache_dir, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    cache_dir.mkdir()
+    elsewhere.mkdir()
+    if planted == "symlink":
+        (cache_dir / "plugins").symlink_to(elsewhere)
+    else:
+        elsewhere.chmod(0o777)
+        elsewhere.rename(cache_dir / "plugins")
+    config = build(None, {"root": str(tree.root), "cache_dir": str(cache_dir),
+                          "upstream": [TEMPLATE], "upstream_allow": ["ai-*"]})
+    with pytest.raises(SystemExit) as ended:
+        make_service(config, Reactor())
+    assert ended.value.code == 2
+    err = capfd.readouterr().err.strip()
+    why = "is a symlink" if planted == "symlink" else "is writable by group or others"
+    assert err == (f"hps: cache-dir: the pull-through cache tree: {cache_dir / 'plugins'} "
+                   f"{why}; hps uses only a directory of its own there")
 
 
 def test_a_scan_begun_before_an_eviction_does_not_bring_it_back(world) -> None:

@@ -217,6 +217,21 @@ def test_an_unwritable_cache_dir_is_noticed(tmp_path: Path) -> None:
     assert usable_dir(str(blocker / "cache")) is None
 
 
+def test_a_gzip_dir_not_the_servers_own_is_not_used(tmp_path: Path) -> None:
+    """Someone who could write cache_dir planted ``gzip``: one warning, nothing written there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "cache").mkdir(mode=0o777)
+    (tmp_path / "cache" / "gzip").symlink_to(elsewhere)
+    lines: list[str] = []
+    log = Logger(observer=lambda event: lines.append(formatEvent(event)))
+    assert usable_dir(str(tmp_path / "cache"), log) is None
+    assert list(elsewhere.iterdir()) == []
+    assert lines == [f"cannot use the gzip cache: {tmp_path / 'cache' / 'gzip'} is a symlink; "
+                     "hps uses only a directory of its own there; gzip variants go to unlinked "
+                     "temporary files"]
+
+
 def test_incompressible_modules_have_no_variant(tree: Tree, tmp_path: Path) -> None:
     tree.add("noise", "1.0.0", body=b"\0asm\1\0\0\0" + random.Random(0).randbytes(4000))
     artifact = scan(str(tree.root)).get("noise", "1.0.0")
