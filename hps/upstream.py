@@ -365,13 +365,13 @@ class RegistrySource:
                  retries: int = RETRIES) -> None:
         self.templates = tuple(templates)
         self.cache_root = cache_root
-        self.reactor = reactor
         self.plain_http = plain_http
         self.timeout = timeout
         self.retries = retries
         self.slots: dict[str, threading.BoundedSemaphore] = {}
         self.lock = threading.Lock()
-        self.run: Runner = in_daemon_threads(reactor, "upstream fetch")
+        self.run: Runner = in_daemon_threads(
+            reactor, lambda name, version: f"upstream fetch {name} {version}")
         """Where :meth:`blocking` runs (the in-memory harness routes it to its pool)."""
 
     def fetch(self, name: str, version: str) -> Deferred:

@@ -35,9 +35,10 @@ def in_threads(reactor: IReactorThreads) -> Runner:
     return run
 
 
-def in_daemon_threads(reactor: IReactorFromThreads, name: str) -> Runner:
-    """A :data:`Runner` that starts a daemon thread called ``name`` per call; the result
-    comes back on ``reactor``'s thread."""
+def in_daemon_threads(reactor: IReactorFromThreads, name: str | Callable[..., str]) -> Runner:
+    """A :data:`Runner` that starts a daemon thread called ``name`` per call (or what
+    ``name(*args, **kwargs)`` says for the call's arguments, for ``py-spy`` and stack
+    dumps); the result comes back on ``reactor``'s thread."""
 
     def run(work: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
         done: Deferred = Deferred()
@@ -50,7 +51,8 @@ def in_daemon_threads(reactor: IReactorFromThreads, name: str) -> Runner:
             else:
                 reactor.callFromThread(done.callback, result)
 
-        threading.Thread(target=thread, name=name, daemon=True).start()
+        label = name(*args, **kwargs) if callable(name) else name
+        threading.Thread(target=thread, name=label, daemon=True).start()
         return done
 
     return run

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from hps.site import PluginSite
 from hps.state import ServerState
 from hps.upstream import (
     Missing,
+    RegistrySource,
     Unavailable,
     Upstream,
     empty,
@@ -387,6 +389,17 @@ def test_a_cache_tree_not_hps_own_stops_the_start(tree, tmp_path: Path, capfd,
     assert err == (f"hps: cache-dir: the pull-through cache tree: {cache_dir / 'plugins'} "
                    f"{why}; hps uses only a directory of its own there")
 
+
+def test_fetch_threads_are_named_for_their_module(tmp_path: Path) -> None:
+    reactor = Reactor()
+    source = RegistrySource([TEMPLATE], str(tmp_path), reactor)
+    names: list[str] = []
+    source.run(lambda name, version: threading.current_thread().name, "ai-proxy",
+               "1.0.0").addCallback(names.append)
+    for thread in [t for t in threading.enumerate() if t.name.startswith("upstream fetch")]:
+        thread.join(10)
+    reactor.run_from_threads()
+    assert names == ["upstream fetch ai-proxy 1.0.0"]  # for py-spy and stack dumps
 
 def test_a_scan_begun_before_an_eviction_does_not_bring_it_back(world) -> None:
     state, source, upstream, _ = world

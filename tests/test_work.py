@@ -47,3 +47,15 @@ def test_work_that_may_hang_gets_a_daemon_thread_of_its_own() -> None:
     assert seen == [("upstream fetch", True)] and got == []
     reactor.run_from_threads()
     assert sorted(got, key=str) == [42, ZeroDivisionError]
+
+
+def test_a_daemon_thread_may_be_named_for_its_arguments() -> None:
+    reactor = Reactor()
+    got: list[object] = []
+    run = in_daemon_threads(reactor, lambda name, version: f"upstream fetch {name} {version}")
+    run(lambda name, version: threading.current_thread().name, "ai-proxy", "1.0.0").addCallback(
+        got.append)
+    for thread in [t for t in threading.enumerate() if t.name.startswith("upstream fetch ")]:
+        thread.join(10)
+    reactor.run_from_threads()
+    assert got == ["upstream fetch ai-proxy 1.0.0"]
