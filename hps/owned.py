@@ -5,7 +5,10 @@
 where hps keeps the pull-through cache tree (whose modules it serves), the gzip
 variants or the eviction trash (whose contents it deletes). Each such directory is
 created by hps if absent, and used only if it is a real directory (not a symlink)
-owned by the server's effective user and not writable by group or others.
+owned by the server's effective user and not writable by group or others. The
+directory holding it (``cache_dir``) must belong to the server's user or to root:
+whoever owns it may rename entries in it, so a ``/tmp/hps-cache`` another user made
+first is refused rather than trusted.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ def own_dir(path: str, mode: int = 0o755) -> str:
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
+        holder = os.stat(parent).st_uid  # through a symlink the operator made: its target
+        if holder not in (os.geteuid(), 0):
+            raise Untrusted(f"{parent} is owned by uid {holder}, neither this server's "
+                            f"({os.geteuid()}) nor root's; its owner could swap {path}")
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, mode)
     check(os.lstat(path), path)

@@ -78,3 +78,20 @@ def test_what_cannot_be_created_is_an_oserror(tmp_path: Path) -> None:
         own_dir(str(tmp_path / "file" / "plugins"))
     with pytest.raises(FileNotFoundError):
         open_own_dir(str(tmp_path / "absent"))
+
+
+def test_a_cache_dir_another_user_owns_is_refused_before_anything_is_made_in_it(
+        tmp_path: Path) -> None:
+    """``/tmp/hps-cache`` made first by someone else: its owner could rename hps's
+    directories away and put theirs in place, so nothing is made or used there."""
+    theirs = tmp_path / "hps-cache"
+    theirs.mkdir(mode=0o777)
+    uid = 4242 if os.geteuid() != 4242 else 4243
+    os.chown(theirs, uid, -1)  # the suite runs as root (the image test needs it)
+    with pytest.raises(Untrusted) as refused:
+        own_dir(str(theirs / "plugins"))
+    assert f"{theirs} is owned by uid {uid}" in str(refused.value)
+    assert list(theirs.iterdir()) == []
+    ours = tmp_path / "ours"  # root's or the server's own: used (an emptyDir is root's, 0777)
+    ours.mkdir(mode=0o777)
+    assert own_dir(str(ours / "plugins")) == str(ours / "plugins")
