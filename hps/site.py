@@ -84,10 +84,7 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
         super().connectionLost(reason)
 
     def busy(self) -> bool:
-        channel = inner_channel(self)
-        if isinstance(channel, PluginChannel):
-            return channel.busy()
-        return bool(getattr(channel, "streams", None))  # h2: any stream still open
+        return inner_channel(self).busy()  # PluginChannel, or PluginH2Connection (any stream)
 
     def check(self, now: float, limits: Limits) -> None:
         channel = inner_channel(self)
@@ -288,17 +285,10 @@ class PluginSite(Site):
     def finished_response(self, *, route: str, status: int, nbytes: int, method: bytes,
                           uri: bytes, proto: bytes, peer: str, forwarded: bytes | None,
                           referer: bytes | None, agent: bytes | None,
-                          aborted: bool = False,
-                          artifact: tuple[str, str] | None = None) -> None:
-        """Count and log one response; the fast path calls this too.
-
-        ``artifact`` is (name, version) when the caller already parsed them from ``uri``
-        (the fast path has) and the body was sent: it spares parsing the target again.
-        """
+                          aborted: bool = False) -> None:
+        """Count and log one response; the fast path calls this too."""
         metrics.observe_response(route, status, nbytes)
-        if artifact is not None:
-            metrics.observe_download(*artifact)
-        elif route == "artifact" and status in (200, 206) and method == b"GET" and not aborted:
+        if route == "artifact" and status in (200, 206) and method == b"GET" and not aborted:
             name, version = metrics.artifact_of(uri)
             if name:
                 metrics.observe_download(name, version)
