@@ -21,8 +21,9 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 _VERSION = re.compile(r"v?[0-9]+(\.[0-9]+){0,3}([-+][0-9A-Za-z][0-9A-Za-z.+-]*)?\Z")
 # Any OCI tag (latest, 2.0.0_rc1) and a digest: upstream serves a line's tag, or its
 # digest for a digest-only line, as the version. Neither can start with "." or be "..".
-_OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+# The OCI grammar, also what hps pull accepts in a reference (hps.pull.properties).
+OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 
 class Verdict(Enum):
@@ -41,7 +42,7 @@ def accept_name(name: str) -> bool:
 def accept_version(version: str) -> bool:
     """A version as the Console, OCI tags or upstream's digest-only lines spell it."""
     return len(version) <= MAX_SEGMENT and any(
-        pattern.match(version) is not None for pattern in (_VERSION, _OCI_TAG, _DIGEST)
+        pattern.match(version) is not None for pattern in (_VERSION, OCI_TAG, DIGEST)
     )
 
 

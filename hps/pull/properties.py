@@ -17,11 +17,9 @@ from typing import Any
 
 import yaml
 
-from hps.guard import accept_name, accept_version
+from hps.guard import DIGEST, OCI_TAG, accept_name, accept_version
 from hps.pull.errors import InputError
 
-DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _REPO = re.compile(
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z"
 )
@@ -139,7 +137,7 @@ def parse_reference(text: str) -> Reference:
     last = path.rsplit("/", 1)[-1]
     if ":" in last:
         repo, _, tag = path.rpartition(":")
-        if not _TAG.match(tag):
+        if not OCI_TAG.match(tag):
             raise ValueError(f"bad tag {tag!r}")
     if not _REPO.match(repo):
         raise ValueError(f"bad repository {repo!r}")
