@@ -113,16 +113,6 @@ class Plan:
     def of(self, name: str) -> list[Entry]:
         return [entry for entry in self.entries.values() if entry.name == name]
 
-    def moved(self, registry: str | None, namespace: str | None) -> Plan:
-        """Every reference rewritten to another registry and/or namespace."""
-        if not registry and not namespace:
-            return self
-        entries = {
-            key: replace(entry, ref=entry.ref.moved(registry, namespace))
-            for key, entry in self.entries.items()
-        }
-        return Plan(entries, dict(self.name_aliases))
-
 
 def parse_reference(text: str) -> Reference:
     """``oci://host[:port]/repo[:tag][@sha256:…]``; the ``oci://`` prefix is optional."""
