@@ -147,9 +147,8 @@ class Upstream:
         if self.negative_until(key) > self.clock.seconds():
             return fail(Missing(f"{name} {version}: not in the registry (remembered)"))
         fresh = key not in self.pending
-        refusal = self.refusal(key) if fresh else None
-        if refusal is not None:
-            return fail(refusal)
+        if fresh and len(self.pending) >= self.max_pending:
+            return fail(Unavailable("too many pull-through fetches under way"))
         waiter = Deferred(lambda d: self.forget(key, d))
         self.pending.setdefault(key, []).append(waiter)
         waiter.addTimeout(self.wait_seconds, self.clock)
@@ -158,12 +157,6 @@ class Upstream:
             self.log.info("pull-through: fetching {name} {version}", name=name, version=version)
             self.source.fetch(name, version).addBoth(self.settled, key)
         return waiter
-
-    def refusal(self, key: tuple[str, str]) -> Exception | None:
-        """Why no new fetch may start for ``key`` now, or None."""
-        if len(self.pending) >= self.max_pending:
-            return Unavailable("too many pull-through fetches under way")
-        return None
 
     def settled(self, result: Artifact | Failure, key: tuple[str, str]) -> None:
         waiters = self.pending.pop(key, [])
@@ -365,9 +358,11 @@ class RegistrySource:
                  retries: int = RETRIES) -> None:
         self.templates = tuple(templates)
         self.cache_root = cache_root
-        self.plain_http = plain_http
-        self.timeout = timeout
-        self.retries = retries
+        # Credentials as hps pull finds them: HPS_REGISTRY_* env, else ~/.docker/config.json.
+        # Blobs are staged in the cache tree (anonymous files, never seen by a scan): in a pod,
+        # /tmp is a few MiB of memory while the cache tree is the disk volume meant for this.
+        self.options = Options(plain_http=plain_http, timeout=timeout, retries=retries,
+                               scratch=cache_root)
         self.slots: dict[str, threading.BoundedSemaphore] = {}
         self.lock = threading.Lock()
         self.run: Runner = in_daemon_threads(
@@ -388,11 +383,6 @@ class RegistrySource:
 
     def pull(self, name: str, version: str) -> None:
         """Try each template in order; the first module found is written atomically."""
-        # Credentials as hps pull finds them: HPS_REGISTRY_* env, else ~/.docker/config.json.
-        # Blobs are staged in the cache tree (anonymous files, never seen by a scan): in a pod,
-        # /tmp is a few MiB of memory while the cache tree is the disk volume meant for this.
-        options = Options(plain_http=self.plain_http, timeout=self.timeout, retries=self.retries,
-                          scratch=self.cache_root)
         target = Path(self.cache_root, name, version, MODULE_FILE)
         try:
             own_dir(self.cache_root)  # checked at start-up; made again if deleted since
@@ -406,7 +396,7 @@ class RegistrySource:
                 continue
             with self.slot(ref.registry):
                 try:
-                    fetch_to(ref, target, options, root=Path(self.cache_root))
+                    fetch_to(ref, target, self.options, root=Path(self.cache_root))
                 except NotFound:
                     continue
                 except NotWasm as err:  # never served; another template may hold a module
