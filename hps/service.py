@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
@@ -126,12 +125,11 @@ class CatalogLoader:
 
     log = Logger()
 
-    def __init__(self, state: ServerState, roots: list[str] | None = None,
-                 run: Runner = threads.deferToThread,
+    def __init__(self, state: ServerState, roots: list[str], run: Runner,
                  prune: Callable[[catalog.Catalog], catalog.Catalog] | None = None) -> None:
         self.state = state
         self.run = run
-        self.roots = roots or [state.config.root]
+        self.roots = roots
         """The served tree first (it wins a conflict), then the pull-through cache tree."""
         self.prune = prune or (lambda fresh: fresh)
         """What a scan found, less what pull-through evicted while it ran (Upstream.prune)."""
@@ -168,7 +166,7 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> MultiSe
     state = ServerState(config=config, catalog=catalog.unloaded(config.root))
     # One transfer (policy, open files, gzip variants), shared by twisted.web and the fast path.
     run = in_threads(reactor)
-    variants = GzipVariants(config.cache_dir, config.gzip, run)
+    variants = GzipVariants(config.cache_dir, config.gzip, run=run)
     state.on_swap.append(variants.on_swap)
     metrics.track_variants(lambda: variants.pending)
     transfer = Transfer(Policy.from_config(config.cache_max_age, config.immutable, config.gzip),

@@ -38,7 +38,6 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from twisted.internet import threads
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -286,8 +285,7 @@ class GzipVariants:
 
     log = Logger()
 
-    def __init__(self, cache_dir: str, enabled: bool = True,
-                 run: Runner = threads.deferToThread) -> None:
+    def __init__(self, cache_dir: str, enabled: bool = True, *, run: Runner) -> None:
         self.cache_dir, self.enabled, self.run = cache_dir, enabled, run
         self.ready: dict[str, GzipFile] = {}
         self.queue: dict[str, Artifact] = {}
