@@ -178,7 +178,7 @@ class Listings:
             self.log.failure("building {key} failed", result, key="/".join(key))
             if self.pages.get(key) is waiting:
                 del self.pages[key]  # the next request tries again
-        elif self.generation == generation and self.pages.get(key) is waiting:
+        elif self.generation is generation and self.pages.get(key) is waiting:
             self.pages[key] = result
         for waiter in waiting:
             waiter.callback(result if isinstance(result, Rendered) else None)
