@@ -14,13 +14,9 @@ from twisted.internet.interfaces import IReactorCore, ITransport
 from twisted.web.http import _GenericHTTPChannelProtocol
 
 try:
-    from h2.exceptions import NoSuchStreamError
     from twisted.web._http2 import H2Connection
 except ImportError:  # h2 not installed (the http2 extra): no HTTP/2, and no subclass of it
     H2Connection = None  # type: ignore[assignment,misc]
-
-    class NoSuchStreamError(Exception):  # type: ignore[no-redef]
-        """Stands for h2's: never raised without h2, as nothing calls ``h2_can_send`` then."""
 
 GenericHTTPChannelProtocol = _GenericHTTPChannelProtocol
 """twisted.web's HTTP/1.1-or-HTTP/2 switch (ALPN). Private, but the only way to keep
@@ -92,43 +88,40 @@ def forget_exit_signal(reactor: IReactorCore) -> None:
 
 
 def h2_connection(stream: Any) -> Any | None:
-    """The ``H2Connection`` a twisted.web HTTP/2 stream belongs to; None for any other channel."""
+    """The hps HTTP/2 connection a twisted.web HTTP/2 stream belongs to; None for any other
+    channel (an ``H2Stream`` keeps its connection in ``_conn``)."""
     connection = getattr(stream, "_conn", None)
-    return connection if hasattr(connection, "_outboundStreamQueues") else None
+    return connection if isinstance(connection, H2Base) else None
 
 
-def h2_unsent(stream: Any) -> int | None:
-    """Bytes a twisted.web HTTP/2 stream has queued that its connection has not sent yet;
-    None when ``stream`` is not one. twisted.web pauses a stream's producer only when the
-    client's flow-control window is spent, which the client chooses (up to 2 GiB): this is
-    what lets a sender stop at a bound of its own while the connection is blocked."""
-    connection = h2_connection(stream)
-    if connection is None:
-        return None
-    queue = connection._outboundStreamQueues.get(stream.streamID, ())
-    return sum(len(item) for item in queue if isinstance(item, bytes))
+def h2_stream_done(connection: Any, stream_id: int) -> None:
+    """Let twisted.web forget a stream whose END_STREAM went out: what its own send loop
+    does (``_requestDone``: the stream, its priority entry, its cleanup callback)."""
+    connection._requestDone(stream_id)
 
 
-def h2_can_send(connection: Any, stream_id: int) -> bool:
-    """Can a twisted.web ``H2Connection`` send what it queued first for ``stream_id`` now:
-    the end-of-stream marker (needs no window), or bytes the flow-control window allows?
-    Nothing queued, or a stream h2 no longer knows, answers True: twisted.web decides."""
-    queue = connection._outboundStreamQueues.get(stream_id)
-    if not queue or not isinstance(queue[0], bytes):
-        return True
-    try:
-        return connection.conn.local_flow_control_window(stream_id) > 0
-    except NoSuchStreamError:  # closed (StreamClosedError is one): not ours to judge
-        return True
+if H2Connection is not None:
+    class H2Base(H2Connection):
+        """twisted.web's ``H2Connection`` with its send loop handed to the subclass.
 
+        twisted.web schedules ``_sendPrioritisedData`` (one DATA frame per turn, then
+        ``callLater(0)``) from ``__init__`` and from Deferreds; here it runs
+        :meth:`send_ready`. Every end of a stream (sent, reset, aborted, connection lost)
+        passes through ``_requestDone``; here it also runs :meth:`stream_done`.
+        """
 
-def h2_resume_sending(connection: Any) -> None:
-    """Mark every stream whose queued bytes can go now as ready, and restart the send loop
-    if it is parked waiting for one (a ``Deferred`` twisted.web fires only on a write or an
-    end of response, never on a window opening: its loop never parks for a window)."""
-    for stream_id, queue in list(connection._outboundStreamQueues.items()):
-        if queue and h2_can_send(connection, stream_id):
-            connection.priority.unblock(stream_id)
-    waiting, connection._sendingDeferred = connection._sendingDeferred, None
-    if waiting is not None:
-        waiting.callback(None)
+        def _sendPrioritisedData(self, *args: object) -> None:
+            self.send_ready()
+
+        def _requestDone(self, streamID: int) -> None:
+            super()._requestDone(streamID)
+            self.stream_done(streamID)
+
+        def send_ready(self) -> None:
+            raise NotImplementedError
+
+        def stream_done(self, stream_id: int) -> None:
+            raise NotImplementedError
+else:  # pragma: no cover - h2 missing: nothing subclasses it
+    class H2Base:  # type: ignore[no-redef]
+        """Stands for the h2-backed base: without h2 no connection is one."""

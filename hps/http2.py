@@ -1,7 +1,19 @@
-"""HTTP/2 connections that one hostile stream cannot take down, and that obey the deadlines.
+"""HTTP/2 connections that send fast, that one hostile stream cannot take down, and that obey
+the deadlines.
 
-twisted.web's ``H2Connection``, with what hps needs on top:
+twisted.web's ``H2Connection`` (through :class:`hps._twisted.H2Base`), with what hps
+needs on top:
 
+- **A send loop of its own.** twisted.web sends one DATA frame per connection per
+  reactor turn, then reschedules itself with ``callLater(0)``, each frame its own
+  transport write (and its own TLS records). Here one turn sends frames from every
+  ready stream, in priority order, while the windows and the transport allow,
+  coalesced into one transport write per ``WRITE_BYTES``; it stops when the
+  transport pauses this connection and goes on when it resumes it, so no timer runs
+  per frame (one ``callLater(0)`` per turn at most, when a turn's ``TURN_BYTES`` are
+  spent with more to send). A DATA frame carries ``FRAME_PAYLOAD`` bytes, so a frame
+  with its 9-byte header is one whole 16 KiB TLS record. Each stream's unsent bytes
+  are counted as they come and go (:class:`Outbox`), never re-summed.
 - **A stream the client already reset is gone.** A client may open streams and
   reset them in the very write that opened them (rapid reset). h2 digests the
   whole write before twisted.web runs the requests, so a response written for such
@@ -12,18 +24,20 @@ twisted.web's ``H2Connection``, with what hps needs on top:
 - **Per-connection stream limit**: ``SETTINGS_MAX_CONCURRENT_STREAMS`` of
   ``MAX_STREAMS``, sent in the connection preface.
 - **Send deadline per stream**, the HTTP/1.1 rule: a stream whose response made
-  no progress (bytes accepted for it, which flow control bounds by the client's
-  window) for ``send_timeout`` is reset, however often the client PINGs.
-- **No busy-wait for a window**: twisted.web's send loop keeps a stream whose
-  bytes wait for flow-control window in its ready set and reschedules itself with
-  ``callLater(0)`` until the window opens: a core spent per such client, until the
-  send deadline. Here such a stream leaves the ready set (:class:`WindowedPriority`)
-  and every frame received puts back those a window now allows.
+  no progress (DATA frames sent, which flow control bounds by the client's window;
+  a body waiting for its turn makes none either) for ``send_timeout`` is reset,
+  however often the client PINGs.
+- **No busy-wait for a window**: a stream whose bytes wait for flow-control window
+  leaves the ready set (:class:`WindowedPriority`) and every frame received puts
+  back those a window now allows (a WINDOW_UPDATE, or a SETTINGS change of the
+  initial window, RFC 9113 6.9.2, which twisted.web does not act on).
 - **Room, announced**: a response's sender stops once its stream holds
   ``H2_BACKLOG`` unsent bytes (the client's window alone could let a body pile up
-  in memory); :meth:`PluginH2Connection.after_send` wakes it when the send loop
-  next takes a frame from that stream, so a stream moves as fast as the
-  connection drains it, not at a polling rate.
+  in memory); :meth:`PluginH2Connection.after_send` wakes it, inside the send loop,
+  once frames have taken its stream below that, so the loop refills as it drains.
+- **Bodies take turns** (:mod:`hps.bodies`): a few bodies are sent at once,
+  process-wide, the others wait in arrival order; a body that stalls with a turn
+  gives it back at the next sweep.
 - **No traceback floods**: anything else h2 raises ends that connection (GOAWAY)
   with one log line, at most one per ``LOG_EVERY`` seconds for the whole server.
 """
@@ -31,7 +45,8 @@ twisted.web's ``H2Connection``, with what hps needs on top:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import h2.errors
@@ -39,35 +54,97 @@ import h2.exceptions
 import h2.settings
 import priority
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from hps import metrics
-from hps._twisted import H2Connection, h2_can_send, h2_resume_sending
+from hps._twisted import H2Base, h2_stream_done
+from hps.bodies import BodyGate
 
 MAX_STREAMS = 100
 LOG_EVERY = 10.0
+
+H2_BACKLOG = 65536
+"""Unsent bytes an HTTP/2 stream may queue before its sender waits for the connection
+to send frames of it: HTTP/2 flow control alone would let a client's window decide."""
+
+FRAME_PAYLOAD = 16384 - 9
+"""DATA payload per frame: with its 9-byte header a frame fills one TLS record (16 KiB
+of plaintext at most), where a 16,384-byte payload would take two records."""
+
+WRITE_BYTES = 8 * FRAME_PAYLOAD
+"""DATA bytes coalesced into one transport write (~128 KiB: past the TCP transport's
+64 KiB pause threshold, so one write per turn is the usual case)."""
+
+TURN_BYTES = 1 << 20
+"""At most this many bytes per connection per reactor turn, if the transport never
+pushes back: then the loop yields to the other connections and goes on next turn."""
+
+
+class Outbox:
+    """One stream's bytes waiting for the send loop, with their count kept as they move."""
+
+    __slots__ = ("chunks", "offset", "unsent", "ending", "wake")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.offset = 0
+        """Bytes of ``chunks[0]`` already sent."""
+        self.unsent = 0
+        self.ending = False
+        """The response is complete: END_STREAM goes once the bytes have."""
+        self.wake: Callable[[], None] | None = None
+
+    def put(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.unsent += len(data)
+
+    def take(self, size: int) -> bytes | memoryview:
+        """The next ``size`` bytes (``size`` <= ``unsent``), sliced without a copy."""
+        head = self.chunks[0]
+        start, end = self.offset, self.offset + size
+        if start == 0 and end == len(head):
+            self.chunks.popleft()
+            piece: bytes | memoryview = head
+        elif end <= len(head):
+            piece = memoryview(head)[start:end]
+            self.offset = end
+            if end == len(head):
+                self.chunks.popleft()
+                self.offset = 0
+        else:  # the frame spans chunks: join the pieces (rare with frame-sized reads)
+            parts, need = [], size
+            while need:
+                head = self.chunks[0]
+                part = memoryview(head)[self.offset:self.offset + need]
+                parts.append(part)
+                need -= len(part)
+                self.offset += len(part)
+                if self.offset == len(head):
+                    self.chunks.popleft()
+                    self.offset = 0
+            piece = b"".join(parts)
+        self.unsent -= size
+        return piece
 
 
 class WindowedPriority(priority.PriorityTree):
     """The send order over streams, passing over (and blocking) those that cannot send."""
 
-    def __init__(self, can_send: Callable[[int], bool],
-                 picked: Callable[[int], None] = lambda stream_id: None) -> None:
+    def __init__(self, can_send: Callable[[int], bool]) -> None:
         super().__init__()
-        self.can_send, self.picked = can_send, picked
+        self.can_send = can_send
 
     def __next__(self) -> int:
         while True:
             stream_id = super().__next__()  # DeadlockError once every stream is blocked
             if self.can_send(stream_id):
-                self.picked(stream_id)  # its next frame goes out in this turn
                 return stream_id
-            self.block(stream_id)  # h2_resume_sending unblocks it when a window opens
+            self.block(stream_id)  # resume_sending unblocks it when a window opens
 
 
-class PluginH2Connection(H2Connection):
+class PluginH2Connection(H2Base):
     """See the module docstring."""
 
     log = Logger()
@@ -75,28 +152,164 @@ class PluginH2Connection(H2Connection):
     """When a protocol error was last logged, server-wide (a class attribute on purpose)."""
     quiet = 0
 
-    def __init__(self, reactor: IReactorTime) -> None:
+    def __init__(self, reactor: IReactorTime, bodies: BodyGate | None = None) -> None:
+        self.outboxes: dict[int, Outbox] = {}
+        self.paused = self.lost = self.sending = False
+        self.next_turn: IDelayedCall | None = None
         super().__init__(reactor)
         self.clock = reactor
+        self.bodies = bodies
         # Initial values, not pending changes: they go out in the preface's SETTINGS frame.
         values = dict(self.conn.local_settings.items())
         values[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_STREAMS
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
-        self.priority = WindowedPriority(lambda stream_id: h2_can_send(self, stream_id),
-                                         self.picked)
+        self.priority = WindowedPriority(self.can_send)
         self.stamps: dict[int, float] = {}
         """Per stream: when its response last made progress."""
-        self.waiting: dict[int, Callable[[], None]] = {}
-        """Per stream: who to wake once the send loop takes a frame from it."""
+
+    # -- what the senders see ---------------------------------------------------------------
+
+    def unsent(self, stream_id: int) -> int:
+        outbox = self.outboxes.get(stream_id)
+        return outbox.unsent if outbox is not None else 0
 
     def after_send(self, stream_id: int, wake: Callable[[], None]) -> None:
-        """Call ``wake`` on a later turn, once the send loop has sent a frame of this stream."""
-        self.waiting[stream_id] = wake
+        """Call ``wake`` once the send loop has taken this stream below ``H2_BACKLOG``."""
+        outbox = self.outboxes.get(stream_id)
+        if outbox is None or outbox.unsent < H2_BACKLOG:
+            self.clock.callLater(0, wake)
+        else:
+            outbox.wake = wake
 
-    def picked(self, stream_id: int) -> None:
-        wake = self.waiting.pop(stream_id, None)
-        if wake is not None:
-            self.clock.callLater(0, wake)  # after the frame left the queue, outside the loop
+    def body_key(self, stream_id: int) -> Hashable:
+        return (self, stream_id)
+
+    def may_send_body(self, stream_id: int, wake: Callable[[], None]) -> bool:
+        """Does this stream's body hold a turn (:mod:`hps.bodies`)? If not, ``wake`` later."""
+        return self.bodies is None or self.bodies.admit(self.body_key(stream_id), wake)
+
+    def body_done(self, stream_id: int) -> None:
+        if self.bodies is not None:
+            self.bodies.release(self.body_key(stream_id))
+
+    def remainingOutboundWindow(self, streamID: int) -> int:
+        """The window left once what is queued has gone (twisted.web asks, to resume a
+        paused producer); O(1), where twisted.web re-sums the queue."""
+        return self.conn.local_flow_control_window(streamID) - self.unsent(streamID)
+
+    # -- the send loop ----------------------------------------------------------------------
+
+    def can_send(self, stream_id: int) -> bool:
+        """Can this stream send a frame now: END_STREAM (needs no window), or bytes the
+        flow-control window allows? A stream h2 no longer knows cannot."""
+        outbox = self.outboxes.get(stream_id)
+        if outbox is None:
+            return False
+        if not outbox.unsent:
+            return outbox.ending
+        try:
+            return self.conn.local_flow_control_window(stream_id) > 0
+        except h2.exceptions.NoSuchStreamError:  # reset by the client: its event cleans up
+            return False
+
+    def ready(self, stream_id: int) -> None:
+        """This stream has something new to send: back in the ready set, loop scheduled."""
+        if self.can_send(stream_id):
+            with contextlib.suppress(priority.MissingStreamError):
+                self.priority.unblock(stream_id)
+            self.schedule()
+
+    def schedule(self) -> None:
+        if not (self.sending or self.lost or self.paused) and self.next_turn is None:
+            self.next_turn = self.clock.callLater(0, self.send_ready)
+
+    def send_ready(self) -> None:
+        """Send what the windows and the transport allow now (see the module docstring)."""
+        if self.next_turn is not None:
+            if self.next_turn.active():
+                self.next_turn.cancel()
+            self.next_turn = None
+        if self.sending or self.lost or self.paused or self.transport is None:
+            return
+        self.sending = True
+        budget = TURN_BYTES
+        try:
+            while not self.paused and not self.lost and budget > 0:
+                ended: list[int] = []
+                if not self.frames(ended):
+                    break
+                data = self.conn.data_to_send()
+                if data:
+                    self.transport.write(data)  # may pause us, at once
+                    budget -= len(data)
+                for stream_id in ended:
+                    h2_stream_done(self, stream_id)
+        finally:
+            self.sending = False
+        if budget <= 0:
+            self.schedule()  # more may be ready: let the other connections have a turn
+
+    def frames(self, ended: list[int]) -> int:
+        """Put up to ``WRITE_BYTES`` of frames into h2's buffer, in priority order;
+        ``ended`` gets the streams whose END_STREAM went. Returns the frames made."""
+        made = sent = 0
+        conn, outboxes, streams, stamps = self.conn, self.outboxes, self.streams, self.stamps
+        now = self.clock.seconds()
+        while sent < WRITE_BYTES:
+            try:
+                stream_id = next(self.priority)
+            except priority.DeadlockError:
+                break
+            outbox = outboxes[stream_id]
+            made += 1
+            try:
+                if not outbox.unsent:
+                    conn.end_stream(stream_id)
+                    self.priority.block(stream_id)
+                    ended.append(stream_id)
+                    continue
+                window = conn.local_flow_control_window(stream_id)
+                size = min(FRAME_PAYLOAD, conn.max_outbound_frame_size, window, outbox.unsent)
+                conn.send_data(stream_id, outbox.take(size))
+            except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+                outboxes.pop(stream_id, None)  # reset meanwhile: its event cleans up
+                self.priority.block(stream_id)
+                continue
+            sent += size
+            stamps[stream_id] = now  # progress: bytes left for the client
+            if not outbox.unsent and not outbox.ending:
+                self.priority.block(stream_id)
+            if window - size - outbox.unsent <= 0:
+                streams[stream_id].flowControlBlocked()
+            if outbox.wake is not None and outbox.unsent < H2_BACKLOG:
+                wake, outbox.wake = outbox.wake, None
+                wake()  # the sender refills now, within this turn
+        return made
+
+    def stream_done(self, stream_id: int) -> None:
+        """twisted.web forgot this stream (ended, reset, aborted, connection lost)."""
+        self.outboxes.pop(stream_id, None)
+        self.stamps.pop(stream_id, None)
+        self.body_done(stream_id)
+
+    # -- IPushProducer, as the transport drives it ------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        super().resumeProducing()  # control frames held while paused go first
+        if not self.paused:
+            self.send_ready()
+
+    def connectionLost(self, reason: Failure, _cancelTimeouts: bool = True) -> None:
+        self.lost = True
+        if self.next_turn is not None and self.next_turn.active():
+            self.next_turn.cancel()
+        self.next_turn = None
+        super().connectionLost(reason, _cancelTimeouts=_cancelTimeouts)
 
     def gone(self, stream_id: int) -> bool:
         """Has the client closed this stream (h2 knows, even if twisted.web does not yet)?"""
@@ -113,14 +326,24 @@ class PluginH2Connection(H2Connection):
         super().writeHeaders(version, code, reason, headers, streamID)
 
     def writeDataToStream(self, streamID: int, data: bytes) -> None:
-        if self.gone(streamID):
+        if self.gone(streamID) or not data:
             return
-        self.stamps[streamID] = self.clock.seconds()
-        super().writeDataToStream(streamID, data)
+        outbox = self.outboxes.get(streamID)
+        if outbox is None:
+            outbox = self.outboxes[streamID] = Outbox()
+        outbox.put(data)
+        self.ready(streamID)
+        if self.remainingOutboundWindow(streamID) <= 0:
+            self.streams[streamID].flowControlBlocked()
 
     def endRequest(self, streamID: int) -> None:
-        if not self.gone(streamID):
-            super().endRequest(streamID)
+        if self.gone(streamID):
+            return
+        outbox = self.outboxes.get(streamID)
+        if outbox is None:
+            outbox = self.outboxes[streamID] = Outbox()
+        outbox.ending = True
+        self.ready(streamID)
 
     def abortRequest(self, streamID: int) -> None:
         if not self.gone(streamID):
@@ -134,10 +357,15 @@ class PluginH2Connection(H2Connection):
         try:
             super().dataReceived(data)
             if self.streams:  # a WINDOW_UPDATE or SETTINGS may have given some room
-                h2_resume_sending(self)
+                self.resume_sending()
                 self.resume_producers()
         except Exception as err:  # a state h2 refuses; never let it reach the reactor
             self.protocol_error(err)
+
+    def resume_sending(self) -> None:
+        """Put back in the ready set every stream whose queued bytes a window now allows."""
+        for stream_id in list(self.outboxes):
+            self.ready(stream_id)
 
     def resume_producers(self) -> None:
         """Resume the senders flow control paused that now have window. twisted.web does so
@@ -177,11 +405,13 @@ class PluginH2Connection(H2Connection):
 
     def check(self, now: float, send_timeout: float) -> None:
         """Reset every stream whose response made no progress for ``send_timeout``."""
-        for table in (self.stamps, self.waiting):
+        for table in (self.stamps, self.outboxes):
             for stream_id in [s for s in table if s not in self.streams]:
                 del table[stream_id]
         for stream_id, stream in list(self.streams.items()):
             since = self.stamps.setdefault(stream_id, now)
+            if self.bodies is not None:  # a stalled body's turn goes to one that waits
+                self.bodies.requeue_if_stalled(self.body_key(stream_id), since)
             if now - since > send_timeout:
                 metrics.observe_abort("send_timeout")
                 # The request learns first (its producer stops, its file is let go, the

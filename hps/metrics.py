@@ -135,6 +135,14 @@ GZIP_PENDING = Gauge("hps_gzip_variants_pending",
                      registry=REGISTRY)
 GZIP_PRUNED = Counter("hps_gzip_variants_pruned", "Files deleted from the gzip cache: variants "
                       "no served module needs, and temporaries a crash left.", registry=REGISTRY)
+BODIES_SENDING = Gauge("hps_h2_bodies_sending", "HTTP/2 response bodies holding a turn to be "
+                       "sent (at most hps.bodies.ACTIVE_BODIES at once).", registry=REGISTRY)
+BODIES_WAITING = Gauge("hps_h2_bodies_waiting", "HTTP/2 response bodies waiting, in arrival "
+                       "order, for a turn to be sent.", registry=REGISTRY)
+BODIES_WAITED = Counter("hps_h2_bodies_waited", "HTTP/2 response bodies that had to wait for a "
+                        "turn.", registry=REGISTRY)
+BODIES_STALLED = Counter("hps_h2_bodies_stalled", "Turns given back by HTTP/2 bodies that made no "
+                         "progress while others waited.", registry=REGISTRY)
 DRAINING = Gauge("hps_draining", "1 while the server drains before exiting, else 0.",
                  registry=REGISTRY)
 
@@ -225,6 +233,20 @@ def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> N
     """Read the live gauges from the site's own counters at scrape time."""
     IN_FLIGHT.set_function(in_flight)
     CONNECTIONS.set_function(connections)
+
+
+def track_bodies(sending: Callable[[], float], waiting: Callable[[], float]) -> None:
+    """Read the HTTP/2 body turns (hps.bodies) at scrape time."""
+    BODIES_SENDING.set_function(sending)
+    BODIES_WAITING.set_function(waiting)
+
+
+def observe_body_waited() -> None:
+    BODIES_WAITED.inc()
+
+
+def observe_body_stalled() -> None:
+    BODIES_STALLED.inc()
 
 
 def track_misses(table: Callable[[], Iterable[tuple[str, str, int]]]) -> None:

@@ -10,9 +10,10 @@
   costs nothing but its socket buffers;
 - on TLS and HTTP/2 (bytes must pass through OpenSSL or be framed), bounded
   reads of ``READ_CHUNK`` bytes, written while the transport does not push back
-  (it pauses this producer once its buffer holds 64 KiB); an HTTP/2 stream also
-  stops at ``H2_BACKLOG`` unsent bytes and is woken when its connection sends a
-  frame of it (:class:`H2Backlog`).
+  (it pauses this producer once its buffer holds 64 KiB); an HTTP/2 stream reads
+  whole DATA frames' worth (``H2_READ``), sends only while its body holds a turn
+  (:mod:`hps.bodies`), stops at ``H2_BACKLOG`` unsent bytes and is woken when its
+  connection has sent frames of it (:class:`H2Backlog`).
 
 A sender is an ``IPushProducer`` registered on the channel (twisted.web's
 ``request.registerProducer`` or the fast path's ``channel.registerProducer``), so
@@ -33,21 +34,26 @@ from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from hps._twisted import h2_connection, h2_unsent, wake_when_writable
+from hps._twisted import h2_connection, wake_when_writable
 from hps.files import Source
 from hps.negotiate import Span
+
+try:
+    from hps.http2 import FRAME_PAYLOAD, H2_BACKLOG
+except ImportError:  # no h2 (the http2 extra): no HTTP/2 streams to send on
+    FRAME_PAYLOAD = H2_BACKLOG = 0
 
 SENDFILE_TURN = 4 << 20
 """At most this many bytes per connection per reactor turn, so one fast reader on
 loopback cannot starve the others; then it yields and is woken when writable."""
 
-H2_BACKLOG = 65536
-"""Unsent bytes an HTTP/2 stream may queue before its sender waits for the connection
-to send a frame of it: HTTP/2 flow control alone would let a client's window decide."""
-
 READ_CHUNK = 16384
 """Bytes read per write on TLS and HTTP/2 (one TLS record): with the transport's
 64 KiB pause threshold, at most ~80 KiB of a body is held per connection."""
+
+H2_READ = 4 * FRAME_PAYLOAD
+"""Bytes read per write on an HTTP/2 stream: whole DATA frames, so the send loop slices
+frames out of it without joining pieces (and fewer reads per byte)."""
 
 
 def zero_copy(transport: ITransport | None) -> bool:
@@ -56,25 +62,30 @@ def zero_copy(transport: ITransport | None) -> bool:
 
 
 class H2Backlog:
-    """One HTTP/2 stream's queue in its connection: how much is unsent, and a wake-up
-    when the connection's send loop takes a frame of it (``hps.http2``)."""
+    """One HTTP/2 stream's place in its connection (``hps.http2``): its body's turn, how
+    much of it is unsent, and a wake-up when either changes."""
 
     def __init__(self, stream: Any, connection: Any) -> None:
-        self.stream, self.connection = stream, connection
+        self.stream_id, self.connection = stream.streamID, connection
 
     @classmethod
     def of(cls, channel: Any) -> H2Backlog | None:
         """The backlog of ``channel`` if it is a stream of hps's HTTP/2 connection."""
         connection = h2_connection(channel)
-        if connection is None or not hasattr(connection, "after_send"):
-            return None
-        return cls(channel, connection)
+        return None if connection is None else cls(channel, connection)
 
-    def unsent(self) -> int:
-        return h2_unsent(self.stream) or 0
+    def ready(self, wake: Callable[[], None]) -> bool:
+        """May the sender write more now? If not, ``wake`` runs once it may."""
+        connection = self.connection
+        if not connection.may_send_body(self.stream_id, wake):
+            return False
+        if connection.unsent(self.stream_id) >= H2_BACKLOG:
+            connection.after_send(self.stream_id, wake)
+            return False
+        return True
 
-    def after_send(self, wake: Callable[[], None]) -> None:
-        self.connection.after_send(self.stream.streamID, wake)
+    def done(self) -> None:
+        self.connection.body_done(self.stream_id)
 
 
 @implementer(IPushProducer)
@@ -149,11 +160,11 @@ class Sender:
             self.progress(count)
 
     def send_reads(self, source: Source) -> None:
+        chunk = READ_CHUNK if self.backlog is None else H2_READ
         while not self.paused and not self.done and self.pos < self.end:
-            if self.backlog is not None and self.backlog.unsent() >= H2_BACKLOG:
-                self.backlog.after_send(self.drained)
+            if self.backlog is not None and not self.backlog.ready(self.drained):
                 return
-            data = source.read(self.pos, min(READ_CHUNK, self.end - self.pos))
+            data = source.read(self.pos, min(chunk, self.end - self.pos))
             if not data:
                 self.changed()
                 return
@@ -173,6 +184,8 @@ class Sender:
     def close(self) -> None:
         self.done = True
         self.source = None  # the descriptor closes once the file table lets go too
+        if self.backlog is not None:
+            self.backlog.done()  # the body's turn goes to the next waiting
 
     def pauseProducing(self) -> None:
         self.paused = True

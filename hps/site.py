@@ -35,6 +35,7 @@ from hps._twisted import (
     switch_to_h2,
 )
 from hps.access import AccessLog
+from hps.bodies import BodyGate
 from hps.canned import HEAD_TOO_SLOW, SHED, canned
 from hps.channel import PluginChannel, PluginRequest, ProbeRequest
 from hps.limits import EVICT_SCAN, PROBE_RESERVE, Limits
@@ -71,7 +72,7 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
             from hps.http2 import PluginH2Connection  # h2 is an extra; ALPN offers it only then
 
             probe_only = inner_channel(self).probe_only
-            connection = PluginH2Connection(self.factory.reactor)
+            connection = PluginH2Connection(self.factory.reactor, self.factory.bodies)
             switch_to_h2(self, connection)
             if probe_only:
                 connection.requestFactory = ProbeRequest
@@ -150,6 +151,8 @@ class PluginSite(Site):
         self.probes: dict[TrackedProtocol, None] = {}
         """Connections admitted beyond the cap that may only ask for a probe."""
         self.in_flight = 0
+        self.bodies = BodyGate(self.reactor)
+        """HTTP/2 bodies take turns, server-wide (hps.bodies)."""
         self._closed: list[Deferred] = []
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = self.reactor
