@@ -1,0 +1,3 @@
+module hps/bench/herd
+
+go 1.19
