@@ -24,11 +24,10 @@ from zope.interface import implementer
 
 from hps._twisted import (
     GenericHTTPChannelProtocol,
-    NoSuchStreamError,
+    H2Base,
     forget_exit_signal,
-    h2_can_send,
-    h2_resume_sending,
-    h2_unsent,
+    h2_connection,
+    h2_stream_done,
     inner_channel,
     negotiating,
     request_line,
@@ -36,6 +35,7 @@ from hps._twisted import (
     switch_to_h2,
     wake_when_writable,
 )
+from hps.http2 import PluginH2Connection
 from tests.support.sockets import Reactor, pump, tcp_pair
 
 
@@ -139,58 +139,64 @@ def test_switch_to_h2_puts_our_connection_where_twisted_puts_its_own() -> None:
     assert transport.value(), "the connection preface (SETTINGS) went out"
 
 
-def test_h2_streams_queue_unsent_data_on_their_connection() -> None:
+def test_h2_send_loop_and_stream_ends_are_the_methods_h2base_takes_over() -> None:
+    """What hps._twisted.H2Base relies on: twisted.web starts its send loop
+    (``_sendPrioritisedData``) from ``__init__`` and reaches it only through Deferreds
+    hps never fires; every end of a stream passes through ``_requestDone``; the queues
+    the loop reads (``_outboundStreamQueues``) are touched only by methods hps replaces,
+    by ``_requestReceived`` (an empty queue made), ``_handleWindowUpdate`` (read, to
+    unblock) and ``_requestDone`` (deleted)."""
     from twisted.web._http2 import H2Connection, H2Stream
 
-    connection = H2Connection()
-    assert isinstance(connection._outboundStreamQueues, dict)
-    assert "self._outboundStreamQueues[streamID].append(data)" in inspect.getsource(
-        H2Connection.writeDataToStream)
+    assert "callLater(0, self._sendPrioritisedData)" in inspect.getsource(H2Connection.__init__)
+    for method in (H2Connection.connectionLost, H2Connection._requestAborted,
+                   H2Connection.abortRequest, H2Connection._respondToBadRequestAndDisconnect):
+        assert "self._requestDone(" in inspect.getsource(method), method
+    touching = {name for name, member in inspect.getmembers(H2Connection, inspect.isfunction)
+                if "_outboundStreamQueues" in inspect.getsource(member)}
+    replaced = {"_sendPrioritisedData", "writeDataToStream", "endRequest",
+                "remainingOutboundWindow"}
+    assert touching == replaced | {"__init__", "_requestReceived", "_handleWindowUpdate",
+                                   "_requestDone"}
+    assert all(name in H2Base.__dict__ or name in PluginH2Connection.__dict__
+               for name in replaced)
+    # A stream writes, ends and asks for its window through these public-named methods.
+    stream_source = inspect.getsource(H2Stream)
+    for call in ("self._conn.writeDataToStream(", "self._conn.endRequest(",
+                 "self._conn.remainingOutboundWindow("):
+        assert call in stream_source, call
     assert "self._conn = connection" in inspect.getsource(H2Stream.__init__)
 
+
+def test_h2base_runs_hps_loop_and_hears_of_every_stream_end() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    calls: list[object] = []
+
+    class Probe(H2Base):
+        def send_ready(self) -> None:
+            calls.append("loop")
+
+        def stream_done(self, stream_id: int) -> None:
+            calls.append(stream_id)
+
+    clock = MemoryReactorClock()
+    connection = Probe(clock)
+    clock.advance(0)
+    assert calls == ["loop"], "twisted.web's first scheduled loop turn runs hps's"
+    connection.makeConnection(StringTransport())
+    connection.streams[1] = object()
+    connection._outboundStreamQueues[1] = deque()
+    connection._streamCleanupCallbacks[1] = Deferred()
+    connection.priority.insert_stream(1)
+    h2_stream_done(connection, 1)
+    assert calls == ["loop", 1] and 1 not in connection.streams
+
     class Stream:
-        streamID = 3
+        streamID = 1
         _conn = connection
 
-    connection._outboundStreamQueues[3] = deque([b"abc", b"de"])
-    assert h2_unsent(Stream()) == 5
-    assert h2_unsent(object()) is None
-
-
-def test_h2_send_loop_parks_on_a_deferred_and_reads_the_priority_tree() -> None:
-    """What hps.http2's WindowedPriority, after_send and h2_resume_sending rely on: the send
-    loop takes streams from ``self.priority`` (and a frame from the one it took) and, with
-    none ready, parks on ``_sendingDeferred``; a queue holds bytes and a non-bytes end
-    marker."""
-    from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
-
-    loop = inspect.getsource(H2Connection._sendPrioritisedData)
-    assert "next(self.priority)" in loop and "self._sendingDeferred = Deferred()" in loop
-    # PluginH2Connection.after_send: the stream next() returns is the one a frame leaves.
-    assert loop.index("next(self.priority)") < loop.index(
-        "self._outboundStreamQueues[stream].popleft()")
-    assert "self.priority.unblock(streamID)" in inspect.getsource(H2Connection.endRequest)
-    assert not isinstance(_END_STREAM_SENTINEL, bytes)
-    connection = H2Connection()
-    connection.priority.insert_stream(1)
-    connection.priority.block(1)
-    connection._outboundStreamQueues[1] = deque([_END_STREAM_SENTINEL])
-    assert h2_can_send(connection, 1), "an end marker needs no window"
-    connection._outboundStreamQueues[1].appendleft(b"data")
-    assert h2_can_send(connection, 1), "a stream h2 does not know: twisted.web decides"
-    woken: list[object] = []
-    connection._sendingDeferred = Deferred()
-    connection._sendingDeferred.addCallback(woken.append)
-    h2_resume_sending(connection)
-    assert woken == [None] and connection._sendingDeferred is None
-    assert next(connection.priority) == 1, "unblocked"
-
-
-def test_h2_can_send_catches_h2s_own_error_imported_once() -> None:
-    from h2.exceptions import NoSuchStreamError as h2s
-
-    assert NoSuchStreamError is h2s
-    assert "import" not in inspect.getsource(h2_can_send), "once, not per HTTP/2 frame"
+    assert h2_connection(Stream()) is connection and h2_connection(object()) is None
 
 
 def test_hps_imports_without_h2() -> None:

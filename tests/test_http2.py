@@ -9,13 +9,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.exceptions
 import h2.settings
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
+from hps._twisted import inner_channel
+from hps.bodies import STALL_SECONDS
 from hps.files import Source
-from hps.http2 import LOG_EVERY, MAX_STREAMS, PluginH2Connection
+from hps.http2 import (
+    FRAME_PAYLOAD,
+    LOG_EVERY,
+    MAX_STREAMS,
+    WRITE_BYTES,
+    Outbox,
+    PluginH2Connection,
+    data_frames,
+)
 from hps.site import SWEEP_SECONDS
 from tests.support.h2client import connect_h2
 from tests.support.memory import Harness
@@ -216,3 +229,182 @@ def test_a_probe_slot_past_the_cap_answers_probes_only_on_http2_too(h2site) -> N
     probe.close()
     stalled.close()
     assert not server.site.connections and not server.site.probes
+
+
+# -- the send loop ---------------------------------------------------------------------------
+
+def server_side(client) -> PluginH2Connection:
+    return inner_channel(client.connection.server.wrappedProtocol)
+
+
+def wide_open(server: Harness):
+    """A client whose windows never limit the server (2 GiB, stream and connection)."""
+    client = connect_h2(server, window=2**31 - 1)
+    client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+    client.flush()
+    return client
+
+
+def test_a_body_leaves_in_record_sized_frames_many_per_write_and_no_timer_per_frame(
+        h2site) -> None:
+    """twisted.web wrote each DATA frame on its own and waited a callLater(0) between
+    frames; a 16,384-byte frame took two TLS records."""
+    server, body = h2site()
+    client = wide_open(server)
+    connection = server_side(client)
+    writes: list[int] = []
+    turns: list[float] = []
+    write, call_later = connection.transport.write, server.reactor.callLater
+
+    def counted_write(data: bytes) -> None:
+        writes.append(len(data))
+        write(data)
+
+    def counted_call(delay: float, *args: object, **kwargs: object):
+        turns.append(delay)
+        return call_later(delay, *args, **kwargs)
+
+    connection.transport.write = counted_write
+    server.reactor.callLater = counted_call
+    try:
+        stream = client.get(BIG)
+        server.settle()
+    finally:
+        del connection.transport.write
+        server.reactor.callLater = call_later
+    assert bytes(client.bodies[stream]) == body
+    frames = client.frames[stream]
+    assert frames.count(FRAME_PAYLOAD) == BIG_SIZE // FRAME_PAYLOAD
+    assert max(frames) == FRAME_PAYLOAD and FRAME_PAYLOAD + 9 == 16384, "one TLS record"
+    data_writes = [n for n in writes if n > 1024]
+    assert len(data_writes) <= len(frames) / 6, (len(data_writes), len(frames))
+    assert max(writes) <= WRITE_BYTES + 2 * 16384
+    assert turns.count(0) <= len(frames) / 6, (turns.count(0), len(frames))
+
+
+def test_a_window_that_opens_mid_stream_gets_exactly_what_it_allows(h2site) -> None:
+    server, body = h2site()
+    client = connect_h2(server, window=100_000)
+    client.conn.increment_flow_control_window(1 << 30)  # the connection's: not the limit
+    client.flush()
+    stream = client.get(BIG)
+    server.settle()
+    assert len(client.bodies[stream]) == 100_000 and stream not in client.ended
+    now = server.reactor.seconds()
+    assert [c for c in server.reactor.getDelayedCalls() if c.getTime() <= now] == [], (
+        "waiting for a window is not a busy loop")
+    client.conn.increment_flow_control_window(50_000, stream_id=stream)
+    client.flush()
+    server.settle()
+    assert len(client.bodies[stream]) == 150_000
+    assert max(client.frames[stream]) <= FRAME_PAYLOAD
+    client.auto_window = True
+    client.conn.increment_flow_control_window(BIG_SIZE, stream_id=stream)
+    client.flush()
+    server.settle()
+    assert stream in client.ended and bytes(client.bodies[stream]) == body
+    assert not server_side(client).outboxes, "nothing left queued"
+
+
+def test_many_streams_on_one_connection_all_finish_whole(h2site, tree: Tree) -> None:
+    server, body = h2site()
+    small = (tree.root / "small/1.0.0/plugin.wasm").read_bytes()
+    client = connect_h2(server)  # default 64 KiB windows, topped up as it reads
+    streams = {client.get(BIG if i % 3 == 0 else SMALL, send=False): i for i in range(30)}
+    client.flush()
+    server.settle()
+    assert client.ended >= set(streams)
+    for stream, i in streams.items():
+        assert bytes(client.bodies[stream]) == (body if i % 3 == 0 else small)
+    connection = server_side(client)
+    assert not connection.outboxes and not connection.streams
+    quiet(server)
+
+
+def test_bodies_take_turns_in_arrival_order_and_a_cancelled_waiter_leaves_nothing(
+        h2site) -> None:
+    server, body = h2site()
+    gate = server.site.bodies
+    gate.limit = 2
+    clients = [wide_open(server) for _ in range(3)]
+    for client in clients:
+        client.connection.stop_reading()  # slow links: every body takes a while
+    asked = []  # (client, stream), in the order they reach the server
+    for _ in range(2):
+        for client in clients:
+            asked.append((client, client.get(BIG)))
+            server.turn()
+    assert len(gate.active) == 2 and len(gate.waiting) == 4
+    cancelled = asked[3]
+    cancelled[0].cancel(cancelled[1])
+    for client in clients:
+        client.connection.transport.reading = True
+    granted = list(gate.active)  # (connection, stream), in the order turns were given
+    for _ in range(10_000):
+        timed, moved = server.turn()
+        assert len(gate.active) <= 2, "at most 2 bodies at once"
+        granted += [key for key in gate.active if key not in granted]
+        if not (timed or moved):
+            break
+    served = [pair for pair in asked if pair != cancelled]
+    assert granted == [(server_side(c), s) for c, s in served], "turns in arrival order"
+    assert all(bytes(c.bodies[s]) == body for c, s in served)
+    assert not cancelled[0].bodies[cancelled[1]] and cancelled[1] not in cancelled[0].ended
+    assert not gate.active and not gate.waiting
+    assert server.metrics()["hps_h2_bodies_waiting"] == 0
+    quiet(server)
+
+
+def test_a_stalled_body_gives_its_turn_to_the_next_and_the_deadline_still_ends_it(
+        h2site) -> None:
+    send_timeout = 5.0
+    server, body = h2site(send_timeout=send_timeout)
+    gate = server.site.bodies
+    gate.limit = 1
+    stalled = connect_h2(server, window=0)
+    stuck = stalled.get(BIG)
+    server.settle()
+    waiting = wide_open(server)
+    second = waiting.get(BIG)
+    server.settle()
+    assert list(gate.waiting) and not waiting.bodies[second], "one turn, held by the stalled"
+    server.advance(STALL_SECONDS + 2 * SWEEP_SECONDS)
+    assert second in waiting.ended and bytes(waiting.bodies[second]) == body
+    assert stuck not in stalled.ended and stuck not in stalled.reset
+    server.advance(send_timeout)
+    assert stuck in stalled.reset, "cut by the send deadline"
+    assert not gate.active and not gate.waiting
+
+
+def test_data_frames_match_what_h2_itself_would_send() -> None:
+    """hps.http2.data_frames does h2's send_data bookkeeping itself: same bytes, same
+    windows, the same refusal once the stream is closed (a canary for h2's internals)."""
+    def pair() -> h2.connection.H2Connection:
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        client.initiate_connection()
+        client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+        client.increment_flow_control_window(1 << 20)
+        server.initiate_connection()
+        client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"),
+                                (":authority", "x")], end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(1, [(":status", "200")])
+        server.data_to_send()
+        return server
+
+    payload = bytes(range(256)) * 300  # 76,800 bytes: four whole frames and a short one
+    theirs, ours = pair(), pair()
+    for start in range(0, len(payload), FRAME_PAYLOAD):
+        theirs.send_data(1, payload[start:start + FRAME_PAYLOAD])
+    outbox, out = Outbox(), []
+    outbox.put(payload[:40_000])
+    outbox.put(payload[40_000:])
+    data_frames(ours, 1, outbox, len(payload), out)
+    assert b"".join(out) == theirs.data_to_send() and outbox.unsent == 0
+    assert ours.outbound_flow_control_window == theirs.outbound_flow_control_window
+    assert ours.local_flow_control_window(1) == theirs.local_flow_control_window(1)
+    ours.end_stream(1)
+    outbox.put(b"late")
+    with pytest.raises(h2.exceptions.StreamClosedError):
+        data_frames(ours, 1, outbox, 4, [])

@@ -29,6 +29,10 @@ class H2Client(Protocol):
                                              h2.settings.SettingCodes.ENABLE_PUSH: 0})
         self.auto_window = window is None
         self.bodies: dict[int, bytearray] = {}
+        self.frames: dict[int, list[int]] = {}
+        """Per stream: the payload size of each DATA frame received."""
+        self.order: list[int] = []
+        """Streams in the order their responses ended."""
         self.status: dict[int, int] = {}
         self.ended: set[int] = set()
         self.reset: set[int] = set()
@@ -78,11 +82,13 @@ class H2Client(Protocol):
             self.status[event.stream_id] = int(dict(event.headers)[b":status"])
         elif isinstance(event, h2.events.DataReceived):
             self.bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
+            self.frames.setdefault(event.stream_id, []).append(len(event.data))
             if self.auto_window and event.flow_controlled_length:
                 self.conn.acknowledge_received_data(event.flow_controlled_length,
                                                     event.stream_id)
         elif isinstance(event, h2.events.StreamEnded):
             self.ended.add(event.stream_id)
+            self.order.append(event.stream_id)
         elif isinstance(event, h2.events.StreamReset):
             self.reset.add(event.stream_id)
         elif isinstance(event, h2.events.ConnectionTerminated):
