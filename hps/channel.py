@@ -47,6 +47,7 @@ from hps.limits import (
     Limits,
     refuses_body,
 )
+from hps.replies import retry_later
 
 if TYPE_CHECKING:
     from hps.fastpath import Parsed, Reply
@@ -111,12 +112,7 @@ class ProbeRequest(PluginRequest):
         metrics.observe_shed()
         for name, value in EVERY_RESPONSE:
             self.setHeader(name, value)
-        status, body, _ = SHED
-        self.setResponseCode(int(status[:3]))
-        self.setHeader(b"retry-after", b"1")
-        self.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        self.setHeader(b"content-length", b"%d" % len(body))
-        self.write(body)
+        self.write(retry_later(self))
         self.finish()
 
 

@@ -35,6 +35,7 @@ from hps.negotiate import (
     variant_etag,
     variant_fields,
 )
+from hps.replies import answer_when, retry_later
 from hps.sender import H2Backlog, Sender, zero_copy
 from hps.variants import GzipFile, GzipVariants
 
@@ -194,26 +195,14 @@ class ArtifactFile(static.File):
         """Wait (at most GZIP_WAIT) for the variant, then answer: gzip on the wire from the
         first download, rather than identity to whoever comes before the compressor."""
         assert self.transfer.variants is not None
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def answer(_: object) -> None:
-            if gone:
-                return
-            body = self.respond(request, accept)
-            if body is not NOT_DONE_YET:
-                request.write(body)
-                request.finish()
-
         waiting = self.transfer.variants.when_ready(self.artifact)
         waiting.addTimeout(GZIP_WAIT, request.site.reactor)
-        waiting.addBoth(answer).addErrback(
-            lambda failure: self.log.failure("answering after a gzip wait", failure))
+        answer_when(request, waiting, lambda _: self.respond(request, accept))
 
     def respond(self, request: Request, accept: Accept) -> bytes | int:
         opened = self.transfer.open(self.artifact, accept)
         if opened is None:
-            return self.unavailable(request)
+            return retry_later(request)  # replaced meanwhile, or unreadable (logged)
         variant, source = opened
         for name, value in variant_headers(self.artifact, variant, self.transfer.policy):
             request.setHeader(name, value)
@@ -273,11 +262,3 @@ class ArtifactFile(static.File):
                         (transport or channel).abortConnection, H2Backlog.of(channel))
         request.registerProducer(sender, True)
         sender.start(flushed=False)
-
-    def unavailable(self, request: Request) -> bytes:
-        """503, retryable: the file changed since the scan, or cannot be read (logged)."""
-        request.setResponseCode(http.SERVICE_UNAVAILABLE)
-        request.setHeader(b"retry-after", b"1")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"plugin is being replaced or is unreadable, retry\n"
