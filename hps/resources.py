@@ -86,6 +86,9 @@ class Root(Resource):
 
     def route(self, segments: list[str]) -> Page | None:
         catalog = self.state.catalog
+        if not catalog.loaded and segments[:1] == [urls.PLUGINS]:
+            # Nothing is known yet, so nothing is final: the gateway never retries a 404.
+            return retry_later
         match segments:
             case [""]:
                 return self.landing
