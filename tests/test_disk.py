@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.certificates import self_signed
 from tests.support.permissions import owner_permissions
 from tests.support.server import Server, Tree
-from tests.test_tls import self_signed
 
 URL = "/plugins/demo/1.0.0/plugin.wasm"
 GET = f"GET {URL} HTTP/1.1\r\nHost: t\r\n\r\n".encode()

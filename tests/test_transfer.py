@@ -13,10 +13,10 @@ import pytest
 from hps._twisted import h2_unsent, inner_channel
 from hps.files import Source
 from hps.sender import H2_BACKLOG, READ_CHUNK
+from tests.support.certificates import self_signed
 from tests.support.h2client import connect_h2
 from tests.support.memory import SEND_BUFFER
 from tests.support.server import Tree, wasm_bytes
-from tests.test_tls import self_signed
 
 URL = "/plugins/demo/1.0.0/plugin.wasm"
 DATE_FREE = ("Date",)
