@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.polling import poll
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DEPLOY = REPO / "deploy"
@@ -298,19 +300,23 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 
 
 def wait_for(url: str, status: int, process: subprocess.Popen[bytes], deadline: float) -> bytes:
-    last: object = None
-    while time.monotonic() < deadline:
+    last: list[object] = [None]
+
+    def answered() -> tuple[bytes] | None:
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode} before {url} answered")
         try:
             code, body = fetch(url, timeout=2)
-            if code == status:
-                return body
-            last = code
         except OSError as err:
-            last = err
-        time.sleep(0.1)  # polls a real process until it answers
-    pytest.fail(f"{url} never answered {status} (last: {last})")
+            last[0] = err
+            return None
+        last[0] = code
+        return (body,) if code == status else None  # a tuple: an empty body is an answer
+
+    found = poll(answered, deadline - time.monotonic(), every=0.1)
+    if found is None:
+        pytest.fail(f"{url} never answered {status} (last: {last[0]})")
+    return found[0]
 
 
 @dataclass
