@@ -147,6 +147,8 @@ def test_hadolint_finds_nothing() -> None:
 
 
 def test_runtime_stage_shape() -> None:
+    """The image's final stage runs twistd hps as a fixed non-root UID on the exposed port with
+    a /healthz check, and only copies from the builder."""
     stage = runtime_stage()
     user = stage.last("USER") or ""
     uid = user.split(":")[0]
@@ -574,6 +576,8 @@ def test_everything_selects_the_same_pods() -> None:
 
 
 def test_deployment_is_hardened_and_outlives_the_drain() -> None:
+    """The Deployment runs non-root, read-only, with no capabilities and seccomp, bounded
+    resources, two spread replicas, and a grace period longer than the drain."""
     from hps.config import Config
 
     pod = the_deployment()["spec"]["template"]["spec"]

@@ -21,6 +21,8 @@ def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
 
 
 def test_metrics_after_some_requests(tree: Tree, harness) -> None:
+    """Requests, bytes, downloads and misses are counted per route and artifact, and a stalled
+    download shows while it lasts."""
     body = tree.add("key-auth", "1.0.0", size=10_000)
     tree.add("basic-auth", "2.0.0", size=300_000)  # more than a transport buffers
     server = harness(tree.root)
@@ -119,10 +121,12 @@ def test_a_download_cut_by_the_client_is_logged_and_counted(tree: Tree, harness)
     ("/plugins", 301, "redirect"), ("/favicon.ico", 405, "other"),
 ])
 def test_route_kinds(path: str, status: int, kind: str) -> None:
+    """The route label a request gets from its path and status."""
     assert route_kind(path, status) == kind
 
 
 def test_artifact_of() -> None:
+    """Only a module URL names a (plugin, version) for the per-artifact counters."""
     assert artifact_of(b"/plugins/a/1.0.0/plugin.wasm?x") == ("a", "1.0.0")
     assert artifact_of(b"/plugins/a/plugin.wasm") == ("", "")
     assert artifact_of(b"/other/a/1.0.0/plugin.wasm") == ("", "")

@@ -29,6 +29,8 @@ def etag(body: bytes) -> str:
 
 
 def test_add_replace_remove(tree: Tree, harness) -> None:
+    """A rescan serves added and replaced modules and drops removed ones; a download in flight
+    keeps the bytes it began with."""
     first = tree.add("hot", "1.0.0", size=300_000)
     server = harness(tree.root, gzip=False)
     in_flight = server.connect()

@@ -152,6 +152,8 @@ def test_a_client_leaving_abandons_only_its_wait(world) -> None:
 
 
 def test_a_source_that_answers_at_once(world) -> None:
+    """A fetch that fails before wait() returns still answers its waiter and leaves nothing
+    pending."""
     _, source, upstream, _ = world
     source.fetch = lambda name, version: fail(Missing("no"))
     assert isinstance(outcomes([upstream.wait("ai-proxy", "7.0.0")])[0], Missing)
@@ -430,6 +432,8 @@ def test_misses_stay_bounded_and_so_do_metric_labels() -> None:
 
 
 def test_templates_and_knobs() -> None:
+    """Upstream templates expand to references for valid versions only, and the pull-through
+    knobs are checked when the config is built."""
     ref = expand("oci://127.0.0.1:5000/plugins/${name}:${version}", "ai-proxy", "1.0.0")
     assert (ref.registry, ref.repository, ref.tag) == ("127.0.0.1:5000", "plugins/ai-proxy",
                                                        "1.0.0")

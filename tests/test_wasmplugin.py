@@ -93,6 +93,8 @@ def test_prints_a_pinned_wasmplugin_from_the_default_root() -> None:
 
 
 def test_options_reach_the_resource(tree: Path) -> None:
+    """--base-url, --namespace, --phase and --priority land in the WasmPlugin beside the
+    module's sha256."""
     result = hps(
         "basic-auth", "2.0.0", "--base-url", "https://plugins.example.com:8443",
         "--root", str(tree), "--namespace", "gateways", "--phase", "AUTHN", "--priority", "320",
