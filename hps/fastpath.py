@@ -1,11 +1,12 @@
 """A fast path for the plainest artifact downloads, in front of twisted.web's parser.
 
 twisted.web spends ~130 µs of per-request machinery on every download (a bare
-Twisted protocol serving the same bytes reaches nginx's rate); a gateway's ``GET /plugins/<name>/<version>/plugin.wasm`` needs
-none of it. This module answers exactly that request, with a prebuilt header
-block and ``os.sendfile`` from the verified descriptor (through the same
-:class:`hps.sender.Sender` and :class:`hps.transfer.Transfer` as twisted.web's
-responses), and hands *everything else* back to twisted.web untouched.
+Twisted protocol serving the same bytes reaches nginx's rate); a gateway's
+``GET /plugins/<name>/<version>/plugin.wasm`` needs none of it. This module answers
+exactly that request, with a prebuilt header block and ``os.sendfile`` from the
+verified descriptor (through the same :class:`hps.sender.Sender` and
+:class:`hps.transfer.Transfer` as twisted.web's responses), and hands *everything else*
+back to twisted.web untouched.
 
 The accepted subset is deliberately strict, so the two parsers can never
 disagree on where a request ends (the root of request smuggling):
