@@ -66,14 +66,14 @@ class Root(Resource):
         if clock is None:
             from twisted.internet import reactor as clock
         config = state.config
+        self.transfer = transfer or Transfer(Policy.from_config(
+            config.cache_max_age, config.immutable))
         self.listings = listings.Listings(
             clock, extra=lambda: misses.generation if misses is not None else 0,
-            compress=config.gzip)
+            compress=self.transfer.variants is not None)
         self.state = state
         self.misses = misses
         self.upstream = upstream
-        self.transfer = transfer or Transfer(Policy.from_config(
-            config.cache_max_age, config.immutable, config.gzip))
 
     def render(self, request: Request) -> bytes | int:
         if request.method not in (b"GET", b"HEAD"):
