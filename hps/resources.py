@@ -19,12 +19,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from hps import listings, metrics, pages, urls
+from hps.artifact import ArtifactResource
 from hps.catalog import Artifact, Catalog
 from hps.guard import MODULE_FILE, Verdict, accept_name, accept_version, judge_path
 from hps.misses import Misses
 from hps.replies import SHORT, TEXT, answer_when, not_found, reply, retry_later, text
 from hps.state import ServerState
-from hps.transfer import ArtifactFile, Policy, Transfer
+from hps.transfer import Policy, Transfer
 from hps.upstream import RETRY_AFTER, Missing, Upstream
 
 ALLOWED = b"GET, HEAD"
@@ -65,14 +66,14 @@ class Root(Resource):
         if clock is None:
             from twisted.internet import reactor as clock
         config = state.config
+        self.transfer = transfer or Transfer(Policy.from_config(
+            config.cache_max_age, config.immutable))
         self.listings = listings.Listings(
             clock, extra=lambda: misses.generation if misses is not None else 0,
-            compress=config.gzip)
+            compress=self.transfer.variants is not None)
         self.state = state
         self.misses = misses
         self.upstream = upstream
-        self.transfer = transfer or Transfer(Policy.from_config(
-            config.cache_max_age, config.immutable, config.gzip))
 
     def render(self, request: Request) -> bytes | int:
         if request.method not in (b"GET", b"HEAD"):
@@ -142,7 +143,7 @@ class Root(Resource):
     def file_page(self, artifact: Artifact, file: str) -> Page:
         """``plugin.wasm`` or ``metadata.txt`` of one artifact."""
         if file == MODULE_FILE:
-            return ArtifactFile(artifact, self.transfer).render
+            return ArtifactResource(artifact, self.transfer).render
         body = pages.metadata_text(artifact)
         return lambda request: reply(request, http.OK, body, TEXT, SHORT)
 

@@ -25,6 +25,7 @@ from hps import upstream as upstream_module
 from hps.catalog import Artifact, examine, scan, scan_trees
 from hps.config import Config, ConfigError, build
 from hps.misses import MAX_PAIRS, Misses
+from hps.pull.properties import expand
 from hps.service import make_service
 from hps.state import ServerState
 from hps.upstream import (
@@ -33,7 +34,6 @@ from hps.upstream import (
     Unavailable,
     Upstream,
     empty,
-    expand,
     make_upstream,
 )
 from tests.support.memory import Connection, Harness, Reactor
