@@ -147,7 +147,6 @@ class CatalogLoader:
             self.log.warn("skipped {reason}", reason=reason)
         self.state.swap(fresh)
         metrics.observe_reload(True)
-        metrics.observe_catalog(len(fresh))
         if len(fresh) != len(old) or not old.loaded:
             self.log.info("catalog holds {count} artifacts from {root}",
                           count=len(fresh), root=fresh.root)
@@ -164,6 +163,7 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> MultiSe
     if reactor is None:
         from twisted.internet import reactor
     state = ServerState(config=config, catalog=catalog.unloaded(config.root))
+    metrics.track_catalog(lambda: len(state.catalog))
     # One transfer (policy, open files, gzip variants), shared by twisted.web and the fast path.
     run = in_threads(reactor)
     # The one place the gzip knob is read: without variants, nothing is served gzipped.
