@@ -22,6 +22,7 @@ from hps import listings, metrics, pages, urls
 from hps.catalog import Artifact, Catalog
 from hps.guard import MODULE_FILE, Verdict, accept_name, accept_version, judge_path
 from hps.misses import Misses
+from hps.served import Change, ServedRecord
 from hps.state import ServerState
 from hps.transfer import ArtifactFile, Policy, Transfer
 from hps.upstream import RETRY_AFTER, Missing, Upstream
@@ -78,7 +79,7 @@ class Root(Resource):
     log = Logger()
     def __init__(self, state: ServerState, transfer: Transfer | None = None,
                  misses: Misses | None = None, upstream: Upstream | None = None,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, served: ServedRecord | None = None) -> None:
         super().__init__()
         if clock is None:
             from twisted.internet import reactor as clock
@@ -89,6 +90,7 @@ class Root(Resource):
         self.state = state
         self.misses = misses
         self.upstream = upstream
+        self.served = served
         self.transfer = transfer or Transfer(Policy.from_config(
             config.cache_max_age, config.immutable, config.gzip))
 
@@ -119,9 +121,9 @@ class Root(Resource):
                 return self.listing(catalog, ("plugins",), HTML, heavy=True,
                                     make=lambda: pages.plugins_page(catalog))
             case [urls.PLUGINS, urls.INDEX_FILE]:
-                missing = self.missing()  # read here, on the reactor thread
-                return self.listing(catalog, ("index",), JSON, heavy=True,
-                                    make=lambda: pages.index_json(catalog, missing=missing))
+                missing, changed = self.missing(), self.changed()  # read on the reactor thread
+                return self.listing(catalog, ("index",), JSON, heavy=True, make=lambda:
+                                    pages.index_json(catalog, missing=missing, changed=changed))
             case [urls.PLUGINS, name, version, file] if file in urls.PLUGIN_FILES and (
                     catalog.get(name, version) is None
                     and accept_name(name) and accept_version(version)):
@@ -212,10 +214,15 @@ class Root(Resource):
     def missing(self) -> list | None:
         return self.misses.missing(self.state.catalog) if self.misses is not None else None
 
+    def changed(self) -> tuple[Change, ...]:
+        """Swapped in with the catalog (hps.served), so a page built per snapshot is current."""
+        return self.served.changed if self.served is not None else ()
+
     def landing(self, request: Request) -> bytes:
         source = (self.upstream.templates, self.upstream.allow) if self.upstream else None
         body = pages.landing_page(self.state.catalog, base_url(request),
-                                  missing=self.missing() or [], pull_through=source)
+                                  missing=self.missing() or [], pull_through=source,
+                                  changed=self.changed())
         return reply(request, http.OK, body, "text/html; charset=utf-8", SHORT)
 
     def readiness(self, request: Request) -> bytes:
