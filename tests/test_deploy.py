@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.monitoring import alert_rules, tool, write_rules
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DEPLOY = REPO / "deploy"
@@ -672,7 +674,7 @@ def check_monitoring(doc: dict[str, Any]) -> None:
         assert [(e["port"], e["path"]) for e in spec["endpoints"]] == [("http", "/metrics")]
         assert {e["port"] for e in spec["endpoints"]} <= names
         return
-    for rule in alert_rules(doc):
+    for rule in alert_rules(doc["spec"]):
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
         assert rule["labels"]["severity"] in SEVERITIES
         assert set(rule["annotations"]) == {"summary", "runbook_url"}
@@ -682,33 +684,16 @@ def prometheus_rule() -> dict[str, Any]:
     return objects()["PrometheusRule/higress-plugin-server"]
 
 
-def alert_rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    return [rule for group in doc["spec"]["groups"] for rule in group["rules"]]
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is required (apt-get install prometheus)")
-    return found
-
-
-def rules_file(directory: Path) -> Path:
-    """The PrometheusRule's spec is a Prometheus rules file as it stands."""
-    path = directory / "rules.yaml"
-    path.write_text(yaml.safe_dump(prometheus_rule()["spec"]), encoding="utf-8")
-    return path
-
-
 def test_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
-    result = subprocess.run([tool("promtool"), "check", "rules", str(rules_file(tmp_path))],
+    result = subprocess.run([tool("promtool"), "check", "rules", str(write_rules(tmp_path))],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(alert_rules(prometheus_rule()))} rules found" in result.stdout
+    count = len(alert_rules(prometheus_rule()["spec"]))
+    assert f"SUCCESS: {count} rules found" in result.stdout
 
 
 def test_each_alert_fires_and_stays_silent_under_promtool_test(tmp_path: Path) -> None:
-    rules_file(tmp_path)
+    write_rules(tmp_path)
     shutil.copy(RULES_TEST, tmp_path / RULES_TEST.name)
     result = subprocess.run([tool("promtool"), "test", "rules", RULES_TEST.name], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120, check=False)
@@ -718,13 +703,13 @@ def test_each_alert_fires_and_stays_silent_under_promtool_test(tmp_path: Path) -
              for case in test["alert_rule_test"]]
     fired = {case["alertname"] for case in cases if case["exp_alerts"]}
     silent = {case["alertname"] for case in cases if not case["exp_alerts"]}
-    alerts = {rule["alert"] for rule in alert_rules(prometheus_rule())}
+    alerts = {rule["alert"] for rule in alert_rules(prometheus_rule()["spec"])}
     assert fired == silent == alerts
 
 
 def test_each_alert_has_a_one_line_runbook() -> None:
     lines = OPERATIONS.read_text(encoding="utf-8").splitlines()
-    for rule in alert_rules(prometheus_rule()):
+    for rule in alert_rules(prometheus_rule()["spec"]):
         assert rule["annotations"]["runbook_url"] == (
             f"docs/operations.md#{rule['alert'].lower()}")
         heading = lines.index(f"### {rule['alert']}")
