@@ -24,7 +24,7 @@ import yaml
 
 from tests.support.monitoring import metric_names, tool, write_rules
 from tests.support.registry import free_port
-from tests.support.server import Server, Tree, wasm_bytes
+from tests.support.server import Server, Tree, stop_process, wasm_bytes
 
 JOB = "higress-plugin-server"  # the ServiceMonitor's job label: the Service's name
 DEADLINE = 60.0
@@ -81,13 +81,7 @@ class Prometheus:
                 if a["labels"]["alertname"] == name and a["state"] == "firing"]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15)
 
 
 @pytest.fixture
