@@ -1,17 +1,19 @@
 """A fast path for the plainest artifact downloads, in front of twisted.web's parser.
 
-twisted.web spends ~130 µs of per-request machinery on every download (see
-NOTES.md); a gateway's ``GET /plugins/<name>/<version>/plugin.wasm`` needs
-none of it. This module answers exactly that request, with a prebuilt header
-block and ``os.sendfile`` from the verified descriptor (through the same
-:class:`hps.sender.Sender` and :class:`hps.transfer.Transfer` as twisted.web's
-responses), and hands *everything else* back to twisted.web untouched.
+twisted.web spends ~130 µs of per-request machinery on every download (a bare
+Twisted protocol serving the same bytes reaches nginx's rate); a gateway's
+``GET /plugins/<name>/<version>/plugin.wasm`` needs none of it. This module answers
+exactly that request, with a prebuilt header block and ``os.sendfile`` from the
+verified descriptor (through the same :class:`hps.sender.Sender` and
+:class:`hps.transfer.Transfer` as twisted.web's responses), and hands *everything else*
+back to twisted.web untouched.
 
 The accepted subset is deliberately strict, so the two parsers can never
 disagree on where a request ends (the root of request smuggling):
 
 - ``data`` is one whole request: it ends at its first blank line, no body, no
-  pipelined second request, at most MAX_REQUEST bytes and MAX_HEADERS lines;
+  pipelined second request, at most STRICT_MAX_REQUEST bytes and STRICT_MAX_HEADERS lines
+  (:func:`hps.head.parse_request` decides);
 - ``GET`` or ``HEAD``, ``HTTP/1.1``, target exactly
   ``/plugins/<name>/<version>/plugin.wasm`` in characters needing no decoding
   (no ``%``, no ``?``, no dot-first segments; :func:`hps.urls.module_target`);
@@ -34,10 +36,8 @@ they change nothing in an artifact response.
 from __future__ import annotations
 
 import os
-import re
 import socket
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
@@ -48,16 +48,12 @@ from hps._twisted import inner_channel, wake_when_writable
 from hps.catalog import Artifact, Catalog
 from hps.channel import PluginChannel
 from hps.files import Source
-from hps.head import host_ok, keeps_alive
+from hps.head import Parsed, parse_request
 from hps.headers import EVERY_RESPONSE_LINES
-from hps.negotiate import NO_PREFERENCE, Accept, preferences
 from hps.sender import Sender, zero_copy
 from hps.state import ServerState
 from hps.transfer import Transfer, Variant, variant_headers
-from hps.urls import LISTING, module_target
 
-MAX_REQUEST = 8192
-MAX_HEADERS = 64
 PAUSE_READING_AT = 16384
 PARSED_CACHE = 256
 PARSED_KEY_LIMIT = 1024
@@ -65,83 +61,8 @@ PARSED_KEY_LIMIT = 1024
 are remembered by request bytes: at most PARSED_CACHE requests of under
 PARSED_KEY_LIMIT bytes each (a Go client's request is ~150 bytes), so well under 1 MiB."""
 
-_FIELD = re.compile(
-    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
-    rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*\Z"
-)
-_REFUSED = frozenset({
-    b"content-length", b"transfer-encoding", b"range", b"expect", b"upgrade",
-    b"http2-settings", b"te", b"trailer",
-})
-_SINGLE = (b"host", b"accept-encoding", b"connection")
-_PREFIXES = (b"GET " + LISTING.encode(), b"HEAD " + LISTING.encode())
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """What the fast path needs of one request; anything else it refused.
-
-    Shared by every request with the same bytes (see ``ArtifactFastPath.parse``), so
-    nothing may change it after parsing.
-    """
-
-    method: bytes
-    target: bytes
-    name: str
-    version: str
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-    close: bool = False
-    accept: Accept = NO_PREFERENCE
-    head: bool = False
-
-
-def parse_request(data: bytes) -> Parsed | None:
-    """Parse ``data`` if it is one request of the strict subset, else None."""
-    if len(data) > MAX_REQUEST or not data.startswith(_PREFIXES):
-        return None
-    end = data.find(b"\r\n\r\n")
-    if end != len(data) - 4:
-        return None  # incomplete, or more bytes after the head: twisted.web frames it
-    lines = data[:end].split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or len(lines) > MAX_HEADERS:
-        return None
-    target = module_target(parts[1])
-    if target is None:
-        return None
-    headers = _parse_fields(lines[1:])
-    if headers is None:
-        return None
-    connection = headers.get(b"connection")
-    return Parsed(parts[0], parts[1], *target, headers,
-                  not keeps_alive(b"HTTP/1.1", connection and [connection]),
-                  preferences(headers.get(b"accept-encoding")), parts[0] == b"HEAD")
-
-
-def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
-    """Header lines to {lower name: value} for the few names used; None to refuse."""
-    seen: dict[bytes, bytes] = {}
-    hosts = 0
-    for line in lines:
-        match = _FIELD.match(line)
-        if match is None:
-            return None
-        name = match.group(1).lower()
-        if name in _REFUSED or name.startswith(b"if-"):
-            return None
-        if name in _SINGLE:
-            if name in seen:
-                return None
-            seen[name] = match.group(2)
-            hosts += name == b"host"
-        elif name in (b"user-agent", b"referer", b"x-forwarded-for"):
-            seen[name] = match.group(2)
-    connection = seen.get(b"connection")
-    if hosts != 1 or not host_ok([seen[b"host"]], b"HTTP/1.1"):
-        return None  # twisted.web's channel answers 400 by the same rule
-    if connection is not None and connection.lower() not in (b"keep-alive", b"close"):
-        return None
-    return seen
+AccessMemo = tuple[Parsed, int, int, str | None]
+"""A connection's last (request, body size, second, access line), reused within a second."""
 
 
 def send_head(channel: PluginChannel, head: bytes, more: bool) -> bool:
@@ -263,7 +184,7 @@ class ArtifactFastPath:
         """
         download = None if parsed.head else (parsed.name, parsed.version)
         site = channel.site
-        memo = channel.fast_line
+        memo = cast("AccessMemo | None", channel.fast_line)
         if memo is not None and memo[0] is parsed and memo[1] == nbytes and memo[2] == second:
             site.finished_fast(nbytes, download, memo[3])
             return

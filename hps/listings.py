@@ -37,6 +37,7 @@ from twisted.web import http
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from hps import replies
 from hps.catalog import Catalog
 from hps.negotiate import GZIP, Accept, not_modified, requested, variant_etag, variant_fields
 from hps.work import in_threads
@@ -48,7 +49,7 @@ REBUILD_EVERY = 5.0
 GZIP_ABOVE = 1024
 CHUNK = 65536
 """Pieces a body is pre-split into, handed to every transport as they are (shared, no copy)."""
-CACHE_CONTROL = b"public, max-age=10"
+CACHE_CONTROL = replies.SHORT.encode()
 
 Key = tuple[str, ...]
 Build = Callable[[], bytes]
@@ -217,23 +218,6 @@ def answer(request: Request, page: Rendered | Deferred) -> bytes | int:
     """:func:`send` now, or when the page is built (503 if that failed)."""
     if isinstance(page, Rendered):
         return send(request, page)
-    gone: list[bool] = []
-    request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-    def ready(rendered: Rendered | None) -> None:
-        if gone:
-            return
-        if rendered is None:
-            request.setResponseCode(http.SERVICE_UNAVAILABLE)
-            request.setHeader(b"retry-after", b"1")
-            request.setHeader(b"cache-control", b"no-store")
-            body = b""
-        else:
-            body = send(request, rendered)
-        if body is not NOT_DONE_YET:
-            request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
-            request.finish()
-
-    page.addCallback(ready)
-    return NOT_DONE_YET
+    return replies.answer_when(request, page, lambda rendered: (
+        send(request, rendered) if isinstance(rendered, Rendered)
+        else replies.retry_later(request)))

@@ -1,9 +1,9 @@
 """Sending one artifact: which variant, which validators, which span, and its bytes.
 
-``ArtifactFile`` stays a ``static.File`` for twisted.web, but every decision is
-made by the pure functions in :mod:`hps.negotiate` and by :class:`Transfer`, both
-shared with :mod:`hps.fastpath`, and the bytes move through one
-:class:`hps.sender.Sender` (sendfile on plain TCP, bounded reads elsewhere).
+The shared model of an artifact response: the :class:`Policy`, the :class:`Variant`
+and its headers, and :class:`Transfer` (open files, gzip variants, the choice between
+them). Both writers use it: twisted.web's :mod:`hps.artifact` and :mod:`hps.fastpath`;
+every HTTP decision is a pure function of :mod:`hps.negotiate`.
 
 The body always matches the headers: the descriptor a response reads from was
 opened and checked against the identity the catalog hashed (see
@@ -15,27 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.logger import Logger
-from twisted.web import http, static
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web import http
 
 from hps.catalog import Artifact, Catalog, Identity
 from hps.files import FileTable, Replaced, Source
 from hps.negotiate import (
     GZIP,
-    UNSATISFIABLE,
     Accept,
-    Span,
-    not_modified,
-    pick_range,
-    range_applies,
-    requested,
     variant_etag,
     variant_fields,
 )
-from hps.sender import H2Backlog, Sender, zero_copy
 from hps.variants import GzipFile, GzipVariants
 
 WASM_TYPE = b"application/wasm"
@@ -165,119 +156,3 @@ class Transfer:
                 self.log.warn("{path} is unreadable ({why}); answering 503 until it is "
                               "readable or gone", path=artifact.path, why=err.strerror)
         return None
-
-
-class ArtifactFile(static.File):
-    """One artifact through twisted.web: conditionals, ranges, gzip, bytes via a Sender."""
-
-    log = Logger()
-
-    def __init__(self, artifact: Artifact, transfer: Transfer) -> None:
-        super().__init__(artifact.path, defaultType="application/octet-stream")
-        self.type, self.encoding = WASM_TYPE.decode(), None
-        self.artifact, self.transfer = artifact, transfer
-
-    def getFileSize(self) -> int:
-        return self.artifact.size
-
-    def getModificationTime(self) -> float:
-        return self.artifact.mtime
-
-    def render_GET(self, request: Request) -> bytes | int:
-        accept = requested(request.requestHeaders)
-        if self.transfer.gzip_pending(self.artifact, accept):
-            self.respond_when_ready(request, accept)
-            return NOT_DONE_YET
-        return self.respond(request, accept)
-
-    def respond_when_ready(self, request: Request, accept: Accept) -> None:
-        """Wait (at most GZIP_WAIT) for the variant, then answer: gzip on the wire from the
-        first download, rather than identity to whoever comes before the compressor."""
-        assert self.transfer.variants is not None
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def answer(_: object) -> None:
-            if gone:
-                return
-            body = self.respond(request, accept)
-            if body is not NOT_DONE_YET:
-                request.write(body)
-                request.finish()
-
-        waiting = self.transfer.variants.when_ready(self.artifact)
-        waiting.addTimeout(GZIP_WAIT, request.site.reactor)
-        waiting.addBoth(answer).addErrback(
-            lambda failure: self.log.failure("answering after a gzip wait", failure))
-
-    def respond(self, request: Request, accept: Accept) -> bytes | int:
-        opened = self.transfer.open(self.artifact, accept)
-        if opened is None:
-            return self.unavailable(request)
-        variant, source = opened
-        for name, value in variant_headers(self.artifact, variant, self.transfer.policy):
-            request.setHeader(name, value)
-        span = self.decide(request, variant)
-        if span is None or request.method == b"HEAD":
-            request.write(b"")
-            request.finish()
-            return NOT_DONE_YET
-        self.send(request, source, span)
-        return NOT_DONE_YET
-
-    render_HEAD = render_GET
-
-    def decide(self, request: Request, variant: Variant) -> Span | None:
-        """Set the status and length; return the span to send (None: no body)."""
-        mtime = self.artifact.mtime
-        if not_modified(request.getHeader(b"if-none-match"),
-                        request.getHeader(b"if-modified-since"), variant.etag, mtime):
-            request.setResponseCode(http.NOT_MODIFIED)
-            return None
-        wanted = None
-        if range_applies(request.getHeader(b"if-range"), variant.etag, mtime):
-            wanted = pick_range(request.getHeader(b"range"), variant.size)
-        if wanted is UNSATISFIABLE:
-            request.setResponseCode(http.REQUESTED_RANGE_NOT_SATISFIABLE)
-            request.setHeader(b"content-range", b"bytes */%d" % variant.size)
-            request.setHeader(b"content-length", b"0")
-            return None
-        if isinstance(wanted, tuple):
-            request.setResponseCode(http.PARTIAL_CONTENT)
-            request.setHeader(b"content-range",
-                              b"bytes %d-%d/%d" % (wanted[0], wanted[1], variant.size))
-            span = wanted
-        else:
-            span = (0, variant.size - 1)
-        request.setHeader(b"content-length", b"%d" % (span[1] - span[0] + 1))
-        return span
-
-    def send(self, request: Request, source: Source, span: Span) -> None:
-        channel: Any = request.channel
-        transport = channel.transport  # None on HTTP/2: the stream is the consumer
-        direct = zero_copy(transport)
-        keep_alive = getattr(channel, "progress", None)
-
-        def progress(count: int) -> None:
-            if direct:
-                request.sentLength += count  # request.write counted the others
-            if keep_alive is not None:
-                keep_alive()
-
-        def finished() -> None:
-            request.unregisterProducer()
-            request.finish()
-
-        request.write(b"")  # the head goes first
-        sender = Sender(source, span, transport, request.write, progress, finished,
-                        (transport or channel).abortConnection, H2Backlog.of(channel))
-        request.registerProducer(sender, True)
-        sender.start(flushed=False)
-
-    def unavailable(self, request: Request) -> bytes:
-        """503, retryable: the file changed since the scan, or cannot be read (logged)."""
-        request.setResponseCode(http.SERVICE_UNAVAILABLE)
-        request.setHeader(b"retry-after", b"1")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"plugin is being replaced or is unreadable, retry\n"

@@ -17,7 +17,7 @@ from hps import fastpath
 from hps._twisted import inner_channel
 from hps.catalog import Catalog, scan
 from hps.config import Config
-from hps.fastpath import parse_request
+from hps.head import parse_request
 from hps.resources import Root
 from hps.site import PluginSite
 from hps.state import ServerState
