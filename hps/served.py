@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +39,7 @@ from twisted.python.failure import Failure
 from hps.atomic import staged
 from hps.catalog import Catalog
 from hps.guard import DIGEST, accept_name, accept_version
-from hps.owned import own_dir
+from hps.owned import own_writable_dir
 from hps.work import Runner
 
 RECORD_DIR = "record"
@@ -97,9 +96,7 @@ class ServedRecord:
     def _usable(self, directory: str) -> str | None:
         """The record file's path if its directory is hps's own and writable; else None."""
         try:
-            own_dir(directory)
-            with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
-                pass
+            own_writable_dir(directory)
         except OSError as err:
             self.log.warn("cannot keep the record of served digests in {directory}: {why}; "
                           "it is kept in memory only (a restart forgets it)",
