@@ -29,7 +29,7 @@ from hps.negotiate import (
 )
 from hps.replies import answer_when, retry_later
 from hps.sender import H2Backlog, Sender, zero_copy
-from hps.transfer import GZIP_WAIT, Transfer, Variant, variant_headers
+from hps.transfer import GZIP_WAIT, ArtifactVariant, Transfer
 
 
 class ArtifactResource(Resource):
@@ -61,7 +61,7 @@ class ArtifactResource(Resource):
         if opened is None:
             return retry_later(request)  # replaced meanwhile, or unreadable (logged)
         variant, source = opened
-        for name, value in variant_headers(self.artifact, variant, self.transfer.policy):
+        for name, value in variant.fields:
             request.setHeader(name, value)
         span = self.decide(request, variant)
         if span is None or request.method == b"HEAD":
@@ -73,7 +73,7 @@ class ArtifactResource(Resource):
 
     render_HEAD = render_GET
 
-    def decide(self, request: Request, variant: Variant) -> Span | None:
+    def decide(self, request: Request, variant: ArtifactVariant) -> Span | None:
         """Set the status and length; return the span to send (None: no body)."""
         mtime = self.artifact.mtime
         if not_modified(request.getHeader(b"if-none-match"),

@@ -45,14 +45,13 @@ from twisted.web import http
 from twisted.web.server import Site
 
 from hps._twisted import inner_channel, wake_when_writable
-from hps.catalog import Artifact, Catalog
 from hps.channel import PluginChannel
 from hps.files import Source
 from hps.head import Parsed, parse_request
 from hps.headers import EVERY_RESPONSE_LINES
 from hps.sender import Sender, zero_copy
 from hps.state import ServerState
-from hps.transfer import Transfer, Variant, variant_headers
+from hps.transfer import ArtifactVariant, Transfer
 
 PAUSE_READING_AT = 16384
 PARSED_CACHE = 256
@@ -109,8 +108,6 @@ class ArtifactFastPath:
     def __init__(self, state: ServerState, transfer: Transfer) -> None:
         self.state, self.transfer = state, transfer
         self.clock = Clock()
-        self.blocks: dict[tuple[Artifact, bytes], bytes] = {}
-        self.openings: dict[tuple[Artifact, bytes, bool, bool], tuple[bytes, bytes]] = {}
         self.parsed: dict[bytes, Parsed | None] = {}
 
     def parse(self, data: bytes) -> Parsed | None:
@@ -125,10 +122,6 @@ class ArtifactFastPath:
                 self.parsed.clear()
             self.parsed[data] = parsed
         return parsed
-
-    def on_swap(self, old: Catalog, new: Catalog) -> None:
-        self.blocks.clear()
-        self.openings.clear()
 
     def handle(self, channel: PluginChannel, data: bytes) -> bool:
         reply = channel.fast_reply
@@ -154,8 +147,7 @@ class ArtifactFastPath:
         variant, source = opened
         second = int(channel.now())
         body = not parsed.head
-        flushed = send_head(channel, self.opening(artifact, variant, parsed.close,
-                                                  parsed.head, second), body)
+        flushed = send_head(channel, self.opening(variant, parsed.close, second), body)
         sent = 0
         if body and flushed:
             sent = send_inline(transport.fileno(), source, variant.size)
@@ -204,32 +196,18 @@ class ArtifactFastPath:
                     uri=parsed.target, proto=b"HTTP/1.1", nbytes=nbytes,
                     referer=headers.get(b"referer"), agent=headers.get(b"user-agent"))
 
-    def fixed_headers(self, artifact: Artifact, variant: Variant) -> bytes:
-        """The headers of one variant of one artifact (keyed by the artifact's whole
-        identity: copies of the same bytes differ in Last-Modified)."""
-        key = (artifact, variant.etag)
-        fixed = self.blocks.get(key)
-        if fixed is None:
-            pairs = variant_headers(artifact, variant, self.transfer.policy)
-            lines = [b"%s: %s\r\n" % pair for pair in pairs]
-            lines.append(b"Content-Length: %d\r\n" % variant.size)
-            fixed = self.blocks[key] = b"".join(lines)
-        return fixed
-
-    def opening(self, artifact: Artifact, variant: Variant, close: bool, head: bool,
-                second: int) -> bytes:
-        """Status line and headers, built once a second and shared by every response."""
+    def opening(self, variant: ArtifactVariant, close: bool, second: int) -> bytes:
+        """Status line and headers, built once a second and shared by every response (kept
+        with the variant: one memo per artifact response, cleared with the catalog)."""
         date = self.clock.at(second)
-        key = (artifact, variant.etag, close, head)
-        cached = self.openings.get(key)
+        cached = variant.openings.get(close)
         if cached is not None and cached[0] is date:
             return cached[1]
         block = b"".join((
             b"HTTP/1.1 200 OK\r\n", EVERY_RESPONSE_LINES, b"Date: ", date, b"\r\n",
-            self.fixed_headers(artifact, variant),
-            b"Connection: close\r\n\r\n" if close else b"\r\n",
+            variant.lines, b"Connection: close\r\n\r\n" if close else b"\r\n",
         ))
-        self.openings[key] = (date, block)
+        variant.openings[close] = (date, block)
         return block
 
 
@@ -245,7 +223,7 @@ class Reply:
     """One fast-path response that outlives the read event that brought its request."""
 
     def __init__(self, path: ArtifactFastPath, channel: PluginChannel, parsed: Parsed,
-                 variant: Variant, source: Source, sent: int) -> None:
+                 variant: ArtifactVariant, source: Source, sent: int) -> None:
         self.path, self.channel, self.parsed = path, channel, parsed
         self.variant, self.source, self.sent = variant, source, sent
         self.pending: list[bytes] = []
@@ -303,7 +281,6 @@ class Reply:
 def install(state: ServerState, site: Site, transfer: Transfer) -> ArtifactFastPath:
     """Put a fast path, sharing the site's transfer, in front of every channel."""
     fast = ArtifactFastPath(state, transfer)
-    state.on_swap.append(fast.on_swap)
     build = site.protocol
 
     def protocol() -> IProtocol:

@@ -39,7 +39,15 @@ from zope.interface import implementer
 
 from hps import replies
 from hps.catalog import Catalog
-from hps.negotiate import GZIP, Accept, not_modified, requested, variant_etag, variant_fields
+from hps.negotiate import (
+    GZIP,
+    Accept,
+    Variant,
+    not_modified,
+    requested,
+    variant_etag,
+    variant_fields,
+)
 from hps.work import in_threads
 
 THREAD_ABOVE = 500
@@ -55,14 +63,8 @@ Key = tuple[str, ...]
 Build = Callable[[], bytes]
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One encoding of a page."""
-
-    etag: bytes
-    encoding: bytes | None
-    size: int
-    chunks: tuple[bytes, ...]
+PageVariant = Variant[tuple[bytes, ...]]
+"""One encoding of a page: its body in chunks."""
 
 
 def split(data: bytes) -> tuple[bytes, ...]:
@@ -100,11 +102,10 @@ class Chunks:
 class Rendered:
     """One page, both encodings, ready to send to any number of clients."""
 
-    content_type: bytes
-    identity: Variant
-    gzipped: Variant | None
+    identity: PageVariant
+    gzipped: PageVariant | None
 
-    def variant(self, accept: Accept) -> Variant:
+    def variant(self, accept: Accept) -> PageVariant:
         """The variant ``accept`` chooses (the same rule as artifacts')."""
         if self.gzipped is not None and accept.wants_gzip():
             return self.gzipped
@@ -112,16 +113,22 @@ class Rendered:
 
 
 def render(body: bytes, content_type: str, compress: bool = True) -> Rendered:
-    """Hash and, with ``compress`` (the ``gzip`` knob), compress ``body`` once (may run in
-    a thread: touches nothing shared)."""
+    """Hash and, with ``compress`` (gzip on), compress ``body`` once (may run in a thread:
+    touches nothing shared)."""
     etag = b'"%s"' % hashlib.sha256(body).hexdigest()[:40].encode()
-    identity = Variant(etag, None, len(body), split(body))
-    gzipped = None
+    packed = None
     if compress and len(body) > GZIP_ABOVE:
         packed = gzip.compress(body, compresslevel=6, mtime=0)
-        if len(packed) < len(body):
-            gzipped = Variant(variant_etag(etag, GZIP), GZIP, len(packed), split(packed))
-    return Rendered(content_type.encode(), identity, gzipped)
+        packed = packed if len(packed) < len(body) else None
+
+    def variant(data: bytes, encoding: bytes | None) -> PageVariant:
+        tag = variant_etag(etag, encoding)
+        # A page's variants are fixed when it is built: negotiable only if it has a gzip one.
+        fields = ((b"Content-Type", content_type.encode()), (b"Cache-Control", CACHE_CONTROL),
+                  *variant_fields(tag, encoding, packed is not None))
+        return Variant(tag, encoding, len(data), fields, split(data))
+
+    return Rendered(variant(body, None), None if packed is None else variant(packed, GZIP))
 
 
 class Listings:
@@ -188,11 +195,7 @@ class Listings:
 def send(request: Request, rendered: Rendered) -> bytes | int:
     """Answer ``request`` with ``rendered``: 200 (body or HEAD) or 304."""
     variant = rendered.variant(requested(request.requestHeaders))
-    request.setHeader(b"content-type", rendered.content_type)
-    request.setHeader(b"cache-control", CACHE_CONTROL)
-    # A page's variants are fixed when it is built: negotiable only if it has a gzip one.
-    for name, value in variant_fields(variant.etag, variant.encoding,
-                                      rendered.gzipped is not None):
+    for name, value in variant.fields:
         request.setHeader(name, value)
     if not_modified(request.getHeader(b"if-none-match"), None, variant.etag, 0):
         request.setResponseCode(http.NOT_MODIFIED)
@@ -200,9 +203,9 @@ def send(request: Request, rendered: Rendered) -> bytes | int:
     request.setHeader(b"content-length", b"%d" % variant.size)
     if request.method == b"HEAD":
         return _no_body(request)
-    if len(variant.chunks) == 1:
-        return variant.chunks[0]
-    producer = Chunks(request, variant.chunks)
+    if len(variant.body) == 1:
+        return variant.body[0]
+    producer = Chunks(request, variant.body)
     request.registerProducer(producer, True)
     producer.resumeProducing()
     return NOT_DONE_YET

@@ -29,7 +29,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hps import urls
-from hps.guard import MODULE_FILE
 
 # ``*_created`` series double the scrape for no use here; the setting is process-wide.
 disable_created_metrics()
@@ -159,27 +158,14 @@ READY = Gauge("hps_ready", "1 while /readyz answers 200, else 0 (catalog not loa
               "empty, or draining).", registry=REGISTRY)
 
 
-def route_kind(path: str, status: int) -> str:
-    """The route label for a request path (without query) and its status."""
+def route_label(route: str, status: int) -> str:
+    """The ``route`` label of a response: the kind the router chose, unless the status says
+    the page was not there (404) or elsewhere (a redirect)."""
     if status == 404:
         return "notfound"
     if status in (301, 302, 307, 308):
         return "redirect"
-    match path:
-        case "/":
-            return "landing"
-        case "/healthz":
-            return "health"
-        case "/readyz":
-            return "ready"
-        case "/metrics":
-            return "metrics"
-    if path.startswith(urls.LISTING):
-        return _FILE_KINDS.get(path.rsplit("/", 1)[1], "listing")
-    return "other"
-
-
-_FILE_KINDS = {MODULE_FILE: "artifact", urls.METADATA_FILE: "metadata", urls.INDEX_FILE: "index"}
+    return route
 
 
 def artifact_of(uri: bytes) -> tuple[str, str]:
@@ -203,10 +189,6 @@ def observe_download(name: str, version: str) -> None:
     key = (name, version)
     downloads = COUNTS.downloads
     downloads[key] = downloads.get(key, 0) + 1
-
-
-def observe_catalog(size: int) -> None:
-    CATALOG.set(size)
 
 
 def observe_reload(ok: bool) -> None:
@@ -265,6 +247,12 @@ def track_changes(changes: Callable[[], Iterable[tuple[str, str, int]]],
 
 def track_ready(ready: Callable[[], float]) -> None:
     READY.set_function(ready)
+
+
+def track_catalog(size: Callable[[], float]) -> None:
+    """The catalog's size, read at scrape time: every swap counts (rescans, pull-through
+    fetches and evictions alike)."""
+    CATALOG.set_function(size)
 
 
 def track_variants(pending: Callable[[], float]) -> None:

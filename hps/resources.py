@@ -35,6 +35,9 @@ JSON = "application/json"
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 Page = Callable[[Request], bytes | int]
+Route = tuple[str, Page]
+"""The route's kind (the ``route`` label of hps's metrics) and its page."""
+FILE_ROUTES = {MODULE_FILE: "artifact", urls.METADATA_FILE: "metadata"}
 
 
 def redirect(location: str) -> Page:
@@ -67,15 +70,15 @@ class Root(Resource):
         if clock is None:
             from twisted.internet import reactor as clock
         config = state.config
+        self.transfer = transfer or Transfer(Policy.from_config(
+            config.cache_max_age, config.immutable))
         self.listings = listings.Listings(
             clock, extra=lambda: misses.generation if misses is not None else 0,
-            compress=config.gzip)
+            compress=self.transfer.variants is not None)
         self.state = state
         self.misses = misses
         self.upstream = upstream
         self.served = served
-        self.transfer = transfer or Transfer(Policy.from_config(
-            config.cache_max_age, config.immutable, config.gzip))
 
     def render(self, request: Request) -> bytes | int:
         if request.method not in (b"GET", b"HEAD"):
@@ -84,62 +87,65 @@ class Root(Resource):
         verdict, segments = judge_path(request.postpath)
         if verdict is Verdict.MALFORMED:
             return text(request, http.BAD_REQUEST, "bad request\n")
-        page = self.route(segments) if verdict is Verdict.OK else None
-        return (page or not_found)(request)
-
-    def route(self, segments: list[str]) -> Page | None:
-        catalog = self.state.catalog
-        if not catalog.loaded and segments[:1] == [urls.PLUGINS]:
+        kind, page = (self.route(segments) if verdict is Verdict.OK else None) or (
+            "notfound", not_found)
+        if not self.state.catalog.loaded and segments[:1] == [urls.PLUGINS]:
             # Nothing is known yet, so nothing is final: the gateway never retries a 404.
-            return retry_later
+            page = retry_later
+        request.route = kind  # type: ignore[attr-defined]  # a PluginRequest: metrics read it
+        return page(request)
+
+    def route(self, segments: list[str]) -> Route | None:
+        catalog = self.state.catalog
         match segments:
             case [""]:
-                return self.landing
+                return "landing", self.landing
             case ["healthz"]:
-                return lambda request: text(request, http.OK, "ok\n")
+                return "health", lambda request: text(request, http.OK, "ok\n")
             case ["readyz"]:
-                return self.readiness
+                return "ready", self.readiness
             case ["metrics"]:
-                return lambda request: reply(request, http.OK, *metrics.exposition())
+                return "metrics", lambda request: reply(request, http.OK, *metrics.exposition())
             case [urls.PLUGINS]:
-                return redirect(urls.LISTING)
+                return "redirect", redirect(urls.LISTING)
             case [urls.PLUGINS, ""]:
-                return self.listing(catalog, ("plugins",), HTML, heavy=True,
-                                    make=lambda: pages.plugins_page(catalog))
+                return "listing", self.listing(catalog, ("plugins",), HTML, heavy=True,
+                                               make=lambda: pages.plugins_page(catalog))
             case [urls.PLUGINS, urls.INDEX_FILE]:
                 missing, changed = self.missing(), self.changed()  # read on the reactor thread
-                return self.listing(catalog, ("index",), JSON, heavy=True, make=lambda:
-                                    pages.index_json(catalog, missing=missing, changed=changed))
+                return "index", self.listing(
+                    catalog, ("index",), JSON, heavy=True,
+                    make=lambda: pages.index_json(catalog, missing=missing, changed=changed))
             case [urls.PLUGINS, name, version, file] if file in urls.PLUGIN_FILES and (
                     catalog.get(name, version) is None
                     and accept_name(name) and accept_version(version)):
-                return self.miss(name, version, file)
+                return FILE_ROUTES[file], self.miss(name, version, file)
             case [urls.PLUGINS, name, *rest] if catalog.versions(name):
                 return self.route_plugin(name, rest)
         return None
 
-    def route_plugin(self, name: str, rest: list[str]) -> Page | None:
+    def route_plugin(self, name: str, rest: list[str]) -> Route | None:
         catalog = self.state.catalog
         match rest:
             case []:
-                return redirect(urls.plugin_url(name))
+                return "redirect", redirect(urls.plugin_url(name))
             case [""]:
-                return self.listing(catalog, ("plugin", name), HTML,
-                                    make=lambda: pages.plugin_page(catalog, name))
+                return "listing", self.listing(catalog, ("plugin", name), HTML,
+                                               make=lambda: pages.plugin_page(catalog, name))
             case [urls.INDEX_FILE]:
-                return self.listing(catalog, ("index", name), JSON,
-                                    make=lambda: pages.index_json(catalog, [name]))
+                return "index", self.listing(catalog, ("index", name), JSON,
+                                             make=lambda: pages.index_json(catalog, [name]))
         artifact = catalog.get(name, rest[0])
         if artifact is None:
             return None
         match rest[1:]:
             case []:
-                return redirect(urls.version_url(name, artifact.version))
+                return "redirect", redirect(urls.version_url(name, artifact.version))
             case [""]:
-                return self.listing(catalog, ("version", name, artifact.version), HTML,
-                                    make=lambda: pages.version_page(artifact))
+                return "listing", self.listing(catalog, ("version", name, artifact.version),
+                                               HTML, make=lambda: pages.version_page(artifact))
             case [file] if file in urls.PLUGIN_FILES:
-                return self.file_page(artifact, file)
+                return FILE_ROUTES[file], self.file_page(artifact, file)
         return None
 
     def file_page(self, artifact: Artifact, file: str) -> Page:

@@ -148,7 +148,6 @@ class CatalogLoader:
             self.log.warn("skipped {reason}", reason=reason)
         self.state.swap(fresh)
         metrics.observe_reload(True)
-        metrics.observe_catalog(len(fresh))
         if len(fresh) != len(old) or not old.loaded:
             self.log.info("catalog holds {count} artifacts from {root}",
                           count=len(fresh), root=fresh.root)
@@ -165,12 +164,15 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> MultiSe
     if reactor is None:
         from twisted.internet import reactor
     state = ServerState(config=config, catalog=catalog.unloaded(config.root))
+    metrics.track_catalog(lambda: len(state.catalog))
     # One transfer (policy, open files, gzip variants), shared by twisted.web and the fast path.
     run = in_threads(reactor)
-    variants = GzipVariants(config.cache_dir, config.gzip, run=run)
-    state.on_swap.append(variants.on_swap)
-    metrics.track_variants(lambda: variants.pending)
-    transfer = Transfer(Policy.from_config(config.cache_max_age, config.immutable, config.gzip),
+    # The one place the gzip knob is read: without variants, nothing is served gzipped.
+    variants = GzipVariants(config.cache_dir, run=run) if config.gzip else None
+    if variants is not None:
+        state.on_swap.append(variants.on_swap)
+    metrics.track_variants(lambda: variants.pending if variants is not None else 0)
+    transfer = Transfer(Policy.from_config(config.cache_max_age, config.immutable),
                         variants=variants)
     state.on_swap.append(transfer.on_swap)
     misses = Misses(reactor)

@@ -24,6 +24,7 @@ from hps.files import FileTable, Replaced, Source
 from hps.negotiate import (
     GZIP,
     Accept,
+    Variant,
     variant_etag,
     variant_fields,
 )
@@ -37,44 +38,18 @@ sibling check takes milliseconds, compressing an 8 MB module ~0.3 s)."""
 
 @dataclass(frozen=True)
 class Policy:
-    """How artifacts are served; derived once from the config."""
+    """How artifacts are cached by clients; derived once from the config."""
 
     cache_control: bytes
-    gzip: bool
 
     @classmethod
-    def from_config(cls, max_age: int, immutable: bool, gzip: bool) -> Policy:
+    def from_config(cls, max_age: int, immutable: bool) -> Policy:
         value = f"public, max-age={max_age}" + (", immutable" if immutable else "")
-        return cls(value.encode(), gzip)
+        return cls(value.encode())
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One representation of an artifact: the module itself, or its gzip file."""
-
-    etag: bytes
-    encoding: bytes | None
-    size: int
-    gzip: GzipFile | None = None
-
-
-def identity_variant(artifact: Artifact) -> Variant:
-    return Variant(artifact.etag.encode(), None, artifact.size)
-
-
-def variant_headers(artifact: Artifact, variant: Variant,
-                    policy: Policy) -> list[tuple[bytes, bytes]]:
-    """Headers shared by 200, 206, 304 and 416 of one variant: the one builder both paths
-    use. They depend on the artifact's whole identity (two copies of the same bytes
-    differ in Last-Modified), never on the ETag alone."""
-    return [
-        (b"Content-Type", WASM_TYPE),
-        (b"Last-Modified", http.datetimeToString(int(artifact.mtime))),
-        (b"Cache-Control", policy.cache_control),
-        (b"Accept-Ranges", b"bytes"),
-        # With gzip on, any module may get a variant (being made, or remade): negotiable.
-        *variant_fields(variant.etag, variant.encoding, policy.gzip),
-    ]
+ArtifactVariant = Variant[GzipFile | None]
+"""The module itself (``body`` None) or its gzip file."""
 
 
 class Transfer:
@@ -87,8 +62,10 @@ class Transfer:
         self.policy = policy
         self.files = files or FileTable()
         self.variants = variants
+        """The gzip variants: None when gzip is off (the ``gzip`` knob's one home)."""
         self.unreadable: set[tuple[str, Identity]] = set()
-        self.chosen: dict[int, tuple[object, Variant]] = {}
+        self.chosen: dict[tuple[int, int], tuple[Artifact, object, ArtifactVariant]] = {}
+        """The one memo of what a response of an artifact sends: per (artifact, file)."""
         self.served: Callable[[Artifact], None] = lambda artifact: None
         """Told of every artifact a response is about to send (pull-through's eviction order)."""
 
@@ -106,43 +83,53 @@ class Transfer:
 
     def gzip_pending(self, artifact: Artifact, accept: Accept) -> bool:
         """Would this client get gzip once the module's variant, being prepared, is ready?"""
-        return (self.policy.gzip and self.variants is not None
-                and accept.wants_gzip() and self.variants.preparing(artifact))
+        return (self.variants is not None and accept.wants_gzip()
+                and self.variants.preparing(artifact))
 
-    def choose(self, artifact: Artifact, accept: Accept) -> Variant:
-        """The variant ``accept`` chooses among those ready: gzip when enabled and made."""
+    def choose(self, artifact: Artifact, accept: Accept) -> ArtifactVariant:
+        """The variant ``accept`` chooses among those ready: gzip when on and made."""
         found = None
         # The chooser is asked first: most requests of a kind (a gateway's) never look further.
-        if (self.policy.gzip and self.variants is not None
-                and accept.wants_gzip()):
+        if self.variants is not None and accept.wants_gzip():
             found = self.variants.get(artifact)
-        # Built once per artifact and variant file: every download of a module asks again.
-        origin: object = artifact if found is None else found
-        memo = self.chosen.get(id(origin))
-        if memo is not None and memo[0] is origin:  # it holds origin: the id is not reused
-            return memo[1]
-        if found is None:
-            variant = identity_variant(artifact)
-        else:
-            etag = variant_etag(artifact.etag.encode(), GZIP)
-            variant = Variant(etag, GZIP, found.size, found)
-        self.chosen[id(origin)] = (origin, variant)
+        return self.variant(artifact, found)
+
+    def variant(self, artifact: Artifact, found: GzipFile | None) -> ArtifactVariant:
+        """Built once per artifact and file: every download of a module asks again. Keyed
+        by both, since copies of the same bytes share a gzip file but not Last-Modified."""
+        key = (id(artifact), id(found))
+        memo = self.chosen.get(key)
+        if memo is not None and memo[0] is artifact and memo[1] is found:  # ids not reused
+            return memo[2]
+        etag, encoding, size = artifact.etag.encode(), None, artifact.size
+        if found is not None:
+            etag, encoding, size = variant_etag(etag, GZIP), GZIP, found.size
+        fields = (
+            (b"Content-Type", WASM_TYPE),
+            (b"Last-Modified", http.datetimeToString(int(artifact.mtime))),
+            (b"Cache-Control", self.policy.cache_control),
+            (b"Accept-Ranges", b"bytes"),
+            # With gzip on, any module may get a variant (being made, or remade): negotiable.
+            *variant_fields(etag, encoding, self.variants is not None),
+        )
+        variant = Variant(etag, encoding, size, fields, found)
+        self.chosen[key] = (artifact, found, variant)
         return variant
 
     def open(self, artifact: Artifact, accept: Accept,
-             quiet: bool = False) -> tuple[Variant, Source] | None:
+             quiet: bool = False) -> tuple[ArtifactVariant, Source] | None:
         """The variant to send and a verified source of its bytes; None: answer 503
         (logged, unless ``quiet``: the fast path declines and twisted.web asks again)."""
         self.served(artifact)
         variant = self.choose(artifact, accept)
-        found = variant.gzip
+        found = variant.body
         if found is not None:
             try:
                 return variant, found.source or self.files.get(found.path, found.identity)
             except OSError:  # Replaced included: our variant file changed; make it again
                 assert self.variants is not None
                 self.variants.drop(artifact)
-                variant = identity_variant(artifact)
+                variant = self.variant(artifact, None)
         try:
             return variant, self.files.get(artifact.path, artifact.identity)
         except Replaced:
