@@ -15,6 +15,7 @@ fast path's alike, so both count the same way:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,7 +25,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hps import urls
@@ -82,21 +83,23 @@ class ResponseCounts(Collector):
         return self.families(True)
 
 
-class MissCounts(Collector):
-    """``hps_misses_total{plugin,version}``, read at scrape time from the bounded table of
-    recent misses (:mod:`hps.misses`), so its label sets are as bounded as the table."""
+class Table(Collector):
+    """One labelled family whose samples are read at scrape time from a bounded table of the
+    server's (``table()`` yields ``(*label values, value)``), so its label sets are as
+    bounded as the table."""
 
-    def __init__(self) -> None:
-        self.table: Callable[[], Iterable[tuple[str, str, int]]] = lambda: ()
+    def __init__(self, family: type[CounterMetricFamily | GaugeMetricFamily], name: str,
+                 documentation: str, labels: list[str]) -> None:
+        self.family, self.name, self.documentation, self.labels = (
+            family, name, documentation, labels)
+        self.table: Callable[[], Iterable[tuple[Any, ...]]] = lambda: ()
 
     def families(self, with_samples: bool) -> list[Metric]:
-        misses = CounterMetricFamily(
-            "hps_misses", "Requests for a well-formed plugin URL the catalog lacked, by plugin "
-            "and version (the most recent distinct pairs only).", labels=["plugin", "version"])
+        metric = self.family(self.name, self.documentation, labels=self.labels)
         if with_samples:
-            for name, version, count in self.table():
-                misses.add_metric([name, version], count)
-        return [misses]
+            for *labels, value in self.table():
+                metric.add_metric(labels, value)
+        return [metric]
 
     def describe(self) -> Iterable[Metric]:
         return self.families(False)
@@ -107,8 +110,23 @@ class MissCounts(Collector):
 
 COUNTS = ResponseCounts()
 REGISTRY.register(COUNTS)
-MISSES = MissCounts()
-REGISTRY.register(MISSES)
+MISSES = Table(
+    CounterMetricFamily, "hps_misses", "Requests for a well-formed plugin URL the catalog "
+    "lacked, by plugin and version (the most recent distinct pairs only).", ["plugin", "version"])
+MISSING = Table(
+    GaugeMetricFamily, "hps_version_missing", "1 for each recently requested version the "
+    "catalog still lacks (what the landing page lists), by plugin and version.",
+    ["plugin", "version"])
+CHANGES = Table(
+    CounterMetricFamily, "hps_artifact_changes", "Catalog swaps that brought other bytes for a "
+    "plugin version already served, by plugin and version (since this process started).",
+    ["plugin", "version"])
+CHANGED = Table(
+    GaugeMetricFamily, "hps_artifact_changed", "1 for each plugin version whose bytes differ "
+    "from those it first served (index.json \"changed\"; kept across restarts with cache_dir).",
+    ["plugin", "version"])
+for _table in (MISSES, MISSING, CHANGES, CHANGED):
+    REGISTRY.register(_table)
 IN_FLIGHT = Gauge("hps_responses_in_flight", "Responses started and not yet finished.",
                   registry=REGISTRY)
 CONNECTIONS = Gauge("hps_connections_open", "Client connections currently open.",
@@ -136,6 +154,8 @@ GZIP_PRUNED = Counter("hps_gzip_variants_pruned", "Files deleted from the gzip c
                       "no served module needs, and temporaries a crash left.", registry=REGISTRY)
 DRAINING = Gauge("hps_draining", "1 while the server drains before exiting, else 0.",
                  registry=REGISTRY)
+READY = Gauge("hps_ready", "1 while /readyz answers 200, else 0 (catalog not loaded yet, "
+              "empty, or draining).", registry=REGISTRY)
 
 
 def route_label(route: str, status: int) -> str:
@@ -209,9 +229,24 @@ def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> N
     CONNECTIONS.set_function(connections)
 
 
-def track_misses(table: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
-    """Expose the server's table of recent misses as ``hps_misses_total``."""
+def track_misses(table: Callable[[], Iterable[tuple[str, str, int]]],
+                 missing: Callable[[], Iterable[tuple[str, str, int]]] = lambda: ()) -> None:
+    """Expose the server's table of recent misses as ``hps_misses_total``, and those the
+    catalog still lacks as ``hps_version_missing``."""
     MISSES.table = table
+    MISSING.table = missing
+
+
+def track_changes(changes: Callable[[], Iterable[tuple[str, str, int]]],
+                  changed: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+    """Expose the record of served digests (:mod:`hps.served`): ``hps_artifact_changes_total``
+    and ``hps_artifact_changed``."""
+    CHANGES.table = changes
+    CHANGED.table = changed
+
+
+def track_ready(ready: Callable[[], float]) -> None:
+    READY.set_function(ready)
 
 
 def track_catalog(size: Callable[[], float]) -> None:

@@ -24,6 +24,7 @@ from hps.catalog import Artifact, Catalog
 from hps.guard import MODULE_FILE, Verdict, accept_name, accept_version, judge_path
 from hps.misses import Misses
 from hps.replies import SHORT, TEXT, answer_when, not_found, reply, retry_later, text
+from hps.served import Change, ServedRecord
 from hps.state import ServerState
 from hps.transfer import Policy, Transfer
 from hps.upstream import RETRY_AFTER, Missing, Upstream
@@ -64,7 +65,7 @@ class Root(Resource):
     log = Logger()
     def __init__(self, state: ServerState, transfer: Transfer | None = None,
                  misses: Misses | None = None, upstream: Upstream | None = None,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, served: ServedRecord | None = None) -> None:
         super().__init__()
         if clock is None:
             from twisted.internet import reactor as clock
@@ -77,6 +78,7 @@ class Root(Resource):
         self.state = state
         self.misses = misses
         self.upstream = upstream
+        self.served = served
 
     def render(self, request: Request) -> bytes | int:
         if request.method not in (b"GET", b"HEAD"):
@@ -110,10 +112,10 @@ class Root(Resource):
                 return "listing", self.listing(catalog, ("plugins",), HTML, heavy=True,
                                                make=lambda: pages.plugins_page(catalog))
             case [urls.PLUGINS, urls.INDEX_FILE]:
-                missing = self.missing()  # read here, on the reactor thread
+                missing, changed = self.missing(), self.changed()  # read on the reactor thread
                 return "index", self.listing(
                     catalog, ("index",), JSON, heavy=True,
-                    make=lambda: pages.index_json(catalog, missing=missing))
+                    make=lambda: pages.index_json(catalog, missing=missing, changed=changed))
             case [urls.PLUGINS, name, version, file] if file in urls.PLUGIN_FILES and (
                     catalog.get(name, version) is None
                     and accept_name(name) and accept_version(version)):
@@ -184,10 +186,15 @@ class Root(Resource):
     def missing(self) -> list | None:
         return self.misses.missing(self.state.catalog) if self.misses is not None else None
 
+    def changed(self) -> tuple[Change, ...]:
+        """Swapped in with the catalog (hps.served), so a page built per snapshot is current."""
+        return self.served.changed if self.served is not None else ()
+
     def landing(self, request: Request) -> bytes:
         source = (self.upstream.templates, self.upstream.allow) if self.upstream else None
         body = pages.landing_page(self.state.catalog, base_url(request),
-                                  missing=self.missing() or [], pull_through=source)
+                                  missing=self.missing() or [], pull_through=source,
+                                  changed=self.changed())
         return reply(request, http.OK, body, "text/html; charset=utf-8", SHORT)
 
     def readiness(self, request: Request) -> bytes:

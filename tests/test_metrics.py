@@ -76,6 +76,26 @@ def test_reloads_are_counted(tree: Tree, harness) -> None:
     assert after["hps_catalog_artifacts"] == 2
 
 
+def test_readiness_and_missing_versions_are_gauges(tree: Tree, harness) -> None:
+    """What the alerts read (deploy/monitoring/): hps_ready as /readyz says it, and
+    hps_version_missing for a version asked for until the tree has it."""
+    tree.add("key-auth", "1.0.0")
+    server = harness(tree.root, hold_threads=True)  # the first scan waits
+    assert server.get("/readyz").status == 503 and server.metrics()["hps_ready"] == 0
+    server.hold_threads = False
+    server.settle()
+    assert server.get("/readyz").status == 200 and server.metrics()["hps_ready"] == 1
+    missing = 'hps_version_missing{plugin="key-auth",version="2.0.1"}'
+    assert server.get("/plugins/key-auth/2.0.1/plugin.wasm").status == 404
+    assert server.metrics()[missing] == 1
+    tree.add("key-auth", "2.0.1")
+    server.rescan()
+    assert missing not in server.metrics()
+    assert server.metrics()['hps_misses_total{plugin="key-auth",version="2.0.1"}'] == 1
+    server.stop()
+    assert server.metrics()["hps_ready"] == 0  # draining
+
+
 def test_access_log_json_ignores_forwarded_unless_trusted(tree: Tree, harness) -> None:
     tree.add("key-auth", "1.0.0")
     plain = harness(tree.root, access_log="json")
