@@ -32,7 +32,14 @@ from hps import urls
 from hps.catalog import Skip, examine
 from hps.guard import MODULE_FILE, accept_name, accept_version
 from hps.pull.errors import InputError
-from hps.pull.properties import Reference, parse_properties, parse_reference, read_text
+from hps.pull.properties import (
+    Entry,
+    Reference,
+    parse_properties,
+    parse_reference,
+    read_text,
+    reference_entry,
+)
 
 KIND = "WasmPlugin"
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
@@ -177,6 +184,19 @@ def _wasmplugin(where: str, doc: Any) -> WasmPlugin:
 
 def from_wasmplugins(plugins: list[WasmPlugin]) -> list[Wanted]:
     return [Wanted(f"wasmplugin {p.label}", p.url, p.sha256, p) for p in plugins]
+
+
+def pull_entries(plugins: list[WasmPlugin]) -> list[Entry]:
+    """What ``hps pull --wasmplugins`` pulls: each ``oci://`` reference, served where
+    :func:`oci_target` says, its pinned ``sha256`` checked before it is written."""
+    entries = []
+    for plugin in plugins:
+        if plugin.url.startswith("oci://"):
+            target = oci_target(plugin.url)
+            assert target.ref is not None
+            entries.append(reference_entry(target.name, target.ref,
+                                           f"{plugin.where} ({plugin.label})", plugin.sha256))
+    return entries
 
 
 # -- the Console and the Controller ----------------------------------------------------
