@@ -198,8 +198,9 @@ def wanted_from(args: argparse.Namespace) -> list[Wanted]:
 
 
 def run(args: argparse.Namespace, get: Getter | None = None,
-        sleep: Callable[[float], None] | None = None) -> list[Row]:
-    """The rows for ``args``; ``get`` replaces the HTTP client (tests: the in-memory server)."""
+        sleep: Callable[[float], None] | None = None, jobs: int = JOBS) -> list[Row]:
+    """The rows for ``args``; ``get`` replaces the HTTP client (tests: the in-memory server,
+    one request at a time)."""
     if (args.root is None) == (args.server is None):
         raise InputError("give one of --root DIR or --server URL")
     if args.server is not None:
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace, get: Getter | None = None,
     if args.timeout <= 0:
         raise InputError("--timeout must be > 0")
     get = get or http_getter(args.server, args.timeout)
-    lookup = server_lookup(get, pairs, sleep=sleep)
+    lookup = server_lookup(get, pairs, jobs, sleep)
     return evaluate(pairs, lookup, aim, changed_entries(get) or [])
 
 
