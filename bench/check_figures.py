@@ -117,6 +117,7 @@ def main() -> None:
     rounds = options.parse_args().rounds
     with tempfile.TemporaryDirectory(prefix="hps-check-") as scratch:
         tmp = Path(scratch)
+        tmp.chmod(0o755)  # nginx's worker runs as nobody when started by root
         root, dump = build(tmp)
         inputs = ["--wasmplugins", str(dump), "--console-pattern", PATTERN, "--json"]
         servers = {kind: start(kind, root, tmp) for kind in ("hps", "best")}

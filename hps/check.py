@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -163,13 +165,12 @@ def tree_lookup(root: str) -> Lookup:
     return lookup
 
 
-def server_lookup(get: Getter, pairs: list[tuple[Wanted, Target]],
-                  jobs: int = JOBS, sleep: Callable[[float], None] | None = None) -> Lookup:
+def server_lookup(get: Getter, pairs: list[tuple[Wanted, Target]], jobs: int = JOBS,
+                  sleep: Callable[[float], None] = time.sleep) -> Lookup:
     """Answers from a server: every distinct path fetched once, ``jobs`` at a time."""
     paths = sorted({_path(t) for _, t in pairs if t.kind != "other" and not t.problem})
-    kwargs = {"sleep": sleep} if sleep is not None else {}
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="hps-check") as pool:
-        answers = dict(zip(paths, pool.map(lambda p: probe_module(get, p, **kwargs), paths),
+        answers = dict(zip(paths, pool.map(lambda p: probe_module(get, p, sleep), paths),
                            strict=True))
     return lambda target: answers[_path(target)]
 
@@ -198,7 +199,7 @@ def wanted_from(args: argparse.Namespace) -> list[Wanted]:
 
 
 def run(args: argparse.Namespace, get: Getter | None = None,
-        sleep: Callable[[float], None] | None = None, jobs: int = JOBS) -> list[Row]:
+        sleep: Callable[[float], None] = time.sleep, jobs: int = JOBS) -> list[Row]:
     """The rows for ``args``; ``get`` replaces the HTTP client (tests: the in-memory server,
     one request at a time)."""
     if (args.root is None) == (args.server is None):
@@ -208,6 +209,8 @@ def run(args: argparse.Namespace, get: Getter | None = None,
     aim = Aim(args.base_url or args.server)
     pairs = classify(wanted_from(args), aim)
     if args.root is not None:
+        if not os.path.isdir(args.root):
+            raise InputError(f"--root {args.root!r} is not a directory")
         return evaluate(pairs, tree_lookup(args.root), aim, [])
     if args.timeout <= 0:
         raise InputError("--timeout must be > 0")

@@ -148,6 +148,8 @@ def test_the_console_and_the_controller_for_people(tree: Tree, tmp_path: Path) -
     (["--root", "x", "--mcp-url", "oci://r.example/plugins/a"], "hps check: mcp-url: "
                                                                 "oci://r.example/plugins/a:"),
     (["--root", "x", "--bogus"], "hps check: unrecognized arguments: --bogus"),
+    (["--root", "/nonexistent", "--mcp-url", "x"], "hps check: --root '/nonexistent' is not a"
+                                                   " directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], line: str) -> None:
     code, out, err = hps("check", *args)

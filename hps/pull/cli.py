@@ -204,6 +204,8 @@ def sources(args: argparse.Namespace) -> list[Source]:
 
 
 def _credentials(args: argparse.Namespace) -> Credentials | None:
+    if args.password_stdin and args.wasmplugins == "-":
+        raise InputError("--password-stdin and --wasmplugins - cannot both read stdin")
     if args.password_stdin and not args.username:
         raise InputError("--password-stdin needs --username")
     if args.username:
