@@ -45,6 +45,16 @@ def states(stdout: str) -> dict[str, tuple[str, str]]:
     return {row["source"]: (row["state"], row["sha256"]) for row in json.loads(stdout)["rows"]}
 
 
+def on_hps() -> list[dict]:
+    """WasmPlugins already aimed at hps: an alias version, a wrong pin, a version it lacks."""
+    return [
+        console_made("key-auth", "1.0.0", module_url("key-auth", "1.0.0"), resource="alias"),
+        console_made("basic-auth", "2.0.0", module_url("basic-auth", "2.0.0"), OTHER,
+                     resource="pinned"),
+        console_made("cors", "9.9.9", module_url("cors", "9.9.9"), resource="absent"),
+    ]
+
+
 @pytest.fixture
 def cluster(tree: Tree, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     """A tree and a kubectl dump of WasmPlugins that meets it in every way."""
@@ -56,10 +66,7 @@ def cluster(tree: Tree, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     registry = "oci://higress-registry.cn-hangzhou.cr.aliyuncs.com/plugins"
     dump = tmp_path / "wasmplugins.yaml"
     dump.write_text(kubectl_list([
-        console_made("key-auth", "1.0.0", module_url("key-auth", "1.0.0"), resource="alias"),
-        console_made("basic-auth", "2.0.0", module_url("basic-auth", "2.0.0"), OTHER,
-                     resource="pinned"),
-        console_made("cors", "9.9.9", module_url("cors", "9.9.9"), resource="absent"),
+        *on_hps(),
         docs_example("movable", f"{registry}/request-block:1.0.0"),
         docs_example("differs", f"{registry}/ai-proxy:1.0.0", sha256=OTHER),
         docs_example("not-held", f"{registry}/waf:2.0.3"),
@@ -244,11 +251,8 @@ def test_a_real_server_and_a_whole_move(registry: Registry, tree: Tree, tmp_path
                    "--cache-dir", str(tmp_path / "cache"))
     dump = tmp_path / "cluster.yaml"
     dump.write_text(kubectl_list([
-        console_made("key-auth", "1.0.0", module_url("key-auth", "1.0.0"), resource="alias"),
-        console_made("basic-auth", "2.0.0", module_url("basic-auth", "2.0.0"), OTHER,
-                     resource="pinned"),
+        *on_hps(),
         console_made("ai-proxy", "2.0.3", module_url("ai-proxy", "2.0.3"), resource="through"),
-        console_made("cors", "9.9.9", module_url("cors", "9.9.9"), resource="absent"),
         docs_example("not-held", registry.ref("plugins/request-block", "1.0.0")),
         docs_example("movable", registry.ref("plugins/ai-statistics", "2.0.3")),
     ]))
