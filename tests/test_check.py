@@ -218,6 +218,21 @@ def test_a_version_whose_bytes_changed_is_a_problem(cluster, tree: Tree, harness
     assert changed[0].problem and f"first {OTHER}, now {now}" in changed[0].detail
 
 
+def test_a_module_replaced_under_its_version_is_reported(tree: Tree, harness) -> None:
+    """End to end in memory: the server records what it first served, a rescan brings other
+    bytes, its index says so, and ``hps check --server`` names the URL."""
+    first = tree.add("key-auth", "2.0.0")
+    server = harness(tree.root)
+    assert server.get("/plugins/key-auth/2.0.0/plugin.wasm").body == first
+    now = tree.add("key-auth", "2.0.0", body=first + b"\0changed")
+    server.rescan()
+    args = parser().parse_args(["--server", "http://hps.test", "--base-url", BASE,
+                                "--mcp-url", module_url("key-auth", "2.0.0")])
+    (replaced,) = run(args, get=in_memory(server), jobs=1)
+    assert (replaced.state, replaced.sha256) == ("changed", Tree.sha256(now))
+    assert f"first {Tree.sha256(first)}, now {Tree.sha256(now)}" in replaced.detail
+
+
 def run_hps(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "hps.cli", *args], input=stdin, env=env,
