@@ -194,6 +194,8 @@ def copy_build_context(dest: Path) -> None:
     shutil.copytree(REPO / "hps", dest / "hps", ignore=ignore)
     (dest / "twisted" / "plugins").mkdir(parents=True)
     shutil.copy2(REPO / "twisted/plugins/hps_plugin.py", dest / "twisted/plugins")
+    (dest / "plugins").mkdir()
+    shutil.copy2(REPO / "plugins/console.properties", dest / "plugins")
 
 
 def write_twistd_script(venv: Path) -> None:
@@ -401,6 +403,25 @@ def test_fresh_venv_lists_the_plugin(image_venv: Path, tmp_path: Path) -> None:
     where = subprocess.run([python, "-c", "import hps; print(hps.__file__)"], env=env,
                            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
     assert where.stdout.startswith(str(image_venv)), "hps must come from the install, not the repo"
+
+
+def test_the_installed_check_knows_the_consoles_list(image_venv: Path, tmp_path: Path) -> None:
+    """``hps check``'s default Console list ships in the package: from anywhere (a pod's
+    /srv), the installed command checks the 52 URLs of plugins/console.properties."""
+    env = image_environment(image_venv)
+    (tmp_path / "tree").mkdir()
+    pattern = "http://hps.example/plugins/${name}/${version}/plugin.wasm"
+    result = subprocess.run(
+        [str(image_venv / "bin" / "python"), "-m", "hps.cli", "check", "--root", "tree",
+         "--console-pattern", pattern, "--json"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stderr  # an empty tree serves none of them
+    rows = json.loads(result.stdout)["rows"]
+    listed = [line.split("=", 1)[0] for line in
+              (REPO / "plugins/console.properties").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#")]
+    assert [row["source"] for row in rows] == [f"console {name}" for name in listed]
+    assert len(rows) == 52 and {row["state"] for row in rows} == {"missing"}
 
 
 def test_image_healthcheck_fails_when_nothing_listens(image_venv: Path) -> None:

@@ -17,10 +17,11 @@ from tests.support.server import REPO
 
 TESTS = REPO / "tests"
 
-MAX_PROCESS_TESTS = 13
+MAX_PROCESS_TESTS = 14
 """Start-up and exit codes, SIGTERM, TLS + HTTP/2 with curl, the browser, inotify,
-the image, the black-box differentials (sendfile, pull-through), and a real Prometheus
-scraping a real server (the alerts' series, a changed module after SIGHUP)."""
+the image, the black-box differentials (sendfile, pull-through), a real Prometheus
+scraping a real server (the alerts' series, a changed module after SIGHUP), and hps check
+against a real server through a whole move onto hps."""
 
 STARTS_A_PROCESS = {"serve", "replayed_image"}
 
