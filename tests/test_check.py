@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from hps.check import evaluate, parser, run, server_lookup
 from hps.fleet import Aim, classify, from_wasmplugins, load_wasmplugins
 from hps.probe import Getter, Reply, parse_changed
 from tests.support.memory import Harness
+from tests.support.polling import poll
 from tests.support.registry import Registry
 from tests.support.server import REPO, Tree
 from tests.support.wasmplugins import console_made, docs_example, kubectl_list, multi_document
@@ -240,12 +240,9 @@ def run_hps(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 
 
 def wait_served(server, path: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.get(path).status == 200:
-            return
-        time.sleep(0.1)  # polls a real process until its rescan finds the pulled module
-    pytest.fail(f"{path} never served")
+    """Until the real server's rescan finds the pulled module."""
+    if not poll(lambda: server.get(path).status == 200, timeout, every=0.1):
+        pytest.fail(f"{path} never served")
 
 
 @pytest.mark.process
