@@ -30,10 +30,10 @@ from hps.http2 import (
     data_frames,
 )
 from hps.site import SWEEP_SECONDS
+from tests.support.certificates import self_signed
 from tests.support.h2client import connect_h2
 from tests.support.memory import Harness
 from tests.support.server import Tree
-from tests.test_tls import self_signed
 
 BIG = "/plugins/big/1.0.0/plugin.wasm"
 SMALL = "/plugins/small/1.0.0/plugin.wasm"
