@@ -267,10 +267,16 @@ def main() -> None:
             write_module(root, f"p{label.lower()}", modules[label], True)
         tls = self_signed(tmp)
         herd = build_herd(tmp) if "herd" in cases else None
-        servers = [start_hps("hps", REPO, root, tmp, tls)]
-        if args.baseline:
-            servers.append(start_hps("hps-base", args.baseline.resolve(), root, tmp, tls))
-        servers.append(start_nginx(root, tmp, tls))
+        servers: list[Server] = []
+        try:  # a server that fails to start must not leave the others running
+            servers.append(start_hps("hps", REPO, root, tmp, tls))
+            if args.baseline:
+                servers.append(start_hps("hps-base", args.baseline.resolve(), root, tmp, tls))
+            servers.append(start_nginx(root, tmp, tls))
+        except BaseException:
+            for server in servers:
+                stop(server)
+            raise
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
