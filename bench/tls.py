@@ -255,6 +255,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--baseline", type=Path, help="another checkout to run as hps-base")
     parser.add_argument("--herd-clients", type=int, default=HERD)
+    parser.add_argument("--herd-protocols", default="h2,h1", help="h2, h1 or both")
     args = parser.parse_args()
     cases = args.cases.split(",")
     with tempfile.TemporaryDirectory(prefix="hps-tls-bench-") as name:
@@ -297,7 +298,7 @@ def main() -> None:
                           "5 attempts, back-off from 0.5 s, gzip), 4 MB module, at once.", "",
                           "| server | protocol | verified | attempts | errors | wall s | "
                           "p50 / p99 s | server CPU s |", "|---|---|---|---|---|---|---|---|"]
-                for proto in ("h2", "h1"):
+                for proto in args.herd_protocols.split(","):
                     for server in servers:
                         r = herd_case(server, herd, "/plugins/p4mb/1.0.0/plugin.wasm", digest,
                                       proto, args.herd_clients)
