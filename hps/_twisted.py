@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl
 from twisted.internet.interfaces import IReactorCore, ITransport
 from twisted.web.http import _GenericHTTPChannelProtocol
 
@@ -132,3 +134,13 @@ def h2_resume_sending(connection: Any) -> None:
     waiting, connection._sendingDeferred = connection._sendingDeferred, None
     if waiting is not None:
         waiting.callback(None)
+
+
+def ssl_set_mode(connection: SSL.Connection, mode: int) -> int:
+    """``SSL_set_mode`` on one pyOpenSSL ``Connection``; returns the connection's mode now.
+
+    Not Twisted's but pyOpenSSL's privates (its cffi ``lib`` and ``Connection._ssl``):
+    pyOpenSSL offers ``Context.set_mode`` only, refuses it once a context made a
+    connection, and Twisted builds the contexts of ``ssl:`` and ``tls:`` listeners
+    out of reach; a connection's own mode can be set any time."""
+    return int(_openssl.SSL_set_mode(connection._ssl, mode))

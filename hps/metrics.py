@@ -15,6 +15,7 @@ fast path's alike, so both count the same way:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -135,6 +136,22 @@ GZIP_PENDING = Gauge("hps_gzip_variants_pending",
                      registry=REGISTRY)
 GZIP_PRUNED = Counter("hps_gzip_variants_pruned", "Files deleted from the gzip cache: variants "
                       "no served module needs, and temporaries a crash left.", registry=REGISTRY)
+MEMORY_LIMIT = Gauge("hps_memory_limit_bytes", "The memory limit admission works under (the "
+                     "cgroup's, or --memory-limit); 0: none.", registry=REGISTRY)
+MEMORY_BUDGET = Gauge("hps_memory_budget_bytes", "The limit less its headroom: what the idle "
+                      "server and its connections may hold; 0: no limit.", registry=REGISTRY)
+MEMORY_HELD = Gauge("hps_memory_estimate_bytes", "What admission counts as held: the idle "
+                    "server's resident size plus every open connection's charge.",
+                    registry=REGISTRY)
+MEMORY_RESIDENT = Gauge("hps_memory_resident_bytes", "The process's resident size at the last "
+                        "sweep.", registry=REGISTRY)
+MEMORY_SHED = Counter("hps_memory_shed", "New connections that did not fit the memory budget "
+                      "(an idle one evicted for them, or probes only, or 503).",
+                      registry=REGISTRY)
+HANDSHAKES = Gauge("hps_tls_handshakes", "TLS handshakes under way that hold the handshake "
+                   "gate.", registry=REGISTRY)
+GATE_CLOSED = Counter("hps_tls_gate_closed", "Times the TLS ports stopped accepting because "
+                      "too many handshakes were under way.", registry=REGISTRY)
 DRAINING = Gauge("hps_draining", "1 while the server drains before exiting, else 0.",
                  registry=REGISTRY)
 
@@ -225,6 +242,23 @@ def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> N
     """Read the live gauges from the site's own counters at scrape time."""
     IN_FLIGHT.set_function(in_flight)
     CONNECTIONS.set_function(connections)
+
+
+def observe_memory_shed() -> None:
+    MEMORY_SHED.inc()
+
+
+def observe_gate_closed() -> None:
+    GATE_CLOSED.inc()
+
+
+def track_memory(admission: Any) -> None:
+    """Read the memory budget's figures from ``admission`` (hps.admission) at scrape time."""
+    MEMORY_LIMIT.set_function(lambda: admission.limit.bytes or 0)
+    MEMORY_BUDGET.set_function(lambda: admission.budget or 0)
+    MEMORY_HELD.set_function(lambda: admission.base + admission.charged)
+    MEMORY_RESIDENT.set_function(lambda: admission.resident)
+    HANDSHAKES.set_function(lambda: len(admission.handshakes))
 
 
 def track_misses(table: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
