@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from hps import metrics
 from hps.limits import PROBE_RESERVE
-from hps.memory import Limit, rss
+from hps.memory import Limit, rss, trim
 
 KiB, MiB = 1 << 10, 1 << 20
 CHARGE_TLS = 144 * KiB
@@ -48,10 +48,11 @@ class Admission:
 
     log = Logger()
 
-    def __init__(self, limit: Limit, clock: Any, sample: Callable[[], int] = rss) -> None:
+    def __init__(self, limit: Limit, clock: Any, sample: Callable[[], int] = rss,
+                 trim: Callable[[], bool] = trim) -> None:
         self.limit = limit
         self.clock = clock
-        self.sample = sample
+        self.sample, self.trim = sample, trim
         self.base = 0
         """The idle server's resident bytes (re-measured whenever no connection is open)."""
         self.resident = 0
@@ -77,16 +78,23 @@ class Admission:
         return None if self.limit.bytes is None else self.limit.bytes - self.headroom
 
     def measure(self, idle: bool = True) -> None:
-        """Sample the resident size; when ``idle`` it is the new base."""
+        """Sample the resident size; when ``idle`` (no connection open), with the C heap's
+        free pages given back first, it is the new base (a catalog grows, a herd's
+        buffers are gone)."""
         self.resident = self.sample()
-        if idle:
+        if not self.base:
             self.base = self.resident
+        elif idle and self.resident > self.base and self.budget is not None and self.trim():
+            self.base = self.resident = self.sample()
 
     def fits(self, charge: int) -> bool:
+        """Does a connection charged ``charge`` fit the budget? The resident size is a second
+        guard once it eats into half the headroom (the estimate missed something)."""
         budget = self.budget
         if budget is None:
             return True
-        return self.base + self.charged + charge <= budget and self.resident <= budget
+        return (self.base + self.charged + charge <= budget
+                and self.resident <= budget + self.headroom // 2)
 
     @staticmethod
     def cost(tls: bool) -> int:

@@ -15,6 +15,8 @@ its children too). Both layouts exist in the wild:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
 from dataclasses import dataclass
@@ -156,3 +158,23 @@ def rss() -> int:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _libc_trim() -> object | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+
+
+_TRIM = _libc_trim()
+
+
+def trim() -> bool:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``): after a
+    herd, OpenSSL's freed buffers otherwise stay resident, and the idle size measured
+    then would count them. False where there is no such call."""
+    if _TRIM is None:
+        return False
+    _TRIM(0)
+    return True

@@ -199,11 +199,12 @@ class PluginSite(Site):
 
         Room is under the cap, the descriptor budget and the memory budget
         (:mod:`hps.admission`; every connection, refused ones too, is charged until
-        it closes). Without room the oldest connection that is not answering
+        it closes). At the cap the oldest connection that is not answering
         (silent, idle, or still sending its head) is closed for the newcomer, so
         floods of those never lock anyone out; when every connection is
-        answering, up to PROBE_RESERVE more are admitted for probes only (the
-        memory headroom holds them); beyond that, 503.
+        answering, up to PROBE_RESERVE more are admitted for probes only; beyond
+        that, 503. Short of memory, a plain newcomer may take the probe reserve
+        (the memory headroom holds it) and a TLS one gets 503.
         """
         memory = self.admission
         if conn.tls:
@@ -216,24 +217,44 @@ class PluginSite(Site):
                 and self.descriptors_in_use() < self.limits.descriptor_budget):
             self.connections[conn] = None
             return True
-        if not fits:
-            metrics.observe_memory_shed()
-        for pool in (self.connections, self.probes):
-            victim = self.idle_victim(pool)
-            if victim is not None:
-                pool[conn] = None
-                inner_channel(conn).probe_only = pool is self.probes
-                self.forget(victim)
-                metrics.observe_abort("evicted")
-                victim.evict()
+        if fits:
+            if self.make_room(conn):
                 return True
-            if pool is self.connections and len(self.probes) < PROBE_RESERVE:
+        else:
+            # Short of memory, evicting would trade one fresh connection for another (a
+            # herd's are all in their handshake or head, and a cut one sees a reset): a
+            # TLS newcomer is refused, a plain one (a probe is cheap) may take the reserve.
+            metrics.observe_memory_shed()
+            if not conn.tls and (len(self.probes) < PROBE_RESERVE
+                                 or self.evict_for(self.probes)):
                 self.probes[conn] = None
                 inner_channel(conn).probe_only = True
                 return True
         metrics.observe_shed()
         self.shedding[conn] = self.reactor.seconds()
         return False
+
+    def make_room(self, conn: TrackedProtocol) -> bool:
+        """At the cap: an idle connection's place, else the probe reserve, else an idle
+        probe-only connection's place."""
+        if self.evict_for(self.connections):
+            self.connections[conn] = None
+            return True
+        if len(self.probes) < PROBE_RESERVE or self.evict_for(self.probes):
+            self.probes[conn] = None
+            inner_channel(conn).probe_only = True
+            return True
+        return False
+
+    def evict_for(self, pool: dict[TrackedProtocol, None]) -> bool:
+        """Close the oldest connection of ``pool`` that is not answering, if any."""
+        victim = self.idle_victim(pool)
+        if victim is None:
+            return False
+        self.forget(victim)
+        metrics.observe_abort("evicted")
+        victim.evict()
+        return True
 
     @staticmethod
     def idle_victim(pool: dict[TrackedProtocol, None]) -> TrackedProtocol | None:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.server import REPO
 
-MAX_PROCESS_TESTS = 12
+MAX_PROCESS_TESTS = 13
 """Start-up and exit codes, SIGTERM, TLS + HTTP/2 with curl, the browser, inotify,
 the image, and the black-box differentials (sendfile, pull-through)."""
 
