@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import yaml
 from twisted.python import usage
 
+from hps.pull.properties import expand
+
 
 class ConfigError(Exception):
     """Bad settings; the message is a single line for the operator."""
@@ -44,8 +46,6 @@ def memory_size(value: str) -> str | None:
 
 def upstream_template(value: str) -> str | None:
     """An ``oci://`` reference once ``${name}`` and ``${version}`` are filled in."""
-    from hps.upstream import expand  # the one place that knows templates
-
     missing = [part for part in ("${name}", "${version}") if part not in value]
     if missing:  # without ${version}, every asked-for version would get the same module
         return f"{value!r} has no {missing[0]}"

@@ -16,41 +16,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from hps import listings, metrics, pages, urls
+from hps.artifact import ArtifactResource
 from hps.catalog import Artifact, Catalog
 from hps.guard import MODULE_FILE, Verdict, accept_name, accept_version, judge_path
 from hps.misses import Misses
+from hps.replies import SHORT, TEXT, answer_when, not_found, reply, retry_later, text
 from hps.state import ServerState
-from hps.transfer import ArtifactFile, Policy, Transfer
+from hps.transfer import Policy, Transfer
 from hps.upstream import RETRY_AFTER, Missing, Upstream
 
 ALLOWED = b"GET, HEAD"
-NO_STORE = "no-store"
-SHORT = listings.CACHE_CONTROL.decode()
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 Page = Callable[[Request], bytes | int]
-
-
-def reply(request: Request, code: int, body: bytes, content_type: str,
-          cache: str = NO_STORE) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", content_type.encode())
-    request.setHeader(b"cache-control", cache.encode())
-    request.setHeader(b"content-length", str(len(body)).encode())
-    return body
-
-
-def text(request: Request, code: int, body: str, cache: str = NO_STORE) -> bytes:
-    return reply(request, code, body.encode(), "text/plain; charset=utf-8", cache)
-
-
-def not_found(request: Request) -> bytes:
-    return text(request, http.NOT_FOUND, "not found\n", SHORT)
 
 
 def redirect(location: str) -> Page:
@@ -83,14 +66,14 @@ class Root(Resource):
         if clock is None:
             from twisted.internet import reactor as clock
         config = state.config
+        self.transfer = transfer or Transfer(Policy.from_config(
+            config.cache_max_age, config.immutable))
         self.listings = listings.Listings(
             clock, extra=lambda: misses.generation if misses is not None else 0,
-            compress=config.gzip)
+            compress=self.transfer.variants is not None)
         self.state = state
         self.misses = misses
         self.upstream = upstream
-        self.transfer = transfer or Transfer(Policy.from_config(
-            config.cache_max_age, config.immutable, config.gzip))
 
     def render(self, request: Request) -> bytes | int:
         if request.method not in (b"GET", b"HEAD"):
@@ -104,6 +87,9 @@ class Root(Resource):
 
     def route(self, segments: list[str]) -> Page | None:
         catalog = self.state.catalog
+        if not catalog.loaded and segments[:1] == [urls.PLUGINS]:
+            # Nothing is known yet, so nothing is final: the gateway never retries a 404.
+            return retry_later
         match segments:
             case [""]:
                 return self.landing
@@ -157,9 +143,9 @@ class Root(Resource):
     def file_page(self, artifact: Artifact, file: str) -> Page:
         """``plugin.wasm`` or ``metadata.txt`` of one artifact."""
         if file == MODULE_FILE:
-            return ArtifactFile(artifact, self.transfer).render
+            return ArtifactResource(artifact, self.transfer).render
         body = pages.metadata_text(artifact)
-        return lambda request: reply(request, http.OK, body, "text/plain; charset=utf-8", SHORT)
+        return lambda request: reply(request, http.OK, body, TEXT, SHORT)
 
     def miss(self, name: str, version: str, file: str) -> Page:
         """A well-formed plugin URL the catalog lacks: counted, then pulled through or 404."""
@@ -174,40 +160,20 @@ class Root(Resource):
     def pull_through(self, request: Request, name: str, version: str, file: str) -> int:
         """Wait on the pull-through service's Deferred; never talk to a registry here."""
         assert self.upstream is not None
-        waiting = self.upstream.wait(name, version)
-        gone: list[bool] = []
 
-        def left(failure: Failure) -> None:
-            gone.append(True)
-            waiting.cancel()  # this waiter only: the fetch goes on for the others
-
-        def answer(outcome: Artifact | Failure) -> None:
-            if gone:
-                return
+        def answer(outcome: Artifact | Failure) -> bytes | int:
             if isinstance(outcome, Artifact):
-                body = self.file_page(outcome, file)(request)
-            elif outcome.check(Missing):
-                body = self.not_here(request, name, version)
-            else:
-                body = self.unavailable(request)
-            if body is not NOT_DONE_YET:
-                request.write(body)
-                request.finish()
+                return self.file_page(outcome, file)(request)
+            if outcome.check(Missing):
+                return self.not_here(request, name, version)
+            return retry_later(request, RETRY_AFTER)  # slow, or failed: the log says which
 
-        request.notifyFinish().addErrback(left)
-        waiting.addBoth(answer).addErrback(
-            lambda failure: self.log.failure("answering a pull-through wait", failure))
-        return NOT_DONE_YET
+        # Cancelling drops this waiter only: the fetch goes on for the others.
+        return answer_when(request, self.upstream.wait(name, version), answer)
 
     def not_here(self, request: Request, name: str, version: str) -> bytes:
         body = pages.not_here_text(self.state.catalog, name, version)
         return text(request, http.NOT_FOUND, body, SHORT)
-
-    @staticmethod
-    def unavailable(request: Request) -> bytes:
-        """The fetch is slow or the registry failed (the log says which): the gateway retries."""
-        request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
-        return text(request, http.SERVICE_UNAVAILABLE, "not available yet, retry\n")
 
     def missing(self) -> list | None:
         return self.misses.missing(self.state.catalog) if self.misses is not None else None

@@ -173,10 +173,12 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> MultiSe
     state = ServerState(config=config, catalog=catalog.unloaded(config.root))
     # One transfer (policy, open files, gzip variants), shared by twisted.web and the fast path.
     run = in_threads(reactor)
-    variants = GzipVariants(config.cache_dir, config.gzip, run=run)
-    state.on_swap.append(variants.on_swap)
-    metrics.track_variants(lambda: variants.pending)
-    transfer = Transfer(Policy.from_config(config.cache_max_age, config.immutable, config.gzip),
+    # The one place the gzip knob is read: without variants, nothing is served gzipped.
+    variants = GzipVariants(config.cache_dir, run=run) if config.gzip else None
+    if variants is not None:
+        state.on_swap.append(variants.on_swap)
+    metrics.track_variants(lambda: variants.pending if variants is not None else 0)
+    transfer = Transfer(Policy.from_config(config.cache_max_age, config.immutable),
                         variants=variants)
     state.on_swap.append(transfer.on_swap)
     misses = Misses(reactor)

@@ -31,7 +31,7 @@ def test_a_page_is_built_once_per_snapshot() -> None:
     assert listings.get(one, ("plugins",), counting(calls), HTML) is first
     assert len(calls) == 1
     assert isinstance(first, Rendered) and first.gzipped is not None
-    assert gzip.decompress(b"".join(first.gzipped.chunks)) == b"".join(first.identity.chunks)
+    assert gzip.decompress(b"".join(first.gzipped.body)) == b"".join(first.identity.body)
     listings.get(two, ("plugins",), counting(calls), HTML)
     assert len(calls) == 2, "a new snapshot is a new generation"
 

@@ -58,3 +58,28 @@ def test_the_landing_page_names_the_host_asked_for_if_it_is_a_host(server, host:
     reply = server.request("/", headers={"Host": host})
     assert reply.status == 200
     assert f"{base}/plugins/${{name}}/${{version}}/plugin.wasm".encode() in reply.body
+
+
+@pytest.mark.parametrize("path", [
+    "/plugins/key-auth/1.0.0/plugin.wasm",
+    "/plugins/key-auth/1.0.0/metadata.txt",
+    "/plugins/key-auth/9.9.9/plugin.wasm",
+    "/plugins/key-auth/",
+    "/plugins/",
+    "/plugins/index.json",
+    "/plugins/key-auth/index.json",
+])
+def test_nothing_is_final_while_the_catalog_loads(tree: Tree, harness, path: str) -> None:
+    """Before the first scan is in, a plugin URL or a listing is 503 + Retry-After (which the
+    gateway retries), never the 404 it would take as final; afterwards the real answer."""
+    tree.add("key-auth", "1.0.0")
+    server = harness(tree.root, hold_threads=True)  # the first scan waits
+    reply = server.get(path)
+    assert (reply.status, reply.header("Retry-After")) == (503, "1"), path
+    assert reply.header("Cache-Control") == "no-store"
+    assert server.get("/healthz").status == 200 and server.get("/").status == 200
+    assert not any(key.startswith("hps_misses_total{") for key in server.metrics())
+    server.hold_threads = False
+    server.settle()
+    expected = 404 if "9.9.9" in path else 200
+    assert server.get(path).status == expected, path

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from hps._twisted import inner_channel
@@ -17,6 +18,8 @@ from hps.limits import PROBE_RESERVE, Limits
 from hps.resources import Root
 from hps.site import SWEEP_SECONDS, PluginSite, TrackedProtocol
 from hps.state import ServerState
+from hps.transfer import Policy, Transfer
+from hps.variants import GzipVariants
 from tests.support.server import wasm_bytes
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -30,7 +33,10 @@ class Site:
         self.root = root
         self.state = ServerState(config=Config(root=str(root)), catalog=scan(str(root)))
         self.clock = MemoryReactorClock()
-        self.site = PluginSite(Root(self.state, clock=self.clock), state=self.state,
+        # gzip on, as the service wires it: listings compress only when variants exist.
+        variants = GzipVariants(str(root.parent / "cache"), run=lambda *a: succeed(None))
+        transfer = Transfer(Policy.from_config(300, immutable=False), variants=variants)
+        self.site = PluginSite(Root(self.state, transfer, clock=self.clock), state=self.state,
                                limits=limits, reactor=self.clock)
         self.site.startFactory()
 

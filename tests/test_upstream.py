@@ -26,6 +26,7 @@ from hps import upstream as upstream_module
 from hps.catalog import Artifact, examine, scan, scan_trees
 from hps.config import Config, ConfigError, build
 from hps.misses import MAX_PAIRS, Misses
+from hps.pull.properties import expand
 from hps.resources import Root
 from hps.service import make_service
 from hps.site import PluginSite
@@ -36,7 +37,6 @@ from hps.upstream import (
     Unavailable,
     Upstream,
     empty,
-    expand,
     make_upstream,
 )
 from tests.support.memory import Reactor

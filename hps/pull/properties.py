@@ -136,6 +136,14 @@ def parse_reference(text: str) -> Reference:
     return Reference(host, repo, tag, digest or None)
 
 
+
+def expand(template: str, name: str, version: str) -> Reference:
+    """The ``Reference`` a pull-through template names for one plugin version; ValueError
+    when bad."""
+    if version.startswith("sha256:"):  # upstream serves a digest-only line at its digest
+        template = template.replace(":${version}", "@${version}")
+    return parse_reference(template.replace("${name}", name).replace("${version}", version))
+
 def parse_properties(text: str, source: str = "<properties>") -> list[Entry]:
     """The upstream format: ``name=reference`` lines, ``#`` comments, blank lines.
 
