@@ -239,6 +239,7 @@ async def herd(port: int, clients: int) -> collections.Counter:
 
 
 def probe(port: int, done: threading.Event, statuses: list[int]) -> None:
+    """/healthz (hps's probe; nginx serves a file of that name) every 0.25 s, 1 s allowed."""
     while not done.is_set():
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
@@ -329,6 +330,7 @@ def main() -> None:
         tmp.chmod(0o755)  # nginx's worker runs as nobody when started by root
         root = tmp / "tree" / "plugins"
         write_module(root, "p4mb", Maker().module(SIZE, SIZE), True)
+        (root.parent / "healthz").write_text("ok\n")  # nginx's probe: a static file
         tls = self_signed(tmp)
         # The Python TLS client needs up to ~0.1 s per handshake on this shared machine and
         # the first clients read only once the last has asked: deadlines must not cut them.
