@@ -71,6 +71,9 @@ class PluginRequest(Request):
     """A request that carries :mod:`hps.headers` (never the Twisted version in ``Server``),
     and is counted."""
 
+    route = "other"
+    """The kind of page the router chose (:class:`hps.resources.Root`); the metrics' label."""
+
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         if name in (b"Server", b"server", "Server", "server"):
             value = SERVER  # twisted.web's process() sets its own

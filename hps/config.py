@@ -98,7 +98,8 @@ class Config:
     gzip: bool = knob(True, "serve a precompressed gzip variant (of modules and listings) to "
                       "clients that accept it")
     cache_dir: str = knob("/tmp/hps-cache", "writable directory for work the server keeps across "
-                          "restarts (gzip variants, pulled-through modules)")
+                          "restarts (gzip variants, pulled-through modules, the digests each "
+                          "version first served)")
     upstream: tuple[str, ...] = knob(
         (), "OCI reference template for a module the tree lacks (repeatable, tried in order), "
         "e.g. oci://registry.example/plugins/${name}:${version}", each(upstream_template))

@@ -161,7 +161,6 @@ class Upstream:
             # A scan that began before the write would swap in a snapshot without it; the
             # watcher runs one more scan after any in progress, and that one sees the file.
             self.rescan()
-            metrics.observe_catalog(len(self.state.catalog))
             metrics.observe_fetch("fetched")
             # The image's tree wins: if it gained the same name/version meanwhile, serve that.
             outcome = self.state.catalog.get(*key) or result
@@ -263,7 +262,6 @@ class Upstream:
         if artifact is not None and self.cached(artifact):
             self.evicted[key] = artifact.identity
             self.state.swap(self.state.catalog.without([key]))
-            metrics.observe_catalog(len(self.state.catalog))
         self.order.pop(key, None)
         metrics.observe_eviction()
         self.log.info("pull-through: evicted {name} {version}, the least recently served "

@@ -46,7 +46,7 @@ from hps import metrics
 from hps.atomic import staged
 from hps.catalog import Artifact, Catalog, Identity, identity_of
 from hps.files import Replaced, Source, open_verified
-from hps.owned import own_dir
+from hps.owned import own_writable_dir
 
 GZIP_LEVEL = 6
 """For the server's own compression: level 9 costs ~3x the CPU for ~1 % fewer bytes.
@@ -194,9 +194,7 @@ def usable_dir(cache_dir: str, log: Logger | None = None) -> str | None:
     server can write there; else None, and one warning on ``log`` saying why."""
     path = os.path.join(cache_dir, "gzip")
     try:
-        own_dir(path)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
-            pass
+        own_writable_dir(path)
     except OSError as err:
         (log or Logger()).warn("cannot use the gzip cache: {why}; gzip variants go to "
                                "unlinked temporary files", why=err)

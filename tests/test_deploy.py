@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.monitoring import alert_rules, tool, write_rules
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DEPLOY = REPO / "deploy"
@@ -475,6 +477,9 @@ def test_manifest_is_valid_for_kubernetes_1_30(path: Path) -> None:
         if doc.get("kind") == "WasmPlugin":
             check_wasmplugin(doc)
             continue
+        if doc.get("kind") in MONITORING_KINDS:
+            check_monitoring(doc)
+            continue
         try:
             validator.validate(doc, K8S_VERSION, strict=True)
         except validator.ValidationError as err:
@@ -644,3 +649,82 @@ def test_helm_drop_in_swaps_only_the_image() -> None:
     argv = runtime_command()
     assert option_value(argv, "--listen") == f"tcp:{IMAGE_PORT}"
     assert option_value(argv, "--root") == IMAGE_ROOT
+
+
+# --- deploy/monitoring/: the Prometheus Operator's objects, and the alerts --------------------
+
+MONITORING = DEPLOY / "monitoring"
+MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
+RULES_TEST = REPO / "tests" / "monitoring" / "rules.test.yaml"
+OPERATIONS = REPO / "docs" / "operations.md"
+SEVERITIES = {"critical", "warning"}
+
+
+def check_monitoring(doc: dict[str, Any]) -> None:
+    """No schema ships for the Prometheus Operator's CRDs in kubernetes-validate: by hand,
+    what they require and what ties them to deploy/."""
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert doc["metadata"]["namespace"] == NAMESPACE
+    spec = doc["spec"]
+    if doc["kind"] == "ServiceMonitor":
+        assert set(spec) == {"selector", "endpoints"}
+        service = objects()["Service/higress-plugin-server"]
+        assert spec["selector"]["matchLabels"] == service["metadata"]["labels"]
+        names = {port["name"] for port in service["spec"]["ports"]}
+        assert [(e["port"], e["path"]) for e in spec["endpoints"]] == [("http", "/metrics")]
+        assert {e["port"] for e in spec["endpoints"]} <= names
+        return
+    for rule in alert_rules(doc["spec"]):
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+        assert rule["labels"]["severity"] in SEVERITIES
+        assert set(rule["annotations"]) == {"summary", "runbook_url"}
+
+
+def prometheus_rule() -> dict[str, Any]:
+    return objects()["PrometheusRule/higress-plugin-server"]
+
+
+def test_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
+    result = subprocess.run([tool("promtool"), "check", "rules", str(write_rules(tmp_path))],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    count = len(alert_rules(prometheus_rule()["spec"]))
+    assert f"SUCCESS: {count} rules found" in result.stdout
+
+
+def test_each_alert_fires_and_stays_silent_under_promtool_test(tmp_path: Path) -> None:
+    write_rules(tmp_path)
+    shutil.copy(RULES_TEST, tmp_path / RULES_TEST.name)
+    result = subprocess.run([tool("promtool"), "test", "rules", RULES_TEST.name], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Every alert is checked both ways: firing on some series, silent at another time.
+    cases = [case for test in yaml_docs(RULES_TEST)[0]["tests"]
+             for case in test["alert_rule_test"]]
+    fired = {case["alertname"] for case in cases if case["exp_alerts"]}
+    silent = {case["alertname"] for case in cases if not case["exp_alerts"]}
+    alerts = {rule["alert"] for rule in alert_rules(prometheus_rule()["spec"])}
+    assert fired == silent == alerts
+
+
+def test_each_alert_has_a_one_line_runbook() -> None:
+    lines = OPERATIONS.read_text(encoding="utf-8").splitlines()
+    for rule in alert_rules(prometheus_rule()["spec"]):
+        assert rule["annotations"]["runbook_url"] == (
+            f"docs/operations.md#{rule['alert'].lower()}")
+        heading = lines.index(f"### {rule['alert']}")
+        entry = lines[heading + 1:heading + 4]
+        assert entry[0] == "" and entry[1] and entry[2] == "", entry  # one line under it
+
+
+def test_monitoring_is_its_own_kustomization() -> None:
+    """Without the Prometheus Operator its CRDs do not exist and ``kubectl apply -k deploy/``
+    would fail on them: deploy/ leaves them out, deploy/monitoring/ lists them."""
+    kustomization = yaml_docs(MONITORING / "kustomization.yaml")[0]
+    assert kustomization["namespace"] == NAMESPACE
+    assert sorted(kustomization["resources"]) == sorted(
+        path.name for path in manifest_files() if path.parent == MONITORING)
+    assert {doc["kind"] for path in manifest_files() if path.parent == MONITORING
+            for doc in yaml_docs(path)} == MONITORING_KINDS
+    assert not any(name.startswith("monitoring")
+                   for name in yaml_docs(DEPLOY / "kustomization.yaml")[0]["resources"])

@@ -214,6 +214,8 @@ def test_the_first_gzip_download_after_start_is_gzip(tree: Tree, harness) -> Non
     server.settle()
     assert pool.run_one()  # first after a swap: the cache's prune (hps.variants.prune)
     server.settle()
+    assert pool.run_one()  # then the record of served digests is written (hps.served)
+    server.settle()
     assert server.get("/readyz").status == 200, "readiness does not wait for variants"
     jobs = []
     for name in reversed(list(bodies)):

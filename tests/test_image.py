@@ -303,8 +303,9 @@ def test_image_builds_serves_and_stops(
     # cache_dir is the server's: with a writable root (the chart's way) it writes there.
     cache = rootfs / Config.cache_dir.lstrip("/")
     assert cache.is_dir() and cache.stat().st_uid == SERVER_UID
-    written = [p.stat().st_uid for p in cache.iterdir()]
-    assert written == ([] if read_only else [SERVER_UID]), "read-only root, or nothing written"
+    written = {p.name: p.stat().st_uid for p in cache.iterdir()}
+    assert written == ({} if read_only else {"gzip": SERVER_UID, "record": SERVER_UID}), (
+        "read-only root, or nothing written")
 
     server.process.send_signal(signal.SIGTERM)
     code = server.process.wait(timeout=60)

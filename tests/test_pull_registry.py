@@ -46,7 +46,8 @@ def test_a_second_pull_replaces_the_module_atomically(
     entries = {"a": registry.ref("again/a", "1.0.0")}
     assert workspace.pull(entries).code == 0
     registry.push_wasm("again/a", "1.0.0", wasm("two"))
-    assert workspace.pull(entries).code == 0
+    assert workspace.pull(entries).code == 1  # other bytes, same version: only when asked
+    assert workspace.pull(entries, None, "--replace").code == 0
     assert workspace.module("a", "1.0.0") == wasm("two")
     assert workspace.leftovers() == []
 

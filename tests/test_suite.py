@@ -14,7 +14,8 @@ from tests.support.server import REPO
 
 MAX_PROCESS_TESTS = 13
 """Start-up and exit codes, SIGTERM, TLS + HTTP/2 with curl, the browser, inotify,
-the image, and the black-box differentials (sendfile, pull-through)."""
+the image, the black-box differentials (sendfile, pull-through), and a real Prometheus
+scraping a real server (the alerts' series, a changed module after SIGHUP)."""
 
 STARTS_A_PROCESS = {"serve", "replayed_image"}
 

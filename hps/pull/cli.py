@@ -109,6 +109,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep an existing <output>/<name>/<version>/plugin.wasm (still validated)",
     )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite a version the tree already serves with other bytes (default: refuse;"
+        " gateways that cached its URL keep the old bytes, see docs/operations.md)",
+    )
     p.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to registries")
     p.add_argument(
         "--jobs",
@@ -158,6 +164,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         lock=None if args.snapshot else args.lock or sources(args)[0].path.parent / LOCK_NAME,
         locked=args.locked,
         use_local=args.use_local,
+        replace=args.replace,
         jobs=args.jobs,
         fetch=Options(
             plain_http=args.plain_http,
