@@ -268,6 +268,18 @@ def herd_with_probes(server: Server, clients: int) -> dict:
             "probes": len(statuses), "probes_ok": statuses.count(200)}
 
 
+def scrape(server: Server) -> str:
+    """hps's admission decisions from /metrics: what was cut, refused, gated."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    wanted = ("hps_responses_aborted_total", "hps_memory_shed_total", "hps_connections_shed",
+              "hps_tls_gate_closed_total", "hps_requests_refused_total")
+    return ", ".join(f"`{line.rsplit(' ', 1)[0]}` {float(line.rsplit(' ', 1)[1]):,.0f}"
+                     for line in text.splitlines() if line.startswith(wanted))
+
+
 # -- cases -----------------------------------------------------------------------------------
 
 def case_waiting(servers: list[tuple[str, object]], clients: int) -> list[str]:
@@ -295,12 +307,14 @@ def case_cgroup(servers: list[tuple[str, object]], clients: int, mib: int) -> li
              "read), default flags; /healthz probed on the plain port every 0.25 s:", "",
              "| server | OOM kills | cgroup peak MiB | outcomes | /healthz 200 | seconds |",
              "|---|---|---|---|---|---|"]
+    notes: list[str] = []
     for label, begin in servers:
         with memory_cgroup(mib) as group:
             server = begin(group)
             try:
                 result = herd_with_probes(server, clients)
                 alive = server.process.poll() is None
+                decisions = scrape(server) if alive and label != "nginx" else ""
             finally:
                 stop(server)
             facts = cgroup_facts(group)
@@ -310,8 +324,10 @@ def case_cgroup(servers: list[tuple[str, object]], clients: int, mib: int) -> li
         lines.append(f"| {label}{'' if alive else ' (died)'} | {facts['oom_kill']} | "
                      f"{facts['peak_mib']:.0f} | {outcomes} | {result['probes_ok']}/"
                      f"{result['probes']} ({share:.0%}) | {result['seconds']} |")
+        if decisions:
+            notes.append(f"{label}: {decisions}")
         print(f"cgroup: {label} done", file=sys.stderr)
-    return lines
+    return lines + (["", *notes] if notes else [])
 
 
 def main() -> None:
@@ -321,6 +337,7 @@ def main() -> None:
     parser.add_argument("--herd", type=int, default=4000)
     parser.add_argument("--cgroup-mib", type=int, default=256)
     parser.add_argument("--baseline", type=Path, help="another checkout of hps to run too")
+    parser.add_argument("--no-nginx", action="store_true", help="hps only (a quick look)")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
@@ -340,15 +357,19 @@ def main() -> None:
         def hps(label: str, repo: Path, extra: tuple[str, ...] = ()):
             return lambda group=None: start_hps(label, repo, root, tmp, tls, extra, group)
 
+        def nginx(entries: list) -> list:
+            return [] if args.no_nginx else entries
+
         cases = args.cases.split(",")
         if "waiting" in cases:
+            plain_nginx = [("nginx", lambda: start_nginx(root, tmp, tls))]
             report += case_waiting([(label, hps(label, repo, patient)) for label, repo in
-                                    checkouts] + [("nginx", lambda: start_nginx(root, tmp, tls))],
-                                   args.clients)
+                                    checkouts] + nginx(plain_nginx), args.clients)
             report.append("")
         if "cgroup" in cases:
             report += case_cgroup([(label, hps(label, repo)) for label, repo in checkouts]
-                                  + [("nginx", lambda group: start_nginx(root, tmp, tls, group))],
+                                  + nginx([("nginx", lambda group: start_nginx(root, tmp, tls,
+                                                                                group))]),
                                   args.herd, args.cgroup_mib)
     print("\n".join(report))
 
