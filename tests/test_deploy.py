@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from tests.support.monitoring import alert_rules, tool, write_rules
+from tests.support.polling import poll
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -147,6 +148,8 @@ def test_hadolint_finds_nothing() -> None:
 
 
 def test_runtime_stage_shape() -> None:
+    """The image's final stage runs twistd hps as a fixed non-root UID on the exposed port with
+    a /healthz check, and only copies from the builder."""
     stage = runtime_stage()
     user = stage.last("USER") or ""
     uid = user.split(":")[0]
@@ -191,6 +194,8 @@ def copy_build_context(dest: Path) -> None:
     shutil.copytree(REPO / "hps", dest / "hps", ignore=ignore)
     (dest / "twisted" / "plugins").mkdir(parents=True)
     shutil.copy2(REPO / "twisted/plugins/hps_plugin.py", dest / "twisted/plugins")
+    (dest / "plugins").mkdir()
+    shutil.copy2(REPO / "plugins/console.properties", dest / "plugins")
 
 
 def write_twistd_script(venv: Path) -> None:
@@ -300,19 +305,23 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 
 
 def wait_for(url: str, status: int, process: subprocess.Popen[bytes], deadline: float) -> bytes:
-    last: object = None
-    while time.monotonic() < deadline:
+    last: list[object] = [None]
+
+    def answered() -> tuple[bytes] | None:
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode} before {url} answered")
         try:
             code, body = fetch(url, timeout=2)
-            if code == status:
-                return body
-            last = code
         except OSError as err:
-            last = err
-        time.sleep(0.1)  # polls a real process until it answers
-    pytest.fail(f"{url} never answered {status} (last: {last})")
+            last[0] = err
+            return None
+        last[0] = code
+        return (body,) if code == status else None  # a tuple: an empty body is an answer
+
+    found = poll(answered, deadline - time.monotonic(), every=0.1)
+    if found is None:
+        pytest.fail(f"{url} never answered {status} (last: {last[0]})")
+    return found[0]
 
 
 @dataclass
@@ -394,6 +403,25 @@ def test_fresh_venv_lists_the_plugin(image_venv: Path, tmp_path: Path) -> None:
     where = subprocess.run([python, "-c", "import hps; print(hps.__file__)"], env=env,
                            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
     assert where.stdout.startswith(str(image_venv)), "hps must come from the install, not the repo"
+
+
+def test_the_installed_check_knows_the_consoles_list(image_venv: Path, tmp_path: Path) -> None:
+    """``hps check``'s default Console list ships in the package: from anywhere (a pod's
+    /srv), the installed command checks the 52 URLs of plugins/console.properties."""
+    env = image_environment(image_venv)
+    (tmp_path / "tree").mkdir()
+    pattern = "http://hps.example/plugins/${name}/${version}/plugin.wasm"
+    result = subprocess.run(
+        [str(image_venv / "bin" / "python"), "-m", "hps.cli", "check", "--root", "tree",
+         "--console-pattern", pattern, "--json"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stderr  # an empty tree serves none of them
+    rows = json.loads(result.stdout)["rows"]
+    listed = [line.split("=", 1)[0] for line in
+              (REPO / "plugins/console.properties").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#")]
+    assert [row["source"] for row in rows] == [f"console {name}" for name in listed]
+    assert len(rows) == 52 and {row["state"] for row in rows} == {"missing"}
 
 
 def test_image_healthcheck_fails_when_nothing_listens(image_venv: Path) -> None:
@@ -573,6 +601,8 @@ def test_everything_selects_the_same_pods() -> None:
 
 
 def test_deployment_is_hardened_and_outlives_the_drain() -> None:
+    """The Deployment runs non-root, read-only, with no capabilities and seccomp, bounded
+    resources, two spread replicas, and a grace period longer than the drain."""
     from hps.config import Config
 
     pod = the_deployment()["spec"]["template"]["spec"]

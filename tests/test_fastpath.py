@@ -23,8 +23,9 @@ from hps.site import PluginSite
 from hps.state import ServerState
 from hps.transfer import Policy, Transfer
 from hps.variants import GzipVariants
+from tests.support.reactor import Reactor
 from tests.support.server import wasm_bytes
-from tests.support.sockets import Reactor, pump, tcp_pair
+from tests.support.sockets import pump, tcp_pair
 
 GET = b"GET /plugins/demo/1.0.0/plugin.wasm HTTP/1.1\r\nHost: x\r\n"
 

@@ -39,6 +39,7 @@ from hps.config import Config
 from hps.pull.properties import Key
 from tests.support.inventory import seed_default_inventory
 from tests.support.oci import Buildah, debian_python, image_spec, in_network, start
+from tests.support.polling import poll
 from tests.support.registry import Registry, running_registry
 from tests.support.server import REPO
 
@@ -205,14 +206,16 @@ class Running:
 
     def wait_ready(self, deadline: float) -> None:
         last: dict = {}
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
+            nonlocal last
             if self.process.poll() is not None:
                 pytest.fail(f"the image exited {self.process.returncode}:\n{self.output()}")
             last = self.get("/readyz")
-            if last["status"] == 200:
-                return
-            time.sleep(0.2)  # polls the real image until it is ready
-        pytest.fail(f"/readyz never answered 200 (last: {last}):\n{self.output()}")
+            return last["status"] == 200
+
+        if not poll(ready, deadline - time.monotonic(), every=0.2):
+            pytest.fail(f"/readyz never answered 200 (last: {last}):\n{self.output()}")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]

@@ -21,6 +21,8 @@ def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
 
 
 def test_metrics_after_some_requests(tree: Tree, harness) -> None:
+    """Requests, bytes, downloads and misses are counted per route and artifact, and a stalled
+    download shows while it lasts."""
     body = tree.add("key-auth", "1.0.0", size=10_000)
     tree.add("basic-auth", "2.0.0", size=300_000)  # more than a transport buffers
     server = harness(tree.root)
@@ -151,6 +153,7 @@ def test_the_route_label_is_the_kind_the_router_chose(tree: Tree, harness, metho
 
 
 def test_artifact_of() -> None:
+    """Only a module URL names a (plugin, version) for the per-artifact counters."""
     assert artifact_of(b"/plugins/a/1.0.0/plugin.wasm?x") == ("a", "1.0.0")
     assert artifact_of(b"/plugins/a/plugin.wasm") == ("", "")
     assert artifact_of(b"/other/a/1.0.0/plugin.wasm") == ("", "")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from tests.support.monitoring import metric_names, tool, write_rules
+from tests.support.polling import poll
 from tests.support.registry import free_port
 from tests.support.server import Server, Tree, stop_process, wasm_bytes
 
@@ -32,13 +32,10 @@ DEADLINE = 60.0
 
 def within(seconds: float, check: Callable[[], Any], what: str) -> Any:
     """Poll a real process until ``check`` returns something truthy (bounded)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)  # a real Prometheus scrapes and evaluates on its own clock
-    pytest.fail(f"{what}: not within {seconds:g} s")
+    found = poll(check, seconds, every=0.2)  # Prometheus scrapes on its own clock
+    if not found:
+        pytest.fail(f"{what}: not within {seconds:g} s")
+    return found
 
 
 class Prometheus:

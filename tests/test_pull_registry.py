@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pulls_both_image_styles_by_tag(registry: Registry, workspace: Workspace) -> None:
+    """A Wasm-layer artifact and a tar+gzip image both pull by tag, and the lock records their
+    digests."""
     registry.push_wasm("tag/key-auth", "2.0.0", wasm("key-auth"))
     image = registry.push_image("tag/basic-auth", "1.0.0", {"plugin.wasm": wasm("basic")})
     result = workspace.pull(

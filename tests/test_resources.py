@@ -36,6 +36,7 @@ def server(tree: Tree, harness):
     ("/favicon.ico", 404, "text/plain; charset=utf-8", None),
 ])
 def test_routes(server, path: str, status: int, content_type: str, location: str | None) -> None:
+    """Each route's status, Content-Type and redirect Location, all with nosniff."""
     reply = server.get(path)
     assert reply.status == status, path
     assert reply.header("Content-Type").startswith(content_type)
