@@ -31,7 +31,7 @@ from hps.memory import Limit
 from hps.metrics import REGISTRY
 from tests.support.memory import Connection, Harness, parse
 from tests.support.server import Tree
-from tests.test_tls import self_signed
+from tests.support.certificates import self_signed
 
 MODULE = "/plugins/big/1.0.0/plugin.wasm"
 DOWNLOAD = f"GET {MODULE} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
