@@ -36,10 +36,12 @@ from hps.variants import GzipVariants
 from hps.watch import Watcher
 from hps.work import Runner, in_threads
 
-LISTEN_BACKLOG = 1024
+LISTEN_BACKLOG = 4096
 """Twisted's default of 50 overflows when many gateways connect at once (a rollout, a
-benchmark's 1,000 connections): dropped SYNs retry after 1 s, which is the p99. The
-kernel caps it at ``net.core.somaxconn`` (4096 on current kernels)."""
+benchmark's 1,000 connections): dropped SYNs retry after 1 s, which is the p99. And while
+the TLS handshake gate holds a TLS port (hps.admission), a herd waits here: with 1,024, a
+4,000-client TLS herd overflowed it and hundreds of clients saw resets; with 4,096, none.
+The kernel caps it at ``net.core.somaxconn`` (4096 on current kernels)."""
 
 _BACKLOG_POSITION = {"tcp": 2, "tcp6": 1, "ssl": 5, "tls": 2}
 """Index of ``backlog`` among each endpoint type's positional arguments (after the type)."""
