@@ -29,9 +29,9 @@ from hps.admission import (
 )
 from hps.memory import Limit
 from hps.metrics import REGISTRY
+from tests.support.certificates import self_signed
 from tests.support.memory import Connection, Harness, parse
 from tests.support.server import Tree
-from tests.support.certificates import self_signed
 
 MODULE = "/plugins/big/1.0.0/plugin.wasm"
 DOWNLOAD = f"GET {MODULE} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
