@@ -122,6 +122,9 @@ class Root(Resource):
                 missing = self.missing()  # read here, on the reactor thread
                 return self.listing(catalog, ("index",), JSON, heavy=True,
                                     make=lambda: pages.index_json(catalog, missing=missing))
+            case [urls.PLUGINS, urls.INVENTORY_FILE] if catalog.inventory is not None:
+                body = catalog.inventory.body  # served like a listing: ETag, 304, gzip
+                return self.listing(catalog, ("inventory",), JSON, make=lambda: body)
             case [urls.PLUGINS, name, version, file] if file in urls.PLUGIN_FILES and (
                     catalog.get(name, version) is None
                     and accept_name(name) and accept_version(version)):
