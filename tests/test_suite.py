@@ -12,9 +12,10 @@ import pytest
 
 from tests.support.server import REPO
 
-MAX_PROCESS_TESTS = 12
+MAX_PROCESS_TESTS = 13
 """Start-up and exit codes, SIGTERM, TLS + HTTP/2 with curl, the browser, inotify,
-the image, and the black-box differentials (sendfile, pull-through)."""
+the image (and its multi-arch release), and the black-box differentials (sendfile,
+pull-through)."""
 
 STARTS_A_PROCESS = {"serve", "replayed_image"}
 
