@@ -47,6 +47,8 @@ WORKDIR /src
 COPY setup.py setup.cf[g] pyproject.tom[l] README.m[d] ./
 COPY hps/ hps/
 COPY twisted/plugins/hps_plugin.py twisted/plugins/
+# The Console's plugin list ships inside the package: `hps check`'s default (setup.py copies it).
+COPY plugins/console.properties plugins/
 # WHEELHOUSE: a directory of the build context holding every wheel hps needs, for the image's
 # Python and platform (made where an index is reachable: docs/deploy.md), for builds that
 # cannot reach the package index; pip then installs from it alone. Unset, pip uses the index as

@@ -1,6 +1,25 @@
 """Install hps and its twistd plugin (``twistd hps``)."""
 
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+CONSOLE_LIST = Path("plugins", "console.properties")
+
+
+class BuildWithConsoleList(build_py):
+    """Ship the Console's plugin list inside the package (``hps check``'s default, found by
+    hps/fleet.py), copied from its one home in plugins/ rather than kept twice in git."""
+
+    def run(self) -> None:
+        super().run()
+        if not getattr(self, "editable_mode", False) and CONSOLE_LIST.is_file():
+            target = Path(self.build_lib, "hps", CONSOLE_LIST.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(CONSOLE_LIST, target)
+
 
 setup(
     name="hps",
@@ -39,4 +58,5 @@ setup(
         ],
     },
     entry_points={"console_scripts": ["hps = hps.cli:main"]},
+    cmdclass={"build_py": BuildWithConsoleList},
 )

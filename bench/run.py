@@ -119,7 +119,7 @@ def build_trees(tmp: Path) -> tuple[Path, Path]:
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:
-    from tests.test_tls import self_signed as make
+    from tests.support.certificates import self_signed as make
     return make(tmp)
 
 

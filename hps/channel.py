@@ -24,7 +24,7 @@ twisted.web parses anything), the contract is:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from twisted.internet.interfaces import IProducer
 from twisted.python.failure import Failure
@@ -47,9 +47,17 @@ from hps.limits import (
     Limits,
     refuses_body,
 )
+from hps.replies import retry_later
 
-if TYPE_CHECKING:
-    from hps.fastpath import Parsed, Reply
+
+class FastReply(Protocol):
+    """A fast-path response in flight on a channel."""
+
+    def hold(self, data: bytes) -> None:
+        """Keep bytes that arrived behind the request; replayed when the reply is done."""
+
+    def lost(self) -> None:
+        """The connection went before the reply was done."""
 
 
 class FastPath(Protocol):
@@ -62,6 +70,9 @@ class FastPath(Protocol):
 class PluginRequest(Request):
     """A request that carries :mod:`hps.headers` (never the Twisted version in ``Server``),
     and is counted."""
+
+    route = "other"
+    """The kind of page the router chose (:class:`hps.resources.Root`); the metrics' label."""
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         if name in (b"Server", b"server", "Server", "server"):
@@ -111,12 +122,7 @@ class ProbeRequest(PluginRequest):
         metrics.observe_shed()
         for name, value in EVERY_RESPONSE:
             self.setHeader(name, value)
-        status, body, _ = SHED
-        self.setResponseCode(int(status[:3]))
-        self.setHeader(b"retry-after", b"1")
-        self.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        self.setHeader(b"content-length", b"%d" % len(body))
-        self.write(body)
+        self.write(retry_later(self))
         self.finish()
 
 
@@ -138,10 +144,10 @@ class PluginChannel(HTTPChannel):
         self.probe_only = False
         """Admitted beyond the cap (PROBE_RESERVE): only probes are answered, then it closes."""
         self.peer_host: str | None = None
-        self.fast_reply: Reply | None = None
+        self.fast_reply: FastReply | None = None
         """The fast path's multi-chunk response in flight on this channel, if any."""
-        self.fast_line: tuple[Parsed, int, int, str | None] | None = None
-        """The fast path's last (request, body size, second, access line), for reuse."""
+        self.fast_line: object = None
+        """The fast path's memo of its last access line (its own type, opaque here)."""
         self.web_owned = False
         """Sticky: twisted.web has parsed bytes of this connection, so it owns it."""
         self.fast_queued = False

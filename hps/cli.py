@@ -11,6 +11,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "check": ("hps.check", "check that hps serves every plugin URL the cluster will fetch"),
     "pull": ("hps.pull.cli", "fill a plugin tree from OCI registries"),
     "wasmplugin": ("hps.wasmplugin", "print a Higress WasmPlugin for one artifact"),
 }

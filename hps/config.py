@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import yaml
 from twisted.python import usage
 
+from hps.pull.properties import expand
+
 
 class ConfigError(Exception):
     """Bad settings; the message is a single line for the operator."""
@@ -38,8 +40,6 @@ def positive(value: float) -> str | None:
 
 def upstream_template(value: str) -> str | None:
     """An ``oci://`` reference once ``${name}`` and ``${version}`` are filled in."""
-    from hps.upstream import expand  # the one place that knows templates
-
     missing = [part for part in ("${name}", "${version}") if part not in value]
     if missing:  # without ${version}, every asked-for version would get the same module
         return f"{value!r} has no {missing[0]}"
@@ -89,7 +89,8 @@ class Config:
     gzip: bool = knob(True, "serve a precompressed gzip variant (of modules and listings) to "
                       "clients that accept it")
     cache_dir: str = knob("/tmp/hps-cache", "writable directory for work the server keeps across "
-                          "restarts (gzip variants, pulled-through modules)")
+                          "restarts (gzip variants, pulled-through modules, the digests each "
+                          "version first served)")
     upstream: tuple[str, ...] = knob(
         (), "OCI reference template for a module the tree lacks (repeatable, tried in order), "
         "e.g. oci://registry.example/plugins/${name}:${version}", each(upstream_template))

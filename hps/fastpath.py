@@ -1,17 +1,19 @@
 """A fast path for the plainest artifact downloads, in front of twisted.web's parser.
 
-twisted.web spends ~130 µs of per-request machinery on every download (see
-NOTES.md); a gateway's ``GET /plugins/<name>/<version>/plugin.wasm`` needs
-none of it. This module answers exactly that request, with a prebuilt header
-block and ``os.sendfile`` from the verified descriptor (through the same
-:class:`hps.sender.Sender` and :class:`hps.transfer.Transfer` as twisted.web's
-responses), and hands *everything else* back to twisted.web untouched.
+twisted.web spends ~130 µs of per-request machinery on every download (a bare
+Twisted protocol serving the same bytes reaches nginx's rate); a gateway's
+``GET /plugins/<name>/<version>/plugin.wasm`` needs none of it. This module answers
+exactly that request, with a prebuilt header block and ``os.sendfile`` from the
+verified descriptor (through the same :class:`hps.sender.Sender` and
+:class:`hps.transfer.Transfer` as twisted.web's responses), and hands *everything else*
+back to twisted.web untouched.
 
 The accepted subset is deliberately strict, so the two parsers can never
 disagree on where a request ends (the root of request smuggling):
 
 - ``data`` is one whole request: it ends at its first blank line, no body, no
-  pipelined second request, at most MAX_REQUEST bytes and MAX_HEADERS lines;
+  pipelined second request, at most STRICT_MAX_REQUEST bytes and STRICT_MAX_HEADERS lines
+  (:func:`hps.head.parse_request` decides);
 - ``GET`` or ``HEAD``, ``HTTP/1.1``, target exactly
   ``/plugins/<name>/<version>/plugin.wasm`` in characters needing no decoding
   (no ``%``, no ``?``, no dot-first segments; :func:`hps.urls.module_target`);
@@ -34,10 +36,8 @@ they change nothing in an artifact response.
 from __future__ import annotations
 
 import os
-import re
 import socket
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
@@ -45,19 +45,14 @@ from twisted.web import http
 from twisted.web.server import Site
 
 from hps._twisted import inner_channel, wake_when_writable
-from hps.catalog import Artifact, Catalog
 from hps.channel import PluginChannel
 from hps.files import Source
-from hps.head import host_ok, keeps_alive
+from hps.head import Parsed, parse_request
 from hps.headers import EVERY_RESPONSE_LINES
-from hps.negotiate import NO_PREFERENCE, Accept, preferences
 from hps.sender import Sender, zero_copy
 from hps.state import ServerState
-from hps.transfer import Transfer, Variant, variant_headers
-from hps.urls import LISTING, module_target
+from hps.transfer import ArtifactVariant, Transfer
 
-MAX_REQUEST = 8192
-MAX_HEADERS = 64
 PAUSE_READING_AT = 16384
 PARSED_CACHE = 256
 PARSED_KEY_LIMIT = 1024
@@ -65,83 +60,8 @@ PARSED_KEY_LIMIT = 1024
 are remembered by request bytes: at most PARSED_CACHE requests of under
 PARSED_KEY_LIMIT bytes each (a Go client's request is ~150 bytes), so well under 1 MiB."""
 
-_FIELD = re.compile(
-    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
-    rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*\Z"
-)
-_REFUSED = frozenset({
-    b"content-length", b"transfer-encoding", b"range", b"expect", b"upgrade",
-    b"http2-settings", b"te", b"trailer",
-})
-_SINGLE = (b"host", b"accept-encoding", b"connection")
-_PREFIXES = (b"GET " + LISTING.encode(), b"HEAD " + LISTING.encode())
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """What the fast path needs of one request; anything else it refused.
-
-    Shared by every request with the same bytes (see ``ArtifactFastPath.parse``), so
-    nothing may change it after parsing.
-    """
-
-    method: bytes
-    target: bytes
-    name: str
-    version: str
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-    close: bool = False
-    accept: Accept = NO_PREFERENCE
-    head: bool = False
-
-
-def parse_request(data: bytes) -> Parsed | None:
-    """Parse ``data`` if it is one request of the strict subset, else None."""
-    if len(data) > MAX_REQUEST or not data.startswith(_PREFIXES):
-        return None
-    end = data.find(b"\r\n\r\n")
-    if end != len(data) - 4:
-        return None  # incomplete, or more bytes after the head: twisted.web frames it
-    lines = data[:end].split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or len(lines) > MAX_HEADERS:
-        return None
-    target = module_target(parts[1])
-    if target is None:
-        return None
-    headers = _parse_fields(lines[1:])
-    if headers is None:
-        return None
-    connection = headers.get(b"connection")
-    return Parsed(parts[0], parts[1], *target, headers,
-                  not keeps_alive(b"HTTP/1.1", connection and [connection]),
-                  preferences(headers.get(b"accept-encoding")), parts[0] == b"HEAD")
-
-
-def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
-    """Header lines to {lower name: value} for the few names used; None to refuse."""
-    seen: dict[bytes, bytes] = {}
-    hosts = 0
-    for line in lines:
-        match = _FIELD.match(line)
-        if match is None:
-            return None
-        name = match.group(1).lower()
-        if name in _REFUSED or name.startswith(b"if-"):
-            return None
-        if name in _SINGLE:
-            if name in seen:
-                return None
-            seen[name] = match.group(2)
-            hosts += name == b"host"
-        elif name in (b"user-agent", b"referer", b"x-forwarded-for"):
-            seen[name] = match.group(2)
-    connection = seen.get(b"connection")
-    if hosts != 1 or not host_ok([seen[b"host"]], b"HTTP/1.1"):
-        return None  # twisted.web's channel answers 400 by the same rule
-    if connection is not None and connection.lower() not in (b"keep-alive", b"close"):
-        return None
-    return seen
+AccessMemo = tuple[Parsed, int, int, str | None]
+"""A connection's last (request, body size, second, access line), reused within a second."""
 
 
 def send_head(channel: PluginChannel, head: bytes, more: bool) -> bool:
@@ -188,8 +108,6 @@ class ArtifactFastPath:
     def __init__(self, state: ServerState, transfer: Transfer) -> None:
         self.state, self.transfer = state, transfer
         self.clock = Clock()
-        self.blocks: dict[tuple[Artifact, bytes], bytes] = {}
-        self.openings: dict[tuple[Artifact, bytes, bool, bool], tuple[bytes, bytes]] = {}
         self.parsed: dict[bytes, Parsed | None] = {}
 
     def parse(self, data: bytes) -> Parsed | None:
@@ -204,10 +122,6 @@ class ArtifactFastPath:
                 self.parsed.clear()
             self.parsed[data] = parsed
         return parsed
-
-    def on_swap(self, old: Catalog, new: Catalog) -> None:
-        self.blocks.clear()
-        self.openings.clear()
 
     def handle(self, channel: PluginChannel, data: bytes) -> bool:
         reply = channel.fast_reply
@@ -233,8 +147,7 @@ class ArtifactFastPath:
         variant, source = opened
         second = int(channel.now())
         body = not parsed.head
-        flushed = send_head(channel, self.opening(artifact, variant, parsed.close,
-                                                  parsed.head, second), body)
+        flushed = send_head(channel, self.opening(variant, parsed.close, second), body)
         sent = 0
         if body and flushed:
             sent = send_inline(transport.fileno(), source, variant.size)
@@ -263,7 +176,7 @@ class ArtifactFastPath:
         """
         download = None if parsed.head else (parsed.name, parsed.version)
         site = channel.site
-        memo = channel.fast_line
+        memo = cast("AccessMemo | None", channel.fast_line)
         if memo is not None and memo[0] is parsed and memo[1] == nbytes and memo[2] == second:
             site.finished_fast(nbytes, download, memo[3])
             return
@@ -283,32 +196,18 @@ class ArtifactFastPath:
                     uri=parsed.target, proto=b"HTTP/1.1", nbytes=nbytes,
                     referer=headers.get(b"referer"), agent=headers.get(b"user-agent"))
 
-    def fixed_headers(self, artifact: Artifact, variant: Variant) -> bytes:
-        """The headers of one variant of one artifact (keyed by the artifact's whole
-        identity: copies of the same bytes differ in Last-Modified)."""
-        key = (artifact, variant.etag)
-        fixed = self.blocks.get(key)
-        if fixed is None:
-            pairs = variant_headers(artifact, variant, self.transfer.policy)
-            lines = [b"%s: %s\r\n" % pair for pair in pairs]
-            lines.append(b"Content-Length: %d\r\n" % variant.size)
-            fixed = self.blocks[key] = b"".join(lines)
-        return fixed
-
-    def opening(self, artifact: Artifact, variant: Variant, close: bool, head: bool,
-                second: int) -> bytes:
-        """Status line and headers, built once a second and shared by every response."""
+    def opening(self, variant: ArtifactVariant, close: bool, second: int) -> bytes:
+        """Status line and headers, built once a second and shared by every response (kept
+        with the variant: one memo per artifact response, cleared with the catalog)."""
         date = self.clock.at(second)
-        key = (artifact, variant.etag, close, head)
-        cached = self.openings.get(key)
+        cached = variant.openings.get(close)
         if cached is not None and cached[0] is date:
             return cached[1]
         block = b"".join((
             b"HTTP/1.1 200 OK\r\n", EVERY_RESPONSE_LINES, b"Date: ", date, b"\r\n",
-            self.fixed_headers(artifact, variant),
-            b"Connection: close\r\n\r\n" if close else b"\r\n",
+            variant.lines, b"Connection: close\r\n\r\n" if close else b"\r\n",
         ))
-        self.openings[key] = (date, block)
+        variant.openings[close] = (date, block)
         return block
 
 
@@ -324,7 +223,7 @@ class Reply:
     """One fast-path response that outlives the read event that brought its request."""
 
     def __init__(self, path: ArtifactFastPath, channel: PluginChannel, parsed: Parsed,
-                 variant: Variant, source: Source, sent: int) -> None:
+                 variant: ArtifactVariant, source: Source, sent: int) -> None:
         self.path, self.channel, self.parsed = path, channel, parsed
         self.variant, self.source, self.sent = variant, source, sent
         self.pending: list[bytes] = []
@@ -382,7 +281,6 @@ class Reply:
 def install(state: ServerState, site: Site, transfer: Transfer) -> ArtifactFastPath:
     """Put a fast path, sharing the site's transfer, in front of every channel."""
     fast = ArtifactFastPath(state, transfer)
-    state.on_swap.append(fast.on_swap)
     build = site.protocol
 
     def protocol() -> IProtocol:

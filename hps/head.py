@@ -1,7 +1,7 @@
 """RFC 9112 rules for an HTTP/1.x request head that twisted.web does not apply.
 
 One home for each rule, used by both parsers in front of the resources: the
-channel (:mod:`hps.site`, for everything twisted.web parses) and the fast path
+channel (:mod:`hps.channel`, for everything twisted.web parses) and the fast path
 (:mod:`hps.fastpath`, which hands anything it would decide differently to
 twisted.web). No Twisted here: plain bytes in, plain answers out.
 
@@ -11,11 +11,18 @@ twisted.web). No Twisted here: plain bytes in, plain answers out.
   Connection line; ``close`` anywhere ends the connection after the response.
 - **absolute-form** (3.2.2): ``GET http://host/path HTTP/1.1`` is accepted; the
   target's authority replaces Host and the path is routed as origin-form.
+
+Last, :func:`parse_request`: the strict subset the fast path answers itself (its
+module docstring lists the rules), so both parsers' head rules sit side by side.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+
+from hps.negotiate import NO_PREFERENCE, Accept, preferences
+from hps.urls import LISTING, module_target
 
 _HOST = re.compile(
     rb"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?\Z"
@@ -62,3 +69,86 @@ def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
     if not path.startswith(b"/"):
         path = b"/" + path
     return path, match.group(1)
+
+
+# -- the fast path's strict subset (see hps.fastpath: anything else goes to twisted.web) --
+
+STRICT_MAX_REQUEST = 8192
+STRICT_MAX_HEADERS = 64
+_FIELD = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
+    rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*\Z"
+)
+_REFUSED = frozenset({
+    b"content-length", b"transfer-encoding", b"range", b"expect", b"upgrade",
+    b"http2-settings", b"te", b"trailer",
+})
+_SINGLE = (b"host", b"accept-encoding", b"connection")
+_PREFIXES = (b"GET " + LISTING.encode(), b"HEAD " + LISTING.encode())
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What the fast path needs of one request; anything else it refused.
+
+    Shared by every request with the same bytes (see ``ArtifactFastPath.parse``), so
+    nothing may change it after parsing.
+    """
+
+    method: bytes
+    target: bytes
+    name: str
+    version: str
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    close: bool = False
+    accept: Accept = NO_PREFERENCE
+    head: bool = False
+
+
+def parse_request(data: bytes) -> Parsed | None:
+    """Parse ``data`` if it is one request of the strict subset, else None."""
+    if len(data) > STRICT_MAX_REQUEST or not data.startswith(_PREFIXES):
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end != len(data) - 4:
+        return None  # incomplete, or more bytes after the head: twisted.web frames it
+    lines = data[:end].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or len(lines) > STRICT_MAX_HEADERS:
+        return None
+    target = module_target(parts[1])
+    if target is None:
+        return None
+    headers = _parse_fields(lines[1:])
+    if headers is None:
+        return None
+    connection = headers.get(b"connection")
+    return Parsed(parts[0], parts[1], *target, headers,
+                  not keeps_alive(b"HTTP/1.1", connection and [connection]),
+                  preferences(headers.get(b"accept-encoding")), parts[0] == b"HEAD")
+
+
+def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
+    """Header lines to {lower name: value} for the few names used; None to refuse."""
+    seen: dict[bytes, bytes] = {}
+    hosts = 0
+    for line in lines:
+        match = _FIELD.match(line)
+        if match is None:
+            return None
+        name = match.group(1).lower()
+        if name in _REFUSED or name.startswith(b"if-"):
+            return None
+        if name in _SINGLE:
+            if name in seen:
+                return None
+            seen[name] = match.group(2)
+            hosts += name == b"host"
+        elif name in (b"user-agent", b"referer", b"x-forwarded-for"):
+            seen[name] = match.group(2)
+    connection = seen.get(b"connection")
+    if hosts != 1 or not host_ok([seen[b"host"]], b"HTTP/1.1"):
+        return None  # twisted.web's channel answers 400 by the same rule
+    if connection is not None and connection.lower() not in (b"keep-alive", b"close"):
+        return None
+    return seen

@@ -37,8 +37,17 @@ from twisted.web import http
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from hps import replies
 from hps.catalog import Catalog
-from hps.negotiate import GZIP, Accept, not_modified, requested, variant_etag, variant_fields
+from hps.negotiate import (
+    GZIP,
+    Accept,
+    Variant,
+    not_modified,
+    requested,
+    variant_etag,
+    variant_fields,
+)
 from hps.work import in_threads
 
 THREAD_ABOVE = 500
@@ -48,20 +57,14 @@ REBUILD_EVERY = 5.0
 GZIP_ABOVE = 1024
 CHUNK = 65536
 """Pieces a body is pre-split into, handed to every transport as they are (shared, no copy)."""
-CACHE_CONTROL = b"public, max-age=10"
+CACHE_CONTROL = replies.SHORT.encode()
 
 Key = tuple[str, ...]
 Build = Callable[[], bytes]
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One encoding of a page."""
-
-    etag: bytes
-    encoding: bytes | None
-    size: int
-    chunks: tuple[bytes, ...]
+PageVariant = Variant[tuple[bytes, ...]]
+"""One encoding of a page: its body in chunks."""
 
 
 def split(data: bytes) -> tuple[bytes, ...]:
@@ -99,11 +102,10 @@ class Chunks:
 class Rendered:
     """One page, both encodings, ready to send to any number of clients."""
 
-    content_type: bytes
-    identity: Variant
-    gzipped: Variant | None
+    identity: PageVariant
+    gzipped: PageVariant | None
 
-    def variant(self, accept: Accept) -> Variant:
+    def variant(self, accept: Accept) -> PageVariant:
         """The variant ``accept`` chooses (the same rule as artifacts')."""
         if self.gzipped is not None and accept.wants_gzip():
             return self.gzipped
@@ -111,16 +113,22 @@ class Rendered:
 
 
 def render(body: bytes, content_type: str, compress: bool = True) -> Rendered:
-    """Hash and, with ``compress`` (the ``gzip`` knob), compress ``body`` once (may run in
-    a thread: touches nothing shared)."""
+    """Hash and, with ``compress`` (gzip on), compress ``body`` once (may run in a thread:
+    touches nothing shared)."""
     etag = b'"%s"' % hashlib.sha256(body).hexdigest()[:40].encode()
-    identity = Variant(etag, None, len(body), split(body))
-    gzipped = None
+    packed = None
     if compress and len(body) > GZIP_ABOVE:
         packed = gzip.compress(body, compresslevel=6, mtime=0)
-        if len(packed) < len(body):
-            gzipped = Variant(variant_etag(etag, GZIP), GZIP, len(packed), split(packed))
-    return Rendered(content_type.encode(), identity, gzipped)
+        packed = packed if len(packed) < len(body) else None
+
+    def variant(data: bytes, encoding: bytes | None) -> PageVariant:
+        tag = variant_etag(etag, encoding)
+        # A page's variants are fixed when it is built: negotiable only if it has a gzip one.
+        fields = ((b"Content-Type", content_type.encode()), (b"Cache-Control", CACHE_CONTROL),
+                  *variant_fields(tag, encoding, packed is not None))
+        return Variant(tag, encoding, len(data), fields, split(data))
+
+    return Rendered(variant(body, None), None if packed is None else variant(packed, GZIP))
 
 
 class Listings:
@@ -187,11 +195,7 @@ class Listings:
 def send(request: Request, rendered: Rendered) -> bytes | int:
     """Answer ``request`` with ``rendered``: 200 (body or HEAD) or 304."""
     variant = rendered.variant(requested(request.requestHeaders))
-    request.setHeader(b"content-type", rendered.content_type)
-    request.setHeader(b"cache-control", CACHE_CONTROL)
-    # A page's variants are fixed when it is built: negotiable only if it has a gzip one.
-    for name, value in variant_fields(variant.etag, variant.encoding,
-                                      rendered.gzipped is not None):
+    for name, value in variant.fields:
         request.setHeader(name, value)
     if not_modified(request.getHeader(b"if-none-match"), None, variant.etag, 0):
         request.setResponseCode(http.NOT_MODIFIED)
@@ -199,9 +203,9 @@ def send(request: Request, rendered: Rendered) -> bytes | int:
     request.setHeader(b"content-length", b"%d" % variant.size)
     if request.method == b"HEAD":
         return _no_body(request)
-    if len(variant.chunks) == 1:
-        return variant.chunks[0]
-    producer = Chunks(request, variant.chunks)
+    if len(variant.body) == 1:
+        return variant.body[0]
+    producer = Chunks(request, variant.body)
     request.registerProducer(producer, True)
     producer.resumeProducing()
     return NOT_DONE_YET
@@ -217,23 +221,6 @@ def answer(request: Request, page: Rendered | Deferred) -> bytes | int:
     """:func:`send` now, or when the page is built (503 if that failed)."""
     if isinstance(page, Rendered):
         return send(request, page)
-    gone: list[bool] = []
-    request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-    def ready(rendered: Rendered | None) -> None:
-        if gone:
-            return
-        if rendered is None:
-            request.setResponseCode(http.SERVICE_UNAVAILABLE)
-            request.setHeader(b"retry-after", b"1")
-            request.setHeader(b"cache-control", b"no-store")
-            body = b""
-        else:
-            body = send(request, rendered)
-        if body is not NOT_DONE_YET:
-            request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
-            request.finish()
-
-    page.addCallback(ready)
-    return NOT_DONE_YET
+    return replies.answer_when(request, page, lambda rendered: (
+        send(request, rendered) if isinstance(rendered, Rendered)
+        else replies.retry_later(request)))

@@ -15,6 +15,7 @@ fast path's alike, so both count the same way:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,11 +25,10 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hps import urls
-from hps.guard import MODULE_FILE
 
 # ``*_created`` series double the scrape for no use here; the setting is process-wide.
 disable_created_metrics()
@@ -83,21 +83,23 @@ class ResponseCounts(Collector):
         return self.families(True)
 
 
-class MissCounts(Collector):
-    """``hps_misses_total{plugin,version}``, read at scrape time from the bounded table of
-    recent misses (:mod:`hps.misses`), so its label sets are as bounded as the table."""
+class Table(Collector):
+    """One labelled family whose samples are read at scrape time from a bounded table of the
+    server's (``table()`` yields ``(*label values, value)``), so its label sets are as
+    bounded as the table."""
 
-    def __init__(self) -> None:
-        self.table: Callable[[], Iterable[tuple[str, str, int]]] = lambda: ()
+    def __init__(self, family: type[CounterMetricFamily | GaugeMetricFamily], name: str,
+                 documentation: str, labels: list[str]) -> None:
+        self.family, self.name, self.documentation, self.labels = (
+            family, name, documentation, labels)
+        self.table: Callable[[], Iterable[tuple[Any, ...]]] = lambda: ()
 
     def families(self, with_samples: bool) -> list[Metric]:
-        misses = CounterMetricFamily(
-            "hps_misses", "Requests for a well-formed plugin URL the catalog lacked, by plugin "
-            "and version (the most recent distinct pairs only).", labels=["plugin", "version"])
+        metric = self.family(self.name, self.documentation, labels=self.labels)
         if with_samples:
-            for name, version, count in self.table():
-                misses.add_metric([name, version], count)
-        return [misses]
+            for *labels, value in self.table():
+                metric.add_metric(labels, value)
+        return [metric]
 
     def describe(self) -> Iterable[Metric]:
         return self.families(False)
@@ -108,8 +110,23 @@ class MissCounts(Collector):
 
 COUNTS = ResponseCounts()
 REGISTRY.register(COUNTS)
-MISSES = MissCounts()
-REGISTRY.register(MISSES)
+MISSES = Table(
+    CounterMetricFamily, "hps_misses", "Requests for a well-formed plugin URL the catalog "
+    "lacked, by plugin and version (the most recent distinct pairs only).", ["plugin", "version"])
+MISSING = Table(
+    GaugeMetricFamily, "hps_version_missing", "1 for each recently requested version the "
+    "catalog still lacks (what the landing page lists), by plugin and version.",
+    ["plugin", "version"])
+CHANGES = Table(
+    CounterMetricFamily, "hps_artifact_changes", "Catalog swaps that brought other bytes for a "
+    "plugin version already served, by plugin and version (since this process started).",
+    ["plugin", "version"])
+CHANGED = Table(
+    GaugeMetricFamily, "hps_artifact_changed", "1 for each plugin version whose bytes differ "
+    "from those it first served (index.json \"changed\"; kept across restarts with cache_dir).",
+    ["plugin", "version"])
+for _table in (MISSES, MISSING, CHANGES, CHANGED):
+    REGISTRY.register(_table)
 IN_FLIGHT = Gauge("hps_responses_in_flight", "Responses started and not yet finished.",
                   registry=REGISTRY)
 CONNECTIONS = Gauge("hps_connections_open", "Client connections currently open.",
@@ -137,29 +154,18 @@ GZIP_PRUNED = Counter("hps_gzip_variants_pruned", "Files deleted from the gzip c
                       "no served module needs, and temporaries a crash left.", registry=REGISTRY)
 DRAINING = Gauge("hps_draining", "1 while the server drains before exiting, else 0.",
                  registry=REGISTRY)
+READY = Gauge("hps_ready", "1 while /readyz answers 200, else 0 (catalog not loaded yet, "
+              "empty, or draining).", registry=REGISTRY)
 
 
-def route_kind(path: str, status: int) -> str:
-    """The route label for a request path (without query) and its status."""
+def route_label(route: str, status: int) -> str:
+    """The ``route`` label of a response: the kind the router chose, unless the status says
+    the page was not there (404) or elsewhere (a redirect)."""
     if status == 404:
         return "notfound"
     if status in (301, 302, 307, 308):
         return "redirect"
-    match path:
-        case "/":
-            return "landing"
-        case "/healthz":
-            return "health"
-        case "/readyz":
-            return "ready"
-        case "/metrics":
-            return "metrics"
-    if path.startswith(urls.LISTING):
-        return _FILE_KINDS.get(path.rsplit("/", 1)[1], "listing")
-    return "other"
-
-
-_FILE_KINDS = {MODULE_FILE: "artifact", urls.METADATA_FILE: "metadata", urls.INDEX_FILE: "index"}
+    return route
 
 
 def artifact_of(uri: bytes) -> tuple[str, str]:
@@ -183,10 +189,6 @@ def observe_download(name: str, version: str) -> None:
     key = (name, version)
     downloads = COUNTS.downloads
     downloads[key] = downloads.get(key, 0) + 1
-
-
-def observe_catalog(size: int) -> None:
-    CATALOG.set(size)
 
 
 def observe_reload(ok: bool) -> None:
@@ -227,9 +229,30 @@ def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> N
     CONNECTIONS.set_function(connections)
 
 
-def track_misses(table: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
-    """Expose the server's table of recent misses as ``hps_misses_total``."""
+def track_misses(table: Callable[[], Iterable[tuple[str, str, int]]],
+                 missing: Callable[[], Iterable[tuple[str, str, int]]] = lambda: ()) -> None:
+    """Expose the server's table of recent misses as ``hps_misses_total``, and those the
+    catalog still lacks as ``hps_version_missing``."""
     MISSES.table = table
+    MISSING.table = missing
+
+
+def track_changes(changes: Callable[[], Iterable[tuple[str, str, int]]],
+                  changed: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+    """Expose the record of served digests (:mod:`hps.served`): ``hps_artifact_changes_total``
+    and ``hps_artifact_changed``."""
+    CHANGES.table = changes
+    CHANGED.table = changed
+
+
+def track_ready(ready: Callable[[], float]) -> None:
+    READY.set_function(ready)
+
+
+def track_catalog(size: Callable[[], float]) -> None:
+    """The catalog's size, read at scrape time: every swap counts (rescans, pull-through
+    fetches and evictions alike)."""
+    CATALOG.set_function(size)
 
 
 def track_variants(pending: Callable[[], float]) -> None:

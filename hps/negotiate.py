@@ -3,8 +3,8 @@
 No Twisted here: every function takes header bytes and plain values, so the
 twisted.web path (``transfer``), the fast path (``fastpath``) and the listings
 (``listings``) share one definition of "matches", "satisfiable" and "which
-variant" (:meth:`Accept.choose`), and one way to name a variant in headers
-(:func:`variant_etag`, :func:`variant_fields`): they cannot disagree.
+variant" (:meth:`Accept.choose`), one :class:`Variant`, and one way to name a variant
+in headers (:func:`variant_etag`, :func:`variant_fields`): they cannot disagree.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 MAX_RANGES = 64
 """More range specs than this is abuse, not a download manager: the header is ignored."""
@@ -263,3 +263,28 @@ def variant_fields(etag: bytes, encoding: bytes | None,
     if negotiable:
         fields.append((b"Vary", b"Accept-Encoding"))
     return fields
+
+
+Body = TypeVar("Body")
+
+
+@dataclass(frozen=True)
+class Variant(Generic[Body]):
+    """One representation of a resource (a module, its gzip file, a page's encoding), built
+    once and shared by every response of it: its tag, coding and size, the header fields
+    that are the same on 200, 206, 304 and 416, and where its bytes are (``body``)."""
+
+    etag: bytes
+    encoding: bytes | None
+    size: int
+    fields: tuple[tuple[bytes, bytes], ...]
+    body: Body
+    lines: bytes = field(init=False, compare=False)
+    """``fields`` and Content-Length as header lines, for a head written by hand."""
+    openings: dict[object, tuple[bytes, bytes]] = field(
+        init=False, compare=False, default_factory=dict)
+    """A writer's memo of whole heads built from ``lines`` (keyed by its own terms)."""
+
+    def __post_init__(self) -> None:
+        lines = b"".join(b"%s: %s\r\n" % pair for pair in self.fields)
+        object.__setattr__(self, "lines", lines + b"Content-Length: %d\r\n" % self.size)

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import stat
+import tempfile
 
 
 class Untrusted(OSError):
@@ -56,6 +57,15 @@ def own_dir(path: str, mode: int = 0o755) -> str:
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, mode)
     check(os.lstat(path), path)
+    return path
+
+
+def own_writable_dir(path: str) -> str:
+    """:func:`own_dir`, and proof that this server can create files in it (a read-only
+    mount passes every ownership check); else the OSError that says why not."""
+    own_dir(path)
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+        pass
     return path
 
 

@@ -16,6 +16,7 @@ from hps import urls
 from hps.catalog import Artifact, Catalog, utc
 from hps.guard import MODULE_FILE
 from hps.misses import Miss
+from hps.served import Change
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; padding: 0 1rem;
@@ -112,9 +113,11 @@ def console_lines(base_url: str) -> list[str]:
 
 
 def landing_page(catalog: Catalog, base_url: str, missing: list[Miss] | None = None,
-                 pull_through: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> bytes:
+                 pull_through: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+                 changed: Iterable[Change] = ()) -> bytes:
     """``pull_through``: (templates, allowed name patterns), or None when it is off."""
     return render_html("Higress plugin server", [
+        *_changed_table(list(changed)),
         tags.p(f"Serving {len(catalog.names())} plugins ({len(catalog)} modules). ",
                tags.a(href=urls.LISTING)(f"Browse {urls.LISTING}"), "."),
         *_inventory_link(catalog),
@@ -169,6 +172,24 @@ def _missing_table(missing: list[Miss]) -> list[Tag]:
     ]
 
 
+def _changed_table(changed: list[Change]) -> list[Tag]:
+    """First on the page: gateways that cached these URLs hold other bytes than new ones get."""
+    if not changed:
+        return []
+    rows = [tags.tr(tags.td(c.name), tags.td(c.version), tags.td(class_="hash")(c.first),
+                    tags.td(class_="hash")(c.now)) for c in changed]
+    return [
+        tags.h2("Bytes changed under the same URL"),
+        tags.p("Gateways cache a module by URL and never fetch it again, so these versions "
+               "now differ between gateways that restarted and those that did not. Put the "
+               "first bytes back, or serve the new ones under a new version (see "
+               "docs/operations.md)."),
+        tags.table(class_="changed")(
+            tags.tr(tags.th("plugin"), tags.th("version"), tags.th("first served SHA-256"),
+                    tags.th("SHA-256 now")), *rows),
+    ]
+
+
 def _stamp(seconds: float) -> str:
     return utc(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -211,9 +232,12 @@ def _alias_lines(have: list[Artifact], version: str) -> list[str]:
 
 
 def index_json(catalog: Catalog, names: Iterable[str] | None = None,
-               missing: list[Miss] | None = None) -> bytes:
+               missing: list[Miss] | None = None,
+               changed: Iterable[Change] | None = None) -> bytes:
     """``{"plugins": [{"name", "versions": [...]}]}``, names sorted, versions ordered; with
-    ``missing``, also ``"missing": [{"name", "version", "requests", "lastRequested"}]``."""
+    ``missing``, also ``"missing": [{"name", "version", "requests", "lastRequested"}]``;
+    with ``changed``, also ``"changed": [{"name", "version", "first", "now"}]`` (the
+    versions whose bytes differ from the SHA-256 they first served, :mod:`hps.served`)."""
     chosen = catalog.names() if names is None else names
     plugins = [
         {"name": name, "versions": [_version_entry(a) for a in catalog.versions(name)]}
@@ -223,6 +247,9 @@ def index_json(catalog: Catalog, names: Iterable[str] | None = None,
     if missing is not None:
         document["missing"] = [{"name": m.name, "version": m.version, "requests": m.count,
                                 "lastRequested": _stamp(m.last)} for m in missing]
+    if changed is not None:
+        document["changed"] = [{"name": c.name, "version": c.version, "first": c.first,
+                                "now": c.now} for c in changed]
     return json.dumps(document, indent=2).encode() + b"\n"
 
 

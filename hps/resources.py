@@ -16,41 +16,28 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from hps import listings, metrics, pages, urls
+from hps.artifact import ArtifactResource
 from hps.catalog import Artifact, Catalog
 from hps.guard import MODULE_FILE, Verdict, accept_name, accept_version, judge_path
 from hps.misses import Misses
+from hps.replies import SHORT, TEXT, answer_when, not_found, reply, retry_later, text
+from hps.served import Change, ServedRecord
 from hps.state import ServerState
-from hps.transfer import ArtifactFile, Policy, Transfer
+from hps.transfer import Policy, Transfer
 from hps.upstream import RETRY_AFTER, Missing, Upstream
 
 ALLOWED = b"GET, HEAD"
-NO_STORE = "no-store"
-SHORT = listings.CACHE_CONTROL.decode()
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 Page = Callable[[Request], bytes | int]
-
-
-def reply(request: Request, code: int, body: bytes, content_type: str,
-          cache: str = NO_STORE) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", content_type.encode())
-    request.setHeader(b"cache-control", cache.encode())
-    request.setHeader(b"content-length", str(len(body)).encode())
-    return body
-
-
-def text(request: Request, code: int, body: str, cache: str = NO_STORE) -> bytes:
-    return reply(request, code, body.encode(), "text/plain; charset=utf-8", cache)
-
-
-def not_found(request: Request) -> bytes:
-    return text(request, http.NOT_FOUND, "not found\n", SHORT)
+Route = tuple[str, Page]
+"""The route's kind (the ``route`` label of hps's metrics) and its page."""
+FILE_ROUTES = {MODULE_FILE: "artifact", urls.METADATA_FILE: "metadata"}
 
 
 def redirect(location: str) -> Page:
@@ -78,19 +65,20 @@ class Root(Resource):
     log = Logger()
     def __init__(self, state: ServerState, transfer: Transfer | None = None,
                  misses: Misses | None = None, upstream: Upstream | None = None,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, served: ServedRecord | None = None) -> None:
         super().__init__()
         if clock is None:
             from twisted.internet import reactor as clock
         config = state.config
+        self.transfer = transfer or Transfer(Policy.from_config(
+            config.cache_max_age, config.immutable))
         self.listings = listings.Listings(
             clock, extra=lambda: misses.generation if misses is not None else 0,
-            compress=config.gzip)
+            compress=self.transfer.variants is not None)
         self.state = state
         self.misses = misses
         self.upstream = upstream
-        self.transfer = transfer or Transfer(Policy.from_config(
-            config.cache_max_age, config.immutable, config.gzip))
+        self.served = served
 
     def render(self, request: Request) -> bytes | int:
         if request.method not in (b"GET", b"HEAD"):
@@ -99,70 +87,76 @@ class Root(Resource):
         verdict, segments = judge_path(request.postpath)
         if verdict is Verdict.MALFORMED:
             return text(request, http.BAD_REQUEST, "bad request\n")
-        page = self.route(segments) if verdict is Verdict.OK else None
-        return (page or not_found)(request)
+        kind, page = (self.route(segments) if verdict is Verdict.OK else None) or (
+            "notfound", not_found)
+        if not self.state.catalog.loaded and segments[:1] == [urls.PLUGINS]:
+            # Nothing is known yet, so nothing is final: the gateway never retries a 404.
+            page = retry_later
+        request.route = kind  # type: ignore[attr-defined]  # a PluginRequest: metrics read it
+        return page(request)
 
-    def route(self, segments: list[str]) -> Page | None:
+    def route(self, segments: list[str]) -> Route | None:
         catalog = self.state.catalog
         match segments:
             case [""]:
-                return self.landing
+                return "landing", self.landing
             case ["healthz"]:
-                return lambda request: text(request, http.OK, "ok\n")
+                return "health", lambda request: text(request, http.OK, "ok\n")
             case ["readyz"]:
-                return self.readiness
+                return "ready", self.readiness
             case ["metrics"]:
-                return lambda request: reply(request, http.OK, *metrics.exposition())
+                return "metrics", lambda request: reply(request, http.OK, *metrics.exposition())
             case [urls.PLUGINS]:
-                return redirect(urls.LISTING)
+                return "redirect", redirect(urls.LISTING)
             case [urls.PLUGINS, ""]:
-                return self.listing(catalog, ("plugins",), HTML, heavy=True,
-                                    make=lambda: pages.plugins_page(catalog))
+                return "listing", self.listing(catalog, ("plugins",), HTML, heavy=True,
+                                               make=lambda: pages.plugins_page(catalog))
             case [urls.PLUGINS, urls.INDEX_FILE]:
-                missing = self.missing()  # read here, on the reactor thread
-                return self.listing(catalog, ("index",), JSON, heavy=True,
-                                    make=lambda: pages.index_json(catalog, missing=missing))
+                missing, changed = self.missing(), self.changed()  # read on the reactor thread
+                return "index", self.listing(
+                    catalog, ("index",), JSON, heavy=True,
+                    make=lambda: pages.index_json(catalog, missing=missing, changed=changed))
             case [urls.PLUGINS, urls.INVENTORY_FILE] if catalog.inventory is not None:
                 body = catalog.inventory.body  # served like a listing: ETag, 304, gzip
-                return self.listing(catalog, ("inventory",), JSON, make=lambda: body)
+                return "listing", self.listing(catalog, ("inventory",), JSON, make=lambda: body)
             case [urls.PLUGINS, name, version, file] if file in urls.PLUGIN_FILES and (
                     catalog.get(name, version) is None
                     and accept_name(name) and accept_version(version)):
-                return self.miss(name, version, file)
+                return FILE_ROUTES[file], self.miss(name, version, file)
             case [urls.PLUGINS, name, *rest] if catalog.versions(name):
                 return self.route_plugin(name, rest)
         return None
 
-    def route_plugin(self, name: str, rest: list[str]) -> Page | None:
+    def route_plugin(self, name: str, rest: list[str]) -> Route | None:
         catalog = self.state.catalog
         match rest:
             case []:
-                return redirect(urls.plugin_url(name))
+                return "redirect", redirect(urls.plugin_url(name))
             case [""]:
-                return self.listing(catalog, ("plugin", name), HTML,
-                                    make=lambda: pages.plugin_page(catalog, name))
+                return "listing", self.listing(catalog, ("plugin", name), HTML,
+                                               make=lambda: pages.plugin_page(catalog, name))
             case [urls.INDEX_FILE]:
-                return self.listing(catalog, ("index", name), JSON,
-                                    make=lambda: pages.index_json(catalog, [name]))
+                return "index", self.listing(catalog, ("index", name), JSON,
+                                             make=lambda: pages.index_json(catalog, [name]))
         artifact = catalog.get(name, rest[0])
         if artifact is None:
             return None
         match rest[1:]:
             case []:
-                return redirect(urls.version_url(name, artifact.version))
+                return "redirect", redirect(urls.version_url(name, artifact.version))
             case [""]:
-                return self.listing(catalog, ("version", name, artifact.version), HTML,
-                                    make=lambda: pages.version_page(artifact))
+                return "listing", self.listing(catalog, ("version", name, artifact.version),
+                                               HTML, make=lambda: pages.version_page(artifact))
             case [file] if file in urls.PLUGIN_FILES:
-                return self.file_page(artifact, file)
+                return FILE_ROUTES[file], self.file_page(artifact, file)
         return None
 
     def file_page(self, artifact: Artifact, file: str) -> Page:
         """``plugin.wasm`` or ``metadata.txt`` of one artifact."""
         if file == MODULE_FILE:
-            return ArtifactFile(artifact, self.transfer).render
+            return ArtifactResource(artifact, self.transfer).render
         body = pages.metadata_text(artifact)
-        return lambda request: reply(request, http.OK, body, "text/plain; charset=utf-8", SHORT)
+        return lambda request: reply(request, http.OK, body, TEXT, SHORT)
 
     def miss(self, name: str, version: str, file: str) -> Page:
         """A well-formed plugin URL the catalog lacks: counted, then pulled through or 404."""
@@ -177,48 +171,33 @@ class Root(Resource):
     def pull_through(self, request: Request, name: str, version: str, file: str) -> int:
         """Wait on the pull-through service's Deferred; never talk to a registry here."""
         assert self.upstream is not None
-        waiting = self.upstream.wait(name, version)
-        gone: list[bool] = []
 
-        def left(failure: Failure) -> None:
-            gone.append(True)
-            waiting.cancel()  # this waiter only: the fetch goes on for the others
-
-        def answer(outcome: Artifact | Failure) -> None:
-            if gone:
-                return
+        def answer(outcome: Artifact | Failure) -> bytes | int:
             if isinstance(outcome, Artifact):
-                body = self.file_page(outcome, file)(request)
-            elif outcome.check(Missing):
-                body = self.not_here(request, name, version)
-            else:
-                body = self.unavailable(request)
-            if body is not NOT_DONE_YET:
-                request.write(body)
-                request.finish()
+                return self.file_page(outcome, file)(request)
+            if outcome.check(Missing):
+                return self.not_here(request, name, version)
+            return retry_later(request, RETRY_AFTER)  # slow, or failed: the log says which
 
-        request.notifyFinish().addErrback(left)
-        waiting.addBoth(answer).addErrback(
-            lambda failure: self.log.failure("answering a pull-through wait", failure))
-        return NOT_DONE_YET
+        # Cancelling drops this waiter only: the fetch goes on for the others.
+        return answer_when(request, self.upstream.wait(name, version), answer)
 
     def not_here(self, request: Request, name: str, version: str) -> bytes:
         body = pages.not_here_text(self.state.catalog, name, version)
         return text(request, http.NOT_FOUND, body, SHORT)
 
-    @staticmethod
-    def unavailable(request: Request) -> bytes:
-        """The fetch is slow or the registry failed (the log says which): the gateway retries."""
-        request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
-        return text(request, http.SERVICE_UNAVAILABLE, "not available yet, retry\n")
-
     def missing(self) -> list | None:
         return self.misses.missing(self.state.catalog) if self.misses is not None else None
+
+    def changed(self) -> tuple[Change, ...]:
+        """Swapped in with the catalog (hps.served), so a page built per snapshot is current."""
+        return self.served.changed if self.served is not None else ()
 
     def landing(self, request: Request) -> bytes:
         source = (self.upstream.templates, self.upstream.allow) if self.upstream else None
         body = pages.landing_page(self.state.catalog, base_url(request),
-                                  missing=self.missing() or [], pull_through=source)
+                                  missing=self.missing() or [], pull_through=source,
+                                  changed=self.changed())
         return reply(request, http.OK, body, "text/html; charset=utf-8", SHORT)
 
     def readiness(self, request: Request) -> bytes:

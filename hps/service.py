@@ -27,6 +27,7 @@ from hps.files import Source
 from hps.limits import Limits
 from hps.misses import Misses
 from hps.resources import Root
+from hps.served import ServedRecord
 from hps.site import PluginSite
 from hps.state import ServerState
 from hps.transfer import Policy, Transfer
@@ -147,7 +148,6 @@ class CatalogLoader:
             self.log.warn("skipped {reason}", reason=reason)
         self.state.swap(fresh)
         metrics.observe_reload(True)
-        metrics.observe_catalog(len(fresh))
         if len(fresh) != len(old) or not old.loaded:
             self.log.info("catalog holds {count} artifacts from {root}",
                           count=len(fresh), root=fresh.root)
@@ -164,22 +164,32 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> MultiSe
     if reactor is None:
         from twisted.internet import reactor
     state = ServerState(config=config, catalog=catalog.unloaded(config.root))
+    metrics.track_catalog(lambda: len(state.catalog))
     # One transfer (policy, open files, gzip variants), shared by twisted.web and the fast path.
     run = in_threads(reactor)
-    variants = GzipVariants(config.cache_dir, config.gzip, run=run)
-    state.on_swap.append(variants.on_swap)
-    metrics.track_variants(lambda: variants.pending)
-    transfer = Transfer(Policy.from_config(config.cache_max_age, config.immutable, config.gzip),
+    # The one place the gzip knob is read: without variants, nothing is served gzipped.
+    variants = GzipVariants(config.cache_dir, run=run) if config.gzip else None
+    if variants is not None:
+        state.on_swap.append(variants.on_swap)
+    metrics.track_variants(lambda: variants.pending if variants is not None else 0)
+    transfer = Transfer(Policy.from_config(config.cache_max_age, config.immutable),
                         variants=variants)
     state.on_swap.append(transfer.on_swap)
     misses = Misses(reactor)
-    metrics.track_misses(lambda: [(m.name, m.version, m.count) for m in misses.recent()])
+    metrics.track_misses(lambda: [(m.name, m.version, m.count) for m in misses.recent()],
+                         lambda: [(m.name, m.version, 1) for m in misses.missing(state.catalog)])
+    metrics.track_ready(lambda: state.unready_reason() is None)
+    # Read by the swap (never by a request): what each URL first served, and what changed.
+    served = ServedRecord(config.cache_dir, run)
+    state.on_swap.append(served.on_swap)
+    metrics.track_changes(lambda: [(*key, n) for key, n in served.changes.items()],
+                          lambda: [(c.name, c.version, 1) for c in served.changed])
     try:
         upstream = make_upstream(state, reactor)
     except ConfigError as err:
         fail(err)
     roots = [config.root, cache_tree(config.cache_dir)] if upstream else [config.root]
-    site = PluginSite(Root(state, transfer, misses, upstream, reactor), state=state,
+    site = PluginSite(Root(state, transfer, misses, upstream, reactor, served), state=state,
                       limits=Limits.from_config(config),
                       access=AccessLog(config.access_log, config.trust_forwarded, clock=reactor),
                       reactor=reactor, open_files=lambda: Source.open)

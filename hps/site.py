@@ -272,10 +272,10 @@ class PluginSite(Site):
 
     def request_ended(self, result: object, request: PluginRequest) -> None:
         self.in_flight -= 1
-        path = request.path.decode("latin-1")
         peer = request.getClientAddress()
         self.finished_response(
-            route=metrics.route_kind(path, request.code), status=request.code,
+            route=metrics.route_label(request.route, request.code),
+            status=request.code,
             nbytes=request.sentLength, method=request.method, uri=request.uri,
             proto=request.clientproto, peer=getattr(peer, "host", "-"),
             forwarded=request.getHeader(b"x-forwarded-for"),

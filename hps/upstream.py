@@ -44,7 +44,7 @@ from hps.guard import MODULE_FILE, accept_name, accept_version
 from hps.owned import open_own_dir, own_dir
 from hps.pull.errors import NotFound, NotWasm, PullError
 from hps.pull.fetch import Options, fetch_to
-from hps.pull.properties import Reference, parse_reference
+from hps.pull.properties import expand
 from hps.state import ServerState
 from hps.work import Runner, in_daemon_threads, in_threads
 
@@ -78,13 +78,6 @@ class Missing(Exception):
 
 class Unavailable(Exception):
     """Not now: a registry error, a hang, or too many fetches (503 + Retry-After)."""
-
-
-def expand(template: str, name: str, version: str) -> Reference:
-    """The ``Reference`` a template names for one plugin version; ValueError when bad."""
-    if version.startswith("sha256:"):  # upstream serves a digest-only line at its digest
-        template = template.replace(":${version}", "@${version}")
-    return parse_reference(template.replace("${name}", name).replace("${version}", version))
 
 
 class Source(Protocol):
@@ -168,7 +161,6 @@ class Upstream:
             # A scan that began before the write would swap in a snapshot without it; the
             # watcher runs one more scan after any in progress, and that one sees the file.
             self.rescan()
-            metrics.observe_catalog(len(self.state.catalog))
             metrics.observe_fetch("fetched")
             # The image's tree wins: if it gained the same name/version meanwhile, serve that.
             outcome = self.state.catalog.get(*key) or result
@@ -270,7 +262,6 @@ class Upstream:
         if artifact is not None and self.cached(artifact):
             self.evicted[key] = artifact.identity
             self.state.swap(self.state.catalog.without([key]))
-            metrics.observe_catalog(len(self.state.catalog))
         self.order.pop(key, None)
         metrics.observe_eviction()
         self.log.info("pull-through: evicted {name} {version}, the least recently served "

@@ -46,7 +46,7 @@ from hps import metrics
 from hps.atomic import staged
 from hps.catalog import Artifact, Catalog, Identity, identity_of
 from hps.files import Replaced, Source, open_verified
-from hps.owned import own_dir
+from hps.owned import own_writable_dir
 
 GZIP_LEVEL = 6
 """For the server's own compression: level 9 costs ~3x the CPU for ~1 % fewer bytes.
@@ -194,9 +194,7 @@ def usable_dir(cache_dir: str, log: Logger | None = None) -> str | None:
     server can write there; else None, and one warning on ``log`` saying why."""
     path = os.path.join(cache_dir, "gzip")
     try:
-        own_dir(path)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
-            pass
+        own_writable_dir(path)
     except OSError as err:
         (log or Logger()).warn("cannot use the gzip cache: {why}; gzip variants go to "
                                "unlinked temporary files", why=err)
@@ -285,8 +283,8 @@ class GzipVariants:
 
     log = Logger()
 
-    def __init__(self, cache_dir: str, enabled: bool = True, *, run: Runner) -> None:
-        self.cache_dir, self.enabled, self.run = cache_dir, enabled, run
+    def __init__(self, cache_dir: str, *, run: Runner) -> None:
+        self.cache_dir, self.run = cache_dir, run
         self.ready: dict[str, GzipFile] = {}
         self.queue: dict[str, Artifact] = {}
         self.busy: str | None = None
@@ -305,12 +303,12 @@ class GzipVariants:
         return len(self.queue) + (self.busy not in (None, PRUNING))
 
     def get(self, artifact: Artifact) -> GzipFile | None:
-        return self.ready.get(artifact.sha256) if self.enabled else None
+        return self.ready.get(artifact.sha256)
 
     def preparing(self, artifact: Artifact) -> bool:
         """Is this module's variant queued or being made right now?"""
         key = artifact.sha256
-        return self.enabled and (key in self.queue or key == self.busy)
+        return key in self.queue or key == self.busy
 
     def when_ready(self, artifact: Artifact) -> Deferred:
         """Fires once the module's variant is ready or known not to exist; moves it to the
@@ -333,8 +331,6 @@ class GzipVariants:
             self.next()
 
     def on_swap(self, old: Catalog, new: Catalog) -> None:
-        if not self.enabled:
-            return
         self.live = frozenset(a.sha256 for a in new.artifacts.values())
         for key in [k for k in self.ready if k not in self.live]:
             del self.ready[key]

@@ -36,7 +36,8 @@ from hps._twisted import (
     switch_to_h2,
     wake_when_writable,
 )
-from tests.support.sockets import Reactor, pump, tcp_pair
+from tests.support.reactor import Reactor
+from tests.support.sockets import pump, tcp_pair
 
 
 def test_generic_protocol_wraps_the_channel_it_is_given() -> None:

@@ -33,6 +33,8 @@ def make_tree(tmp_path: Path) -> Tree:
 
 
 def test_scan_hashes_and_orders(tmp_path: Path) -> None:
+    """A scan finds every module with its size, sha256, md5, ETag and URL; names sort by name,
+    versions numerically with a pre-release before its release."""
     tree = make_tree(tmp_path)
     body = tree.add("key-rate-limit", "1.0.0", size=3_000_000)
     for version in ("1.10.0", "1.2.0", "2.0.0-rc.1", "2.0.0"):
@@ -79,6 +81,8 @@ def test_scan_skips_what_is_not_an_artifact(tmp_path: Path) -> None:
 
 
 def test_aliases_inside_the_root(tmp_path: Path) -> None:
+    """A version or name symlinked to another inside the root is served as an alias of it; a
+    module reached through a hidden directory is not served."""
     tree = make_tree(tmp_path)
     body = tree.add("jsonrpc-converter", "1.0.0", size=64)
     (tree.root / "json-converter").mkdir()
@@ -144,6 +148,8 @@ def test_version_order_is_numeric(triples: list[tuple[int, int, int]]) -> None:
 
 
 def test_examine_module_is_the_one_test_of_a_module() -> None:
+    """examine_module reads any length in chunks for size, sha256 and md5, and refuses what is
+    empty, too short or not starting with the Wasm magic."""
     data = b"\0asm\1\0\0\0" + bytes(range(256)) * 5000  # more than one read
     digests = examine_module(io.BytesIO(data))
     assert (digests.size, digests.sha256, digests.md5) == (

@@ -112,6 +112,8 @@ def test_describe_names_every_knob() -> None:
 
 
 def test_trees_nest_when_equal_or_either_holds_the_other(tmp_path) -> None:
+    """nested() holds for the same directory, a parent and a child (through symlinks too), never
+    for a mere name prefix."""
     (tmp_path / "plugins2").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "plugins2")
     for one, other in (("plugins", "plugins"), ("plugins", "plugins/a/b"), ("plugins/a", ""),

@@ -30,6 +30,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.monitoring import alert_rules, tool, write_rules
+from tests.support.polling import poll
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DEPLOY = REPO / "deploy"
@@ -145,6 +148,8 @@ def test_hadolint_finds_nothing() -> None:
 
 
 def test_runtime_stage_shape() -> None:
+    """The image's final stage runs twistd hps as a fixed non-root UID on the exposed port with
+    a /healthz check, and only copies from the builder."""
     stage = runtime_stage()
     user = stage.last("USER") or ""
     uid = user.split(":")[0]
@@ -189,6 +194,8 @@ def copy_build_context(dest: Path) -> None:
     shutil.copytree(REPO / "hps", dest / "hps", ignore=ignore)
     (dest / "twisted" / "plugins").mkdir(parents=True)
     shutil.copy2(REPO / "twisted/plugins/hps_plugin.py", dest / "twisted/plugins")
+    (dest / "plugins").mkdir()
+    shutil.copy2(REPO / "plugins/console.properties", dest / "plugins")
 
 
 def write_twistd_script(venv: Path) -> None:
@@ -298,19 +305,23 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 
 
 def wait_for(url: str, status: int, process: subprocess.Popen[bytes], deadline: float) -> bytes:
-    last: object = None
-    while time.monotonic() < deadline:
+    last: list[object] = [None]
+
+    def answered() -> tuple[bytes] | None:
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode} before {url} answered")
         try:
             code, body = fetch(url, timeout=2)
-            if code == status:
-                return body
-            last = code
         except OSError as err:
-            last = err
-        time.sleep(0.1)  # polls a real process until it answers
-    pytest.fail(f"{url} never answered {status} (last: {last})")
+            last[0] = err
+            return None
+        last[0] = code
+        return (body,) if code == status else None  # a tuple: an empty body is an answer
+
+    found = poll(answered, deadline - time.monotonic(), every=0.1)
+    if found is None:
+        pytest.fail(f"{url} never answered {status} (last: {last[0]})")
+    return found[0]
 
 
 @dataclass
@@ -394,6 +405,25 @@ def test_fresh_venv_lists_the_plugin(image_venv: Path, tmp_path: Path) -> None:
     assert where.stdout.startswith(str(image_venv)), "hps must come from the install, not the repo"
 
 
+def test_the_installed_check_knows_the_consoles_list(image_venv: Path, tmp_path: Path) -> None:
+    """``hps check``'s default Console list ships in the package: from anywhere (a pod's
+    /srv), the installed command checks the 52 URLs of plugins/console.properties."""
+    env = image_environment(image_venv)
+    (tmp_path / "tree").mkdir()
+    pattern = "http://hps.example/plugins/${name}/${version}/plugin.wasm"
+    result = subprocess.run(
+        [str(image_venv / "bin" / "python"), "-m", "hps.cli", "check", "--root", "tree",
+         "--console-pattern", pattern, "--json"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stderr  # an empty tree serves none of them
+    rows = json.loads(result.stdout)["rows"]
+    listed = [line.split("=", 1)[0] for line in
+              (REPO / "plugins/console.properties").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#")]
+    assert [row["source"] for row in rows] == [f"console {name}" for name in listed]
+    assert len(rows) == 52 and {row["state"] for row in rows} == {"missing"}
+
+
 def test_image_healthcheck_fails_when_nothing_listens(image_venv: Path) -> None:
     port = free_port()
     check = [part.replace(f":{IMAGE_PORT}/", f":{port}/") for part in healthcheck_command()]
@@ -474,6 +504,9 @@ def test_manifest_is_valid_for_kubernetes_1_30(path: Path) -> None:
     for doc in docs:
         if doc.get("kind") == "WasmPlugin":
             check_wasmplugin(doc)
+            continue
+        if doc.get("kind") in MONITORING_KINDS:
+            check_monitoring(doc)
             continue
         try:
             validator.validate(doc, K8S_VERSION, strict=True)
@@ -568,6 +601,8 @@ def test_everything_selects_the_same_pods() -> None:
 
 
 def test_deployment_is_hardened_and_outlives_the_drain() -> None:
+    """The Deployment runs non-root, read-only, with no capabilities and seccomp, bounded
+    resources, two spread replicas, and a grace period longer than the drain."""
     from hps.config import Config
 
     pod = the_deployment()["spec"]["template"]["spec"]
@@ -644,3 +679,82 @@ def test_helm_drop_in_swaps_only_the_image() -> None:
     argv = runtime_command()
     assert option_value(argv, "--listen") == f"tcp:{IMAGE_PORT}"
     assert option_value(argv, "--root") == IMAGE_ROOT
+
+
+# --- deploy/monitoring/: the Prometheus Operator's objects, and the alerts --------------------
+
+MONITORING = DEPLOY / "monitoring"
+MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
+RULES_TEST = REPO / "tests" / "monitoring" / "rules.test.yaml"
+OPERATIONS = REPO / "docs" / "operations.md"
+SEVERITIES = {"critical", "warning"}
+
+
+def check_monitoring(doc: dict[str, Any]) -> None:
+    """No schema ships for the Prometheus Operator's CRDs in kubernetes-validate: by hand,
+    what they require and what ties them to deploy/."""
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert doc["metadata"]["namespace"] == NAMESPACE
+    spec = doc["spec"]
+    if doc["kind"] == "ServiceMonitor":
+        assert set(spec) == {"selector", "endpoints"}
+        service = objects()["Service/higress-plugin-server"]
+        assert spec["selector"]["matchLabels"] == service["metadata"]["labels"]
+        names = {port["name"] for port in service["spec"]["ports"]}
+        assert [(e["port"], e["path"]) for e in spec["endpoints"]] == [("http", "/metrics")]
+        assert {e["port"] for e in spec["endpoints"]} <= names
+        return
+    for rule in alert_rules(doc["spec"]):
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+        assert rule["labels"]["severity"] in SEVERITIES
+        assert set(rule["annotations"]) == {"summary", "runbook_url"}
+
+
+def prometheus_rule() -> dict[str, Any]:
+    return objects()["PrometheusRule/higress-plugin-server"]
+
+
+def test_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
+    result = subprocess.run([tool("promtool"), "check", "rules", str(write_rules(tmp_path))],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    count = len(alert_rules(prometheus_rule()["spec"]))
+    assert f"SUCCESS: {count} rules found" in result.stdout
+
+
+def test_each_alert_fires_and_stays_silent_under_promtool_test(tmp_path: Path) -> None:
+    write_rules(tmp_path)
+    shutil.copy(RULES_TEST, tmp_path / RULES_TEST.name)
+    result = subprocess.run([tool("promtool"), "test", "rules", RULES_TEST.name], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Every alert is checked both ways: firing on some series, silent at another time.
+    cases = [case for test in yaml_docs(RULES_TEST)[0]["tests"]
+             for case in test["alert_rule_test"]]
+    fired = {case["alertname"] for case in cases if case["exp_alerts"]}
+    silent = {case["alertname"] for case in cases if not case["exp_alerts"]}
+    alerts = {rule["alert"] for rule in alert_rules(prometheus_rule()["spec"])}
+    assert fired == silent == alerts
+
+
+def test_each_alert_has_a_one_line_runbook() -> None:
+    lines = OPERATIONS.read_text(encoding="utf-8").splitlines()
+    for rule in alert_rules(prometheus_rule()["spec"]):
+        assert rule["annotations"]["runbook_url"] == (
+            f"docs/operations.md#{rule['alert'].lower()}")
+        heading = lines.index(f"### {rule['alert']}")
+        entry = lines[heading + 1:heading + 4]
+        assert entry[0] == "" and entry[1] and entry[2] == "", entry  # one line under it
+
+
+def test_monitoring_is_its_own_kustomization() -> None:
+    """Without the Prometheus Operator its CRDs do not exist and ``kubectl apply -k deploy/``
+    would fail on them: deploy/ leaves them out, deploy/monitoring/ lists them."""
+    kustomization = yaml_docs(MONITORING / "kustomization.yaml")[0]
+    assert kustomization["namespace"] == NAMESPACE
+    assert sorted(kustomization["resources"]) == sorted(
+        path.name for path in manifest_files() if path.parent == MONITORING)
+    assert {doc["kind"] for path in manifest_files() if path.parent == MONITORING
+            for doc in yaml_docs(path)} == MONITORING_KINDS
+    assert not any(name.startswith("monitoring")
+                   for name in yaml_docs(DEPLOY / "kustomization.yaml")[0]["resources"])

@@ -9,27 +9,24 @@ import http.client
 import os
 import re
 import ssl
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.certificates import self_signed
 from tests.support.permissions import owner_permissions
+from tests.support.polling import poll
 from tests.support.server import Server, Tree
-from tests.test_tls import self_signed
 
 URL = "/plugins/demo/1.0.0/plugin.wasm"
 GET = f"GET {URL} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
 
 
 def variants_ready(server: Server, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = server.get("/metrics").body.decode()
-        if re.search(r"^hps_gzip_variants_pending 0\.0$", text, re.M):
-            return
-        time.sleep(0.05)  # polls a real process for a condition it shows only in /metrics
-    pytest.fail(f"gzip variants still pending:\n{server.log()}")
+    """Polls the real process for a condition it shows only in /metrics."""
+    if not poll(lambda: re.search(r"^hps_gzip_variants_pending 0\.0$",
+                                  server.get("/metrics").body.decode(), re.M), timeout):
+        pytest.fail(f"gzip variants still pending:\n{server.log()}")
 
 
 def unverified() -> ssl.SSLContext:
@@ -213,6 +210,8 @@ def test_the_first_gzip_download_after_start_is_gzip(tree: Tree, harness) -> Non
     assert pool.run_one()  # the first scan; the gzip variants queue up behind it
     server.settle()
     assert pool.run_one()  # first after a swap: the cache's prune (hps.variants.prune)
+    server.settle()
+    assert pool.run_one()  # then the record of served digests is written (hps.served)
     server.settle()
     assert server.get("/readyz").status == 200, "readiness does not wait for variants"
     jobs = []

@@ -17,14 +17,15 @@ from hps import fastpath
 from hps._twisted import inner_channel
 from hps.catalog import Catalog, scan
 from hps.config import Config
-from hps.fastpath import parse_request
+from hps.head import parse_request
 from hps.resources import Root
 from hps.site import PluginSite
 from hps.state import ServerState
 from hps.transfer import Policy, Transfer
 from hps.variants import GzipVariants
+from tests.support.reactor import Reactor
 from tests.support.server import wasm_bytes
-from tests.support.sockets import Reactor, pump, tcp_pair
+from tests.support.sockets import pump, tcp_pair
 
 GET = b"GET /plugins/demo/1.0.0/plugin.wasm HTTP/1.1\r\nHost: x\r\n"
 
@@ -87,7 +88,7 @@ def make_rig(tmp_path: Path, gzip_variants: bool = False) -> Rig:
     if gzip_variants:  # made at once, in this thread
         variants = GzipVariants(str(tmp_path / "cache"), run=lambda work, *a: succeed(work(*a)))
         variants.on_swap(Catalog(root=str(tmp_path)), state.catalog)
-    transfer = Transfer(Policy.from_config(300, immutable=False, gzip=True), variants=variants)
+    transfer = Transfer(Policy.from_config(300, immutable=False), variants=variants)
     reactor = Reactor()
     site = PluginSite(Root(state, transfer), state=state, reactor=reactor)
     fastpath.install(state, site, transfer)

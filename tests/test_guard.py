@@ -45,6 +45,8 @@ def test_judge_path_never_raises_and_keeps_order(raw: list[bytes]) -> None:
 
 
 def test_examples() -> None:
+    """Path segments: plain names are OK; dot segments, dotfiles, slashes and overlong ones are
+    404; control or non-UTF-8 bytes and overlong paths are malformed."""
     assert judge_segment(b"key-rate-limit") == (Verdict.OK, "key-rate-limit")
     assert judge_segment(b"")[0] is Verdict.OK  # a trailing slash
     for refused in (b"..", b".", b".git", b"a/b", b"a\\b", b"x" * 129):
@@ -62,6 +64,8 @@ def test_names_are_lowercase_tokens(name: str) -> None:
 
 
 def test_names_and_versions() -> None:
+    """Which plugin names and versions are accepted: lower-case names; semver, any OCI tag or
+    a full sha256 digest as versions; never a path."""
     assert accept_name("key-rate-limit") and accept_name("ai-proxy") and accept_name("a.b_c")
     for bad in ("", "-x", ".x", "Key", "a/b", "a b", "x" * 129):
         assert not accept_name(bad), bad
@@ -76,6 +80,8 @@ def test_names_and_versions() -> None:
 
 
 def test_wasm_magic_and_temporary_names() -> None:
+    """The Wasm magic is recognised, and hidden, partial-download and editor names count as
+    temporary."""
     assert is_wasm_module(b"\0asm\x01\0\0\0") and not is_wasm_module(b"\0as")
     assert not is_wasm_module(b"<html>")
     for name in (".plugin.wasm.tmp", "plugin.wasm.part", "x~", "#x#", "a.swp"):

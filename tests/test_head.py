@@ -6,6 +6,8 @@ from hps.head import connection_tokens, host_ok, keeps_alive, origin_form
 
 
 def test_host_rules() -> None:
+    """HTTP/1.1 needs exactly one Host with a valid host[:port] (empty allowed); HTTP/1.0 may
+    omit it."""
     assert host_ok([b"example.com"], b"HTTP/1.1")
     assert host_ok([b"example.com:8080"], b"HTTP/1.1")
     assert host_ok([b"[::1]:8080"], b"HTTP/1.1")
@@ -20,6 +22,8 @@ def test_host_rules() -> None:
 
 
 def test_connection_options() -> None:
+    """A close token anywhere in any Connection header ends keep-alive; HTTP/1.0 never keeps
+    alive."""
     assert connection_tokens([b"keep-alive, Close"]) == {b"keep-alive", b"close"}
     assert not keeps_alive(b"HTTP/1.1", [b"keep-alive", b"close"])
     assert not keeps_alive(b"HTTP/1.1", [b"keep-alive,close"])
@@ -30,6 +34,8 @@ def test_connection_options() -> None:
 
 
 def test_absolute_form() -> None:
+    """An http(s) absolute-form target becomes its path and Host; any other target is left as it
+    came."""
     assert origin_form(b"http://h:8080/plugins/a?x=1") == (b"/plugins/a?x=1", b"h:8080")
     assert origin_form(b"HTTPS://h") == (b"/", b"h")
     assert origin_form(b"http://h?x") == (b"/?x", b"h")

@@ -17,10 +17,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 from hps.files import Source
 from hps.http2 import LOG_EVERY, MAX_STREAMS, PluginH2Connection
 from hps.site import SWEEP_SECONDS
+from tests.support.certificates import self_signed
 from tests.support.h2client import connect_h2
 from tests.support.memory import Harness
 from tests.support.server import Tree
-from tests.test_tls import self_signed
 
 BIG = "/plugins/big/1.0.0/plugin.wasm"
 SMALL = "/plugins/small/1.0.0/plugin.wasm"

@@ -16,6 +16,8 @@ from tests.support.server import REPO
     (b"POST", MAX_BODY, False), (b"POST", MAX_BODY + 1, True), (b"POST", None, True),
 ])
 def test_bodies(method: bytes, length: int | None, refused: bool) -> None:
+    """GET and HEAD may carry no body, POST one up to MAX_BODY; a chunked body (no length) is
+    refused."""
     assert refuses_body(method, length) is refused
 
 

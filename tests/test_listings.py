@@ -9,10 +9,9 @@ from pathlib import Path
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
-from hps.catalog import Catalog, scan
+from hps.catalog import Catalog
 from hps.listings import REBUILD_EVERY, THREAD_ABOVE, Listings, Rendered
-from tests.support.server import wasm_bytes
-from tests.test_site import Site
+from tests.support.server import Tree, wasm_bytes
 
 HTML = "text/html; charset=utf-8"
 
@@ -31,7 +30,7 @@ def test_a_page_is_built_once_per_snapshot() -> None:
     assert listings.get(one, ("plugins",), counting(calls), HTML) is first
     assert len(calls) == 1
     assert isinstance(first, Rendered) and first.gzipped is not None
-    assert gzip.decompress(b"".join(first.gzipped.chunks)) == b"".join(first.identity.chunks)
+    assert gzip.decompress(b"".join(first.gzipped.body)) == b"".join(first.identity.body)
     listings.get(two, ("plugins",), counting(calls), HTML)
     assert len(calls) == 2, "a new snapshot is a new generation"
 
@@ -84,23 +83,21 @@ def test_heavy_pages_of_big_catalogs_are_built_once_in_a_thread() -> None:
     assert isinstance(small, Rendered) and len(jobs) == 1
 
 
-def test_listings_carry_etag_gzip_and_answer_304(tmp_path: Path) -> None:
-    site = Site(tmp_path / "plugins", None)
+def test_listings_carry_etag_gzip_and_answer_304(tree: Tree, harness) -> None:
     for name in ("a", "b", "c"):
-        (site.root / name / "1.0.0").mkdir(parents=True)
-        (site.root / name / "1.0.0" / "plugin.wasm").write_bytes(wasm_bytes(100))
-    site.state.swap(scan(str(site.root)))
+        tree.add(name, "1.0.0", size=100)
+    site = harness(tree.root)
     ask = b"GET /plugins/index.json HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n"
-    _, first = site.ask(ask + b"\r\n")
-    head, _, body = first.value().partition(b"\r\n\r\n")
+    first = site.raw(ask + b"\r\n")
+    head, _, body = first.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Encoding: gzip" in head
     assert b'"name": "c"' in gzip.decompress(body)
     etag = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"etag:"))
-    _, again = site.ask(ask + b"If-None-Match: " + etag.split(b": ", 1)[1] + b"\r\n\r\n")
-    assert again.value().startswith(b"HTTP/1.1 304 ") and again.value().endswith(b"\r\n\r\n")
-    _, plain = site.ask(b"HEAD /plugins/ HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert plain.value().startswith(b"HTTP/1.1 200 ") and plain.value().endswith(b"\r\n\r\n")
-    assert b"Content-Encoding" not in plain.value() and b"\r\nETag: " in plain.value()
+    again = site.raw(ask + b"If-None-Match: " + etag.split(b": ", 1)[1] + b"\r\n\r\n")
+    assert again.startswith(b"HTTP/1.1 304 ") and again.endswith(b"\r\n\r\n")
+    plain = site.raw(b"HEAD /plugins/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert plain.startswith(b"HTTP/1.1 200 ") and plain.endswith(b"\r\n\r\n")
+    assert b"Content-Encoding" not in plain and b"\r\nETag: " in plain
 
 
 def test_big_index_pages_are_built_off_the_reactor_while_downloads_go_on(tmp_path: Path,

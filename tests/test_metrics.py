@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from hps.metrics import artifact_of, route_kind
+from hps.metrics import artifact_of
 from tests.support.server import Tree
 
 
@@ -21,6 +21,8 @@ def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
 
 
 def test_metrics_after_some_requests(tree: Tree, harness) -> None:
+    """Requests, bytes, downloads and misses are counted per route and artifact, and a stalled
+    download shows while it lasts."""
     body = tree.add("key-auth", "1.0.0", size=10_000)
     tree.add("basic-auth", "2.0.0", size=300_000)  # more than a transport buffers
     server = harness(tree.root)
@@ -76,6 +78,26 @@ def test_reloads_are_counted(tree: Tree, harness) -> None:
     assert after["hps_catalog_artifacts"] == 2
 
 
+def test_readiness_and_missing_versions_are_gauges(tree: Tree, harness) -> None:
+    """What the alerts read (deploy/monitoring/): hps_ready as /readyz says it, and
+    hps_version_missing for a version asked for until the tree has it."""
+    tree.add("key-auth", "1.0.0")
+    server = harness(tree.root, hold_threads=True)  # the first scan waits
+    assert server.get("/readyz").status == 503 and server.metrics()["hps_ready"] == 0
+    server.hold_threads = False
+    server.settle()
+    assert server.get("/readyz").status == 200 and server.metrics()["hps_ready"] == 1
+    missing = 'hps_version_missing{plugin="key-auth",version="2.0.1"}'
+    assert server.get("/plugins/key-auth/2.0.1/plugin.wasm").status == 404
+    assert server.metrics()[missing] == 1
+    tree.add("key-auth", "2.0.1")
+    server.rescan()
+    assert missing not in server.metrics()
+    assert server.metrics()['hps_misses_total{plugin="key-auth",version="2.0.1"}'] == 1
+    server.stop()
+    assert server.metrics()["hps_ready"] == 0  # draining
+
+
 def test_access_log_json_ignores_forwarded_unless_trusted(tree: Tree, harness) -> None:
     tree.add("key-auth", "1.0.0")
     plain = harness(tree.root, access_log="json")
@@ -111,18 +133,27 @@ def test_a_download_cut_by_the_client_is_logged_and_counted(tree: Tree, harness)
     assert 'hps_downloads_total{plugin="key-auth",version="1.0.0"}' not in moved
 
 
-@pytest.mark.parametrize(("path", "status", "kind"), [
-    ("/", 200, "landing"), ("/healthz", 200, "health"), ("/readyz", 503, "ready"),
-    ("/metrics", 200, "metrics"), ("/plugins/a/1/plugin.wasm", 200, "artifact"),
-    ("/plugins/a/1/metadata.txt", 200, "metadata"), ("/plugins/index.json", 200, "index"),
-    ("/plugins/a/", 200, "listing"), ("/plugins/a/1/plugin.wasm", 404, "notfound"),
-    ("/plugins", 301, "redirect"), ("/favicon.ico", 405, "other"),
+@pytest.mark.parametrize(("method", "path", "status", "kind"), [
+    ("GET", "/", 200, "landing"), ("GET", "/healthz", 200, "health"),
+    ("GET", "/readyz", 200, "ready"), ("GET", "/plugins/a/1.0.0/plugin.wasm", 200, "artifact"),
+    ("GET", "/plugins/a/1.0.0/metadata.txt", 200, "metadata"),
+    ("GET", "/plugins/index.json", 200, "index"), ("GET", "/plugins/a/index.json", 200, "index"),
+    ("GET", "/plugins/a/", 200, "listing"),
+    ("GET", "/plugins/a/2.0.0/plugin.wasm", 404, "notfound"),
+    ("GET", "/plugins", 301, "redirect"), ("DELETE", "/favicon.ico", 405, "other"),
 ])
-def test_route_kinds(path: str, status: int, kind: str) -> None:
-    assert route_kind(path, status) == kind
+def test_the_route_label_is_the_kind_the_router_chose(tree: Tree, harness, method: str,
+                                                     path: str, status: int, kind: str) -> None:
+    tree.add("a", "1.0.0")
+    server = harness(tree.root)
+    before = server.metrics()
+    assert server.request(path, method=method).status == status
+    moved = delta(before, server.metrics())
+    assert moved[f'hps_requests_total{{route="{kind}",status="{status}"}}'] == 1, moved
 
 
 def test_artifact_of() -> None:
+    """Only a module URL names a (plugin, version) for the per-artifact counters."""
     assert artifact_of(b"/plugins/a/1.0.0/plugin.wasm?x") == ("a", "1.0.0")
     assert artifact_of(b"/plugins/a/plugin.wasm") == ("", "")
     assert artifact_of(b"/other/a/1.0.0/plugin.wasm") == ("", "")

@@ -30,6 +30,8 @@ ETAG = b'"abc"'
 
 
 def test_single_ranges() -> None:
+    """One range, a suffix or an open end, clamped to the body, and overlapping or adjacent
+    ranges coalesced into one."""
     assert pick_range(b"bytes=0-9", 100) == (0, 9)
     assert pick_range(b"bytes=90-", 100) == (90, 99)
     assert pick_range(b"bytes=-10", 100) == (90, 99)
@@ -40,6 +42,8 @@ def test_single_ranges() -> None:
 
 
 def test_unsatisfiable_and_ignored_ranges() -> None:
+    """A range past the end is unsatisfiable (416); malformed, reversed, disjoint or too many
+    ranges are ignored (full body)."""
     assert pick_range(b"bytes=100-", 100) is UNSATISFIABLE
     assert pick_range(b"bytes=-0", 100) is UNSATISFIABLE
     assert pick_range(b"bytes=200-300,300-", 100) is UNSATISFIABLE
@@ -61,6 +65,8 @@ def test_a_range_never_announces_more_than_the_body(specs, size) -> None:
 
 
 def test_if_none_match() -> None:
+    """If-None-Match compares weakly, accepts lists and *, and treats a malformed value as
+    absent."""
     assert none_match(b'"abc"', ETAG)
     assert none_match(b'W/"abc"', ETAG)  # weak comparison
     assert none_match(b'"x", W/"abc"', ETAG)
@@ -81,6 +87,8 @@ def test_not_modified_prefers_etags() -> None:
 
 
 def test_if_range() -> None:
+    """If-Range applies the range only for the same strong ETag or a date no older than the
+    file."""
     assert range_applies(None, ETAG, 0)
     assert range_applies(ETAG, ETAG, 0)
     assert not range_applies(b'W/"abc"', ETAG, 0)  # weak never matches
@@ -94,6 +102,8 @@ def chosen(header: bytes | None, offered: tuple[bytes, ...] = (GZIP,)) -> bytes 
 
 
 def test_accept_encoding() -> None:
+    """Which Accept-Encoding values choose gzip (by name, alias or *, with a non-zero q) and
+    which leave identity."""
     for wants in (b"gzip", b"deflate, gzip;q=0.5", b"*", b"x-gzip", b"GZIP", b"identity;q=0, *",
                   b"*;q=0, gzip", b"br;q=1, *;q=0.1", b"gzip;q=1.0, identity; q=0.5, *;q=0",
                   b"gzip, identity", b"gzip ; Q=0.5"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hps.owned import Untrusted, open_own_dir, own_dir
+from hps.owned import Untrusted, open_own_dir, own_dir, own_writable_dir
 
 
 def test_an_absent_directory_is_created_with_its_mode_and_parents(tmp_path: Path) -> None:
@@ -95,3 +95,12 @@ def test_a_cache_dir_another_user_owns_is_refused_before_anything_is_made_in_it(
     ours = tmp_path / "ours"  # root's or the server's own: used (an emptyDir is root's, 0777)
     ours.mkdir(mode=0o777)
     assert own_dir(str(ours / "plugins")) == str(ours / "plugins")
+
+
+def test_a_writable_own_dir_is_probed_and_left_clean(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "record"
+    assert own_writable_dir(str(path)) == str(path)
+    assert list(path.iterdir()) == []  # the probe file is gone
+    os.symlink(tmp_path, tmp_path / "cache" / "link")
+    with pytest.raises(Untrusted, match="is a symlink"):
+        own_writable_dir(str(tmp_path / "cache" / "link"))

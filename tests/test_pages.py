@@ -39,6 +39,7 @@ def tree(tmp_path: Path) -> Tree:
 @pytest.mark.parametrize(("size", "text"), [
     (100, "100 bytes"), (2048, "2.0 KiB"), (3 << 20, "3.0 MiB")])
 def test_human_size(size: int, text: str) -> None:
+    """Sizes on the pages: bytes, then KiB and MiB with one decimal."""
     assert human_size(size) == text
 
 

@@ -55,6 +55,7 @@ def test_wrong_password_is_auth_needed(
 def test_credentials_from_environment(
     locked_registry: Registry, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """HPS_REGISTRY_USERNAME and HPS_REGISTRY_PASSWORD open a registry that needs a login."""
     monkeypatch.setenv("HPS_REGISTRY_USERNAME", USER)
     monkeypatch.setenv("HPS_REGISTRY_PASSWORD", PASSWORD)
     result = workspace.pull(_entries(locked_registry))
@@ -65,12 +66,14 @@ def test_credentials_from_environment(
 def test_credentials_from_password_stdin(
     locked_registry: Registry, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """--username with --password-stdin opens a registry that needs a login."""
     monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
     result = workspace.pull(_entries(locked_registry), None, "--username", USER, "--password-stdin")
     assert result.code == 0, result.err
 
 
 def test_credentials_from_docker_config(locked_registry: Registry, workspace: Workspace) -> None:
+    """An auth entry in ~/.docker/config.json opens a registry that needs a login."""
     auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     config = Path.home() / ".docker" / "config.json"
     config.parent.mkdir()

@@ -3,16 +3,20 @@ and exit 2."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from hps.pull.cli import load_plan, parser
+from tests.support.inventory import copy_inventory, default_plan
 from tests.support.registry import (
     Registry,
     Workspace,
     wasm,
 )
+from tests.support.wasmplugins import docs_example, kubectl_list, multi_document
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,3 +58,63 @@ def test_bad_input_is_one_line_and_exit_2(workspace: Workspace) -> None:
     result = workspace.pull(None, "plugins: [")
     assert (result.code, len(result.err.splitlines())) == (2, 1)
     assert "malformed YAML" in result.err
+
+
+def test_the_clusters_wasmplugins_are_pulled_and_locked(
+        registry: Registry, workspace: Workspace) -> None:
+    """``--wasmplugins``: each oci:// reference lands at <last segment>/<tag> (a digest-only
+    one at sha256:<hex>), its pin checked; URLs already on http are left alone."""
+    registry.push_wasm("plugins/request-block", "1.0.0", wasm("rb"))
+    digest = registry.push_wasm("mcp-server/all-in-one", "1.0.0", wasm("mcp"))
+    registry.push_wasm("plugins/waf", "2.0.3", wasm("waf"))
+    registry.push_wasm("plugins/inventory", "1.0.0", wasm("inv"))
+    dump = workspace.root / "cluster.yaml"
+    dump.write_text(kubectl_list([
+        docs_example("rb", registry.ref("plugins/request-block", "1.0.0"),
+                     sha256=hashlib.sha256(wasm("rb")).hexdigest()),
+        docs_example("mcp", f"oci://{registry.host}/mcp-server/all-in-one@{digest}"),
+        docs_example("waf", registry.ref("plugins/waf", "2.0.3"), sha256="0" * 64),
+        docs_example("moved", "http://hps.example/plugins/key-auth/2.0.0/plugin.wasm"),
+    ]))
+    result = workspace.pull({"inventory": registry.ref("plugins/inventory", "1.0.0")}, None,
+                            "--wasmplugins", str(dump))
+    assert result.code == 1
+    assert result.failures() == [
+        line for line in result.err.splitlines() if line.startswith("hps pull: FAILED waf/2.0.3")]
+    assert workspace.module("request-block", "1.0.0") == wasm("rb")
+    assert workspace.module("all-in-one", digest) == wasm("mcp")
+    assert workspace.module("inventory", "1.0.0") == wasm("inv")  # the inventory still pulled
+    assert not (workspace.out / "waf").exists()  # its pin did not match: nothing written
+    assert set(workspace.locked()) == {"request-block/1.0.0", f"all-in-one/{digest}",
+                                       "inventory/1.0.0"}
+
+
+def test_the_cluster_joins_the_default_inventory_and_wins(tmp_path: Path,
+                                                        monkeypatch) -> None:
+    """With no inventory flags the default inventory is pulled too; for a name and version
+    both name, the cluster's reference is what the server must hold."""
+    copy_inventory(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    mirror = "oci://harbor.internal/higress/key-auth:2.0.0"
+    dump = tmp_path / "cluster.yaml"
+    dump.write_text(multi_document([docs_example("key-auth", mirror),
+                                    docs_example("x", "oci://harbor.internal/ns/extra:0.1.0")]))
+    plan = load_plan(parser().parse_args(["--wasmplugins", str(dump)]))
+    default = default_plan()
+    assert set(plan.entries) == set(default.entries) | {("extra", "0.1.0")}
+    assert str(plan.entries["key-auth", "2.0.0"].ref) == mirror
+    assert plan.entries["ai-proxy", "2.0.3"].ref == default.entries["ai-proxy", "2.0.3"].ref
+
+
+def test_bad_wasmplugins_are_one_line_each_and_exit_2(workspace: Workspace) -> None:
+    workspace.properties.write_text("")
+    dump = workspace.root / "cluster.yaml"
+    dump.write_text(multi_document([docs_example("a", "oci://r.example/a"),
+                                    {"kind": "ConfigMap"}]))
+    result = workspace.pull(None, None, "--wasmplugins", str(dump))
+    assert result.code == 2
+    assert result.err.splitlines() == [
+        f"hps pull: {dump}: document 1 (higress-system/a): oci://r.example/a:"
+        " 'oci://r.example/a' has neither a tag nor a digest",
+        f"hps pull: {dump}: document 2: kind is 'ConfigMap', not WasmPlugin",
+    ]

@@ -70,7 +70,7 @@ def test_ctrl_c_is_one_line_and_the_lock_describes_the_tree(
     workspace.properties.write_text("".join(f"{n}={r}\n" for n, r in ordered.items()))
     argv = ["--properties", str(workspace.properties), "--output", str(workspace.out)]
     # The hung download would only end at --timeout: Ctrl-C must not wait for it.
-    argv += ["--plain-http", "--jobs", "1", "--retries", "0", "--timeout", "300"]
+    argv += ["--plain-http", "--jobs", "1", "--retries", "0", "--timeout", "300", "--replace"]
     process = subprocess.Popen(
         [sys.executable, "-m", "hps.cli", "pull", *argv],
         env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(workspace.root)},

@@ -30,6 +30,8 @@ def _lock(tmp_path: Path, plugins: dict, version: int = 2) -> Path:
 
 
 def test_round_trip_and_version_1_locks(tmp_path: Path) -> None:
+    """A lock reads back as it was written, and a version 1 lock (keyed by name) reads as the
+    same records."""
     records = read_lock(_lock(tmp_path, {"a/1.0.0": GOOD}))
     expected = Record(
         REF, GOOD["manifestDigest"], None, "cd" * 32, 42, ["1.0.0", "0.9.0"], {"b": ["1.0.0"]}

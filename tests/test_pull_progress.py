@@ -14,6 +14,7 @@ from hps.pull.progress import Progress, human
     (5 << 20, "5.0 MiB"), (3 << 30, "3.0 GiB"),
 ])
 def test_human_sizes(size: int, text: str) -> None:
+    """Sizes in progress lines: whole bytes (B), then KiB, MiB and GiB with one decimal."""
     assert human(size) == text
 
 

@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pulls_both_image_styles_by_tag(registry: Registry, workspace: Workspace) -> None:
+    """A Wasm-layer artifact and a tar+gzip image both pull by tag, and the lock records their
+    digests."""
     registry.push_wasm("tag/key-auth", "2.0.0", wasm("key-auth"))
     image = registry.push_image("tag/basic-auth", "1.0.0", {"plugin.wasm": wasm("basic")})
     result = workspace.pull(
@@ -46,7 +48,8 @@ def test_a_second_pull_replaces_the_module_atomically(
     entries = {"a": registry.ref("again/a", "1.0.0")}
     assert workspace.pull(entries).code == 0
     registry.push_wasm("again/a", "1.0.0", wasm("two"))
-    assert workspace.pull(entries).code == 0
+    assert workspace.pull(entries).code == 1  # other bytes, same version: only when asked
+    assert workspace.pull(entries, None, "--replace").code == 0
     assert workspace.module("a", "1.0.0") == wasm("two")
     assert workspace.leftovers() == []
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -193,3 +194,64 @@ def test_failures_are_one_line_each_and_leave_no_partial_file(
     assert sorted(os.listdir(workspace.out)) == ["good"]
     assert workspace.leftovers() == []
     assert list(workspace.locked()) == ["good/1.0.0"]
+
+
+def test_other_bytes_for_a_version_in_the_tree_need_replace(
+    registry: Registry, workspace: Workspace
+) -> None:
+    """The gateway never fetches a cached URL again: a retag upstream must not slip into the
+    tree. Refused (both digests, exit 1, the tree and lock as they were), then --replace."""
+    registry.push_wasm("retag/a", "1.0.0", wasm("first"))
+    registry.push_wasm("retag/b", "1.0.0", wasm("b"))
+    entries = {"a": registry.ref("retag/a", "1.0.0"), "b": registry.ref("retag/b", "1.0.0")}
+    manifest = "plugins:\n  a:\n    aliases: ['0.9.0']\n"
+    assert workspace.pull(entries, manifest).code == 0
+    lock = workspace.lock.read_bytes()
+    gz = (workspace.out / "a/1.0.0/plugin.wasm.gz").read_bytes()
+    assert workspace.pull(entries, manifest).code == 0, "the same bytes again: nothing to refuse"
+
+    registry.push_wasm("retag/a", "1.0.0", wasm("moved"))
+    result = workspace.pull(entries, manifest)
+    assert result.code == 1
+    first, moved = hexdigest(wasm("first")), hexdigest(wasm("moved"))
+    assert result.failures() == [
+        f"hps pull: FAILED a/1.0.0: the tree serves sha256 {first} here, the registry has "
+        f"{moved}; not replaced: gateways that cached the URL would keep the old bytes (use a "
+        "new version, or --replace)"]
+    assert workspace.module("a", "1.0.0") == wasm("first")
+    assert workspace.module("a", "0.9.0") == wasm("first")
+    assert (workspace.out / "a/1.0.0/plugin.wasm.gz").read_bytes() == gz
+    assert workspace.module("b", "1.0.0") == wasm("b")
+    assert workspace.lock.read_bytes() == lock  # still describes the tree
+    assert workspace.leftovers() == []
+
+    result = workspace.pull(entries, manifest, "--replace")
+    assert result.code == 0, result.err
+    assert workspace.module("a", "1.0.0") == wasm("moved")
+    assert workspace.module("a", "0.9.0") == wasm("moved")
+    assert gzip.decompress((workspace.out / "a/1.0.0/plugin.wasm.gz").read_bytes()) == wasm(
+        "moved")
+    assert workspace.locked()["a/1.0.0"]["wasmSha256"] == moved
+
+
+def test_an_alias_moved_onto_other_bytes_needs_replace(
+    registry: Registry, workspace: Workspace
+) -> None:
+    registry.push_wasm("realias/a", "1.0.0", wasm("one"))
+    registry.push_wasm("realias/a", "2.0.0", wasm("two"))
+    one = {"a": registry.ref("realias/a", "1.0.0")}
+    assert workspace.pull(one, "plugins:\n  a:\n    aliases: ['latest']\n").code == 0
+    two = {"a": registry.ref("realias/a", "2.0.0")}
+    result = workspace.pull(two, "plugins:\n  a:\n    aliases: ['latest']\n")
+    assert result.code == 1
+    assert [line.split(": ")[1] for line in result.failures()] == ["FAILED a/latest"]
+    assert f"serves sha256 {hexdigest(wasm('one'))} here" in result.failures()[0]
+    assert workspace.module("a", "latest") == wasm("one")
+    assert workspace.module("a", "2.0.0") == wasm("two")  # a new version: nothing to refuse
+    result = workspace.pull(two, "plugins:\n  a:\n    aliases: ['latest']\n", "--replace")
+    assert result.code == 0, result.err
+    assert workspace.module("a", "latest") == wasm("two")
+
+
+def hexdigest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

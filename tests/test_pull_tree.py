@@ -111,6 +111,8 @@ def tgz(files: dict[str, bytes]) -> bytes:
     ],
 )
 def test_extract_refuses(data: bytes, media: str, expected: str) -> None:
+    """A layer that is not one Wasm module (no magic, too short, not a tar, two modules) is
+    refused with NotWasm saying why."""
     with pytest.raises(NotWasm, match=expected):
         extract_module(_file(data), media)
 

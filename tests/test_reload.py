@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.polling import poll
 from tests.support.server import Server, Tree
 
 PATH = "/plugins/hot/1.0.0/plugin.wasm"
@@ -28,6 +29,8 @@ def etag(body: bytes) -> str:
 
 
 def test_add_replace_remove(tree: Tree, harness) -> None:
+    """A rescan serves added and replaced modules and drops removed ones; a download in flight
+    keeps the bytes it began with."""
     first = tree.add("hot", "1.0.0", size=300_000)
     server = harness(tree.root, gzip=False)
     in_flight = server.connect()
@@ -83,11 +86,9 @@ def within(seconds: float, check: Callable[[], bool]) -> float:
     """How long until ``check()`` held; fails after ``seconds``. The delay of a real
     process's reaction is what is measured, so this polls its wall clock."""
     began = time.monotonic()
-    while time.monotonic() - began < seconds:
-        if check():
-            return time.monotonic() - began
-        time.sleep(0.02)  # a real process's wall clock (see the docstring)
-    raise AssertionError(f"not seen within {seconds}s")
+    if not poll(check, seconds, every=0.02):
+        raise AssertionError(f"not seen within {seconds}s")
+    return time.monotonic() - began
 
 
 def inotify_descriptors(pid: int) -> int:

@@ -43,6 +43,7 @@ def server(tree: Tree, harness):
     ("/favicon.ico", 404, "text/plain; charset=utf-8", None),
 ])
 def test_routes(server, path: str, status: int, content_type: str, location: str | None) -> None:
+    """Each route's status, Content-Type and redirect Location, all with nosniff."""
     reply = server.get(path)
     assert reply.status == status, path
     assert reply.header("Content-Type").startswith(content_type)
@@ -114,3 +115,28 @@ def test_nothing_else_beside_the_plugins_is_reachable(tree: Tree, tmp_path: Path
     server.rescan()
     assert server.get(INVENTORY_URL).status == 404
     assert "snapshot-inventory.json: symlink leaves the root" in server.log()
+
+
+@pytest.mark.parametrize("path", [
+    "/plugins/key-auth/1.0.0/plugin.wasm",
+    "/plugins/key-auth/1.0.0/metadata.txt",
+    "/plugins/key-auth/9.9.9/plugin.wasm",
+    "/plugins/key-auth/",
+    "/plugins/",
+    "/plugins/index.json",
+    "/plugins/key-auth/index.json",
+])
+def test_nothing_is_final_while_the_catalog_loads(tree: Tree, harness, path: str) -> None:
+    """Before the first scan is in, a plugin URL or a listing is 503 + Retry-After (which the
+    gateway retries), never the 404 it would take as final; afterwards the real answer."""
+    tree.add("key-auth", "1.0.0")
+    server = harness(tree.root, hold_threads=True)  # the first scan waits
+    reply = server.get(path)
+    assert (reply.status, reply.header("Retry-After")) == (503, "1"), path
+    assert reply.header("Cache-Control") == "no-store"
+    assert server.get("/healthz").status == 200 and server.get("/").status == 200
+    assert not any(key.startswith("hps_misses_total{") for key in server.metrics())
+    server.hold_threads = False
+    server.settle()
+    expected = 404 if "9.9.9" in path else 200
+    assert server.get(path).status == expected, path

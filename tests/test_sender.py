@@ -13,8 +13,9 @@ from hps.catalog import identity_of
 from hps.files import open_verified
 from hps.sender import READ_CHUNK, SENDFILE_TURN, Sender, zero_copy
 from tests.support.memory import ServerTransport
+from tests.support.reactor import Reactor
 from tests.support.server import wasm_bytes
-from tests.support.sockets import Reactor, pump, tcp_pair
+from tests.support.sockets import pump, tcp_pair
 
 
 class Events:

@@ -27,6 +27,8 @@ def populated(tree: Tree, harness):
 
 
 def test_module_bytes_and_headers(populated) -> None:
+    """A module comes back byte for byte as application/wasm with its length, Last-Modified,
+    nosniff and Server; HEAD sends the headers only."""
     server, bodies = populated
     body = bodies[("key-rate-limit", "1.0.0")]
     reply = server.get("/plugins/key-rate-limit/1.0.0/plugin.wasm")
@@ -43,6 +45,7 @@ def test_module_bytes_and_headers(populated) -> None:
 
 
 def test_metadata_lines(populated) -> None:
+    """metadata.txt has upstream's lines (name, size, dates, MD5) plus SHA256, in that order."""
     server, bodies = populated
     body = bodies[("key-rate-limit", "1.0.0")]
     reply = server.get("/plugins/key-rate-limit/1.0.0/metadata.txt")
@@ -66,6 +69,8 @@ def test_stale_metadata_file_never_wins(tree: Tree, harness) -> None:
 
 
 def test_index_json(populated) -> None:
+    """index.json lists every plugin and version with URL, size, digests and time; a plugin's
+    own index.json holds just its entry."""
     server, bodies = populated
     reply = server.get("/plugins/index.json")
     assert reply.status == 200 and reply.header("Content-Type") == "application/json"
@@ -86,6 +91,8 @@ def test_index_json(populated) -> None:
 
 
 def test_listings_and_landing(populated) -> None:
+    """Directory listings link plugins, versions and files; bare directories redirect with a
+    slash; the landing page gives the Console settings for the host asked for."""
     server, _ = populated
     listing = server.get("/plugins/")
     assert listing.status == 200 and b'href="/plugins/key-rate-limit/"' in listing.body
@@ -111,6 +118,7 @@ def test_hostile_host_header_is_not_echoed(populated) -> None:
 
 
 def test_health_and_readiness(populated) -> None:
+    """/healthz answers ok and is never cached; /readyz is 200 once the catalog holds modules."""
     server, _ = populated
     health = server.get("/healthz")
     assert (health.status, health.body) == (200, b"ok\n")
@@ -186,6 +194,8 @@ def hostile_tree(tree: Tree, tmp_path, harness):
 
 
 def test_hostile_paths(hostile_tree) -> None:
+    """Traversal (encoded too), symlinks out of the root, dotfiles, temporaries and non-Wasm
+    files are 404, malformed paths 400; none is listed, and the log has no traceback."""
     server = hostile_tree
     for path in HOSTILE_404:
         reply = server.get(path)
@@ -217,6 +227,8 @@ def test_raw_request_targets_never_500(hostile_tree) -> None:
 
 
 def test_alias_symlink_inside_root(tree: Tree, harness) -> None:
+    """A name symlinked to another plugin inside the root serves its bytes and index.json says
+    which module it aliases."""
     body = tree.add("jsonrpc-converter", "1.0.0", size=500)
     (tree.root / "json-converter").mkdir()
     os.symlink("../jsonrpc-converter/1.0.0", tree.root / "json-converter" / "1.0.0")

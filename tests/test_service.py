@@ -22,6 +22,7 @@ from tests.support.server import Tree
     ("tls:/etc/hps/certs:port=8443", "tls:/etc/hps/certs:port=8443:backlog=1024"),
 ])
 def test_tcp_endpoints_get_the_default(description: str, expected: str) -> None:
+    """TCP-based listen endpoints (tcp, tcp6, ssl, tls) get backlog=1024 appended."""
     assert with_backlog(description) == expected
 
 
@@ -34,12 +35,15 @@ def test_tcp_endpoints_get_the_default(description: str, expected: str) -> None:
     "systemd:domain=INET:index=0",
 ])
 def test_other_descriptions_are_unchanged(description: str) -> None:
+    """An endpoint that sets its own backlog, or is not TCP, is left as written."""
     assert with_backlog(description) == description
 
 
 @pytest.mark.parametrize(("description", "backlog"), [
     ("tcp:0:interface=127.0.0.1", LISTEN_BACKLOG), ("tcp:0:backlog=7", 7)])
 def test_twisted_listens_with_the_result(description: str, backlog: int) -> None:
+    """Twisted's endpoint parser accepts the rewritten description and listens with that
+    backlog."""
     reactor = MemoryReactor()
     serverFromString(reactor, with_backlog(description)).listen(Factory())
     (_, _, listened_with, _), = reactor.tcpServers

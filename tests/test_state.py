@@ -21,6 +21,7 @@ def test_swap_tells_every_listener_old_and_new(tmp_path: Path) -> None:
 
 
 def test_unready_reasons_in_order(tmp_path: Path) -> None:
+    """/readyz's reason: catalog not loaded, then no artifact, then ready, then draining."""
     state = ServerState(config=Config(root=str(tmp_path)), catalog=unloaded(str(tmp_path)))
     assert state.unready_reason() == "catalog not loaded yet"
     state.swap(scan(str(tmp_path)))

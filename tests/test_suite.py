@@ -1,5 +1,6 @@
 """The suite's own shape: real processes are few and marked, the rest runs in memory,
-and every module has its test file.
+every module has its test file, shared helpers live in tests/support, and the suite
+sleeps only to poll a real process.
 
 A test that starts ``twistd hps`` (or the image) is marked ``process`` (the ``serve``
 fixture refuses unmarked tests), so ``python -m pytest -m "not process"`` is the
@@ -8,16 +9,25 @@ in-memory loop, and the count below keeps black-box tests the exception.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.support.server import REPO
 
-MAX_PROCESS_TESTS = 13
+TESTS = REPO / "tests"
+
+MAX_PROCESS_TESTS = 15
 """Start-up and exit codes, SIGTERM, TLS + HTTP/2 with curl, the browser, inotify,
-the image (and its multi-arch release), and the black-box differentials (sendfile,
-pull-through)."""
+the image and its multi-arch release (built, pushed, run under
+qemu), the black-box differentials (sendfile, pull-through), a real Prometheus
+scraping a real server (the alerts' series, a changed module after SIGHUP), and hps check
+against a real server through a whole move onto hps."""
 
 STARTS_A_PROCESS = {"serve", "replayed_image"}
+
+MAX_SLEEPS = 5
+"""``sleep(`` calls in tests/: each polls a real process (in memory the clock moves)."""
 
 
 def process_tests(items: list[pytest.Item]) -> list[pytest.Item]:
@@ -44,3 +54,19 @@ def test_every_module_has_its_own_test_file() -> None:
     assert len(wanted) > 30
     assert [str(path) for path, test in wanted.items()
             if not (REPO / "tests" / test).is_file()] == []
+
+
+def test_no_test_file_imports_another() -> None:
+    """A helper two test files need lives in tests/support, so each test file reads alone."""
+    importing = re.compile(r"^\s*(from\s+tests\.test_\w*\s+import|import\s+tests\.test_)"
+                           r"|^\s*from\s+tests\s+import\s+test_", re.M)
+    assert [str(path.relative_to(REPO)) for path in sorted(TESTS.rglob("*.py"))
+            if importing.search(path.read_text())] == []
+
+
+def test_the_suite_sleeps_only_to_poll_real_processes() -> None:
+    """At most MAX_SLEEPS ``sleep(`` calls in tests/; in memory time moves with the clock."""
+    sleeps = [f"{path.relative_to(REPO)}:{number}" for path in sorted(TESTS.rglob("*.py"))
+              for number, line in enumerate(path.read_text().splitlines(), 1)
+              if "sleep(" in line.split("#", 1)[0] and path.name != "test_suite.py"]
+    assert len(sleeps) <= MAX_SLEEPS, "\n".join(sleeps)

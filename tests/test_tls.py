@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
+import os
 import shutil
 import socket
 import subprocess
@@ -12,32 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.support.certificates import self_signed
+from tests.support.polling import poll
 from tests.support.server import Server, Tree
 
 PATH = "/plugins/key-auth/1.0.0/plugin.wasm"
-
-
-def self_signed(where: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-            .sign(key, hashes.SHA256()))
-    key_pem, cert_pem = where / "key.pem", where / "cert.pem"
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_pem, cert_pem
 
 
 def curl(*args: str) -> tuple[str, bytes]:
@@ -53,11 +33,23 @@ def curl(*args: str) -> tuple[str, bytes]:
 def ready(server: Server, host: str = "127.0.0.1", *extra: str, port: int = 0) -> str:
     """Wait for /readyz over TLS (the fixture's own wait speaks plain HTTP); returns the base."""
     base = f"https://{host}:{port or server.port}"
-    for _ in range(100):
-        if curl(*extra, f"{base}/readyz")[0].endswith(" 200"):
-            return base
-        time.sleep(0.05)  # polls a real process
-    pytest.fail(f"never ready:\n{server.log()}")
+    if not poll(lambda: curl(*extra, f"{base}/readyz")[0].endswith(" 200"), 10):
+        pytest.fail(f"never ready:\n{server.log()}")
+    return base
+
+
+def accepted(pid: int, port: int, clients: list[socket.socket]) -> bool:
+    """Whether process ``pid`` holds the server end of each client's connection to ``port``:
+    the kernel completes a handshake before accept(), so only the process's descriptors
+    (/proc/PID/fd) show that it took them; /proc/net/tcp names each connection's socket."""
+    ends = {f"0100007F:{port:04X} 0100007F:{client.getsockname()[1]:04X}" for client in clients}
+    sockets = {f"socket:[{fields[9]}]" for fields in map(str.split, Path(
+        "/proc/net/tcp").read_text().splitlines()[1:]) if f"{fields[1]} {fields[2]}" in ends}
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed while we looked
+            held.add(os.readlink(fd))
+    return len(sockets) == len(clients) and sockets <= held
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +104,8 @@ def test_tls_endpoints_with_curl(tree: Tree, serve, tmp_path: Path, curl_speaks_
     # At the cap, silent TLS sockets make room for a client that speaks.
     silent = [socket.create_connection(("127.0.0.1", ssl_port), timeout=5) for _ in range(3)]
     try:
-        time.sleep(0.3)  # no outside sign of the real process having accepted them all
+        if not poll(lambda: accepted(server.process.pid, ssl_port, silent), 10):
+            pytest.fail(f"the server never accepted the silent sockets:\n{server.log()}")
         began = time.monotonic()
         status, text = curl(f"https://127.0.0.1:{ssl_port}/healthz")
         assert status.endswith(" 200") and text == b"ok\n"

@@ -13,10 +13,10 @@ import pytest
 from hps._twisted import h2_unsent, inner_channel
 from hps.files import Source
 from hps.sender import H2_BACKLOG, READ_CHUNK
+from tests.support.certificates import self_signed
 from tests.support.h2client import connect_h2
 from tests.support.memory import SEND_BUFFER
 from tests.support.server import Tree, wasm_bytes
-from tests.test_tls import self_signed
 
 URL = "/plugins/demo/1.0.0/plugin.wasm"
 DATE_FREE = ("Date",)
@@ -39,6 +39,8 @@ def demo(tree: Tree, harness):
 
 
 def test_conditional_requests(demo) -> None:
+    """If-None-Match (strong, weak, list, *) and If-Modified-Since give 304 with the validators;
+    If-None-Match wins over the date."""
     server, body = demo
     first = server.get(URL)
     etag, modified = first.header("ETag"), first.header("Last-Modified")
@@ -58,6 +60,8 @@ def test_conditional_requests(demo) -> None:
 
 
 def test_ranges(demo) -> None:
+    """A byte range or suffix is 206 with Content-Range; past the end is 416; malformed or
+    multiple ranges get the whole body."""
     server, body = demo
     size = len(body)
     reply = server.request(URL, headers={"Range": "bytes=10-19"})
@@ -82,6 +86,8 @@ def test_range_abuse_never_announces_more_than_the_body(demo) -> None:
 
 
 def test_if_range(demo) -> None:
+    """If-Range with the current ETag or date gives the range; a stale or weak validator gives
+    the whole body."""
     server, body = demo
     first = server.get(URL)
     for validator, status in ((first.header("ETag"), 206), ('"stale"', 200),
@@ -94,6 +100,8 @@ def test_if_range(demo) -> None:
 
 
 def test_gzip_negotiation(demo) -> None:
+    """Accept-Encoding picks the gzip variant, with its own ETag and Vary, and any refusal of
+    gzip gets identity."""
     server, body = demo
     plain = server.get(URL)
     packed = server.get(URL, Accept_Encoding="gzip")
@@ -113,6 +121,8 @@ def test_gzip_negotiation(demo) -> None:
 
 
 def test_cache_control_per_route(tree: Tree, harness) -> None:
+    """Cache-Control per route: modules get the configured max-age (and immutable), pages 10 s,
+    probes no-store."""
     tree.add("demo", "1.0.0", size=5000)
     server = harness(tree.root, cache_max_age=60, immutable=True)
     expected = {

@@ -15,9 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, maybeDeferred
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 
@@ -26,9 +25,8 @@ from hps import upstream as upstream_module
 from hps.catalog import Artifact, examine, scan, scan_trees
 from hps.config import Config, ConfigError, build
 from hps.misses import MAX_PAIRS, Misses
-from hps.resources import Root
+from hps.pull.properties import expand
 from hps.service import make_service
-from hps.site import PluginSite
 from hps.state import ServerState
 from hps.upstream import (
     Missing,
@@ -36,10 +34,9 @@ from hps.upstream import (
     Unavailable,
     Upstream,
     empty,
-    expand,
     make_upstream,
 )
-from tests.support.memory import Reactor
+from tests.support.memory import Connection, Harness, Reactor
 from tests.support.server import wasm_bytes
 
 WAIT = 10.0
@@ -155,6 +152,8 @@ def test_a_client_leaving_abandons_only_its_wait(world) -> None:
 
 
 def test_a_source_that_answers_at_once(world) -> None:
+    """A fetch that fails before wait() returns still answers its waiter and leaves nothing
+    pending."""
     _, source, upstream, _ = world
     source.fetch = lambda name, version: fail(Missing("no"))
     assert isinstance(outcomes([upstream.wait("ai-proxy", "7.0.0")])[0], Missing)
@@ -433,6 +432,8 @@ def test_misses_stay_bounded_and_so_do_metric_labels() -> None:
 
 
 def test_templates_and_knobs() -> None:
+    """Upstream templates expand to references for valid versions only, and the pull-through
+    knobs are checked when the config is built."""
     ref = expand("oci://127.0.0.1:5000/plugins/${name}:${version}", "ai-proxy", "1.0.0")
     assert (ref.registry, ref.repository, ref.tag) == ("127.0.0.1:5000", "plugins/ai-proxy",
                                                        "1.0.0")
@@ -462,79 +463,78 @@ def test_ready_with_an_empty_tree_only_when_pull_through_is_on(tmp_path: Path) -
     assert off.unready_reason() == "catalog holds no artifact"
 
 
-# -- through the real site, in memory -----------------------------------------------------
-
-
-def connect(site: PluginSite) -> tuple[object, StringTransport]:
-    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1234))
-    proto.makeConnection(transport)
-    return proto, transport
+# -- through the real site, in memory (tests/support/memory.py) ---------------------------
 
 
 @pytest.fixture
-def site(world):
-    state, source, upstream, clock = world
-    misses = Misses(clock)
-    return PluginSite(Root(state, None, misses, upstream, clock), state=state,
-                      reactor=clock), source, clock, misses
+def site(tmp_path: Path, harness):
+    """The server in memory with pull-through on, its registry a :class:`Fetches`."""
+    root = tmp_path / "tree"
+    (root / "key-auth" / "2.0.0").mkdir(parents=True)
+    (root / "key-auth" / "2.0.0" / "plugin.wasm").write_bytes(wasm_bytes(1000))
+    server = harness(root, upstream=[TEMPLATE], upstream_allow=["key-auth", "ai-*"],
+                     upstream_wait=WAIT)
+    upstream = server.site.resource.upstream
+    upstream.source = source = Fetches(Path(upstream.cache_root))
+    return server, source, server.site.resource.misses
 
 
-def ask(site: PluginSite, path: str) -> StringTransport:
-    proto, transport = connect(site)
-    proto.dataReceived(f"GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-\r\n\r\n".encode())
-    return transport
+def ask(server: Harness, path: str) -> Connection:
+    return server.connect().send(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-\r\n\r\n".encode())
 
 
 def test_http_waiters_share_one_fetch(site) -> None:
-    site, source, _clock, misses = site
+    site, source, misses = site
     path = "/plugins/ai-proxy/1.0.0/metadata.txt"
-    transports = [ask(site, path) for _ in range(50)]
-    assert all(t.value() == b"" for t in transports) and len(source.calls) == 1
+    clients = [ask(site, path) for _ in range(50)]
+    assert all(c.received() == b"" for c in clients) and len(source.calls) == 1
     source.succeed(body=wasm_bytes(3000, seed=7))
-    for transport in transports:
-        head, _, body = transport.value().partition(b"\r\n\r\n")
+    site.settle()
+    for client in clients:
+        head, _, body = client.received().partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK") and b"Size: 3000 bytes" in body
     assert misses.table[("ai-proxy", "1.0.0")].count == 50
-    index = json.loads(ask(site, "/plugins/index.json").value().partition(b"\r\n\r\n")[2])
+    index = json.loads(ask(site, "/plugins/index.json").received().partition(b"\r\n\r\n")[2])
     assert index["missing"] == []  # pulled through: no longer missing
 
 
 def test_http_slow_fetch_is_503_with_retry_after(site) -> None:
-    site, _source, clock, _ = site
-    transport = ask(site, "/plugins/key-auth/9.0.0/plugin.wasm")
-    clock.advance(WAIT + 0.1)
-    head = transport.value().partition(b"\r\n\r\n")[0]
+    site, _source, _ = site
+    client = ask(site, "/plugins/key-auth/9.0.0/plugin.wasm")
+    site.advance(WAIT + 0.1)
+    head = client.received().partition(b"\r\n\r\n")[0]
     assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 5" in head
 
 
 def test_http_404_names_what_exists_and_the_alias(site) -> None:
-    site, source, clock, misses = site
+    site, source, misses = site
     for path in ("/plugins/key-auth/2.0.1/plugin.wasm", "/plugins/basic-auth/1.0.0/plugin.wasm"):
-        transport = ask(site, path)
+        client = ask(site, path)
         if "key-auth" in path:
             source.fail(Missing("no registry holds it"))
-        head, _, _body = transport.value().partition(b"\r\n\r\n")
+            site.settle()
+        head, _, _body = client.received().partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 404")
     assert source.calls == [("key-auth", "2.0.1")]  # basic-auth is not allowed
-    text = ask(site, "/plugins/key-auth/2.0.1/plugin.wasm").value().decode()
+    text = ask(site, "/plugins/key-auth/2.0.1/plugin.wasm").received().decode()
     assert "versions here: 2.0.0" in text and "aliases: ['2.0.1']" in text
     assert "no version of basic-auth is here" in ask(
-        site, "/plugins/basic-auth/1.0.0/plugin.wasm").value().decode()
-    index = json.loads(ask(site, "/plugins/index.json").value().partition(b"\r\n\r\n")[2])
+        site, "/plugins/basic-auth/1.0.0/plugin.wasm").received().decode()
+    index = json.loads(ask(site, "/plugins/index.json").received().partition(b"\r\n\r\n")[2])
     assert [(m["name"], m["version"], m["requests"]) for m in index["missing"]] == [
         ("basic-auth", "1.0.0", 2), ("key-auth", "2.0.1", 2)]
     # index.json is cached per snapshot; a new miss shows once the 5 s rebuild limit allows.
     ask(site, "/plugins/mcp-server/1.0.0/plugin.wasm")
-    assert len(json.loads(ask(site, "/plugins/index.json").value().partition(
+    assert len(json.loads(ask(site, "/plugins/index.json").received().partition(
         b"\r\n\r\n")[2])["missing"]) == 2
-    clock.advance(5)
-    index = json.loads(ask(site, "/plugins/index.json").value().partition(b"\r\n\r\n")[2])
+    site.advance(5)
+    index = json.loads(ask(site, "/plugins/index.json").received().partition(b"\r\n\r\n")[2])
     assert index["missing"][0]["name"] == "mcp-server"
-    landing = ask(site, "/").value().decode()
+    landing = ask(site, "/").received().decode()
     assert "Recently asked for but not here" in landing and "basic-auth" in landing
     assert "Pull-through is on" in landing and "ai-*" in landing
     # Not a plugin URL, or not grammatical: plain 404, not counted.
     for path in ("/plugins/key-auth/2.0.1/other.txt", "/plugins/Key/1.0.0/plugin.wasm"):
-        assert ask(site, path).value().startswith(b"HTTP/1.1 404")
+        assert ask(site, path).received().startswith(b"HTTP/1.1 404")
     assert len(misses.table) == 3

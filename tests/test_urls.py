@@ -27,6 +27,7 @@ def test_urls_are_spelled_one_way() -> None:
     ("plugins/a/1.0.0/plugin.wasm/x", None),
 ])
 def test_split_file_path(path: str, parts: tuple | None) -> None:
+    """split_file_path gives (name, version, file) for a file URL and None for anything else."""
     assert urls.split_file_path(path) == parts
 
 
@@ -45,4 +46,5 @@ def test_split_file_path(path: str, parts: tuple | None) -> None:
     (b"/plugins/" + b"a" * 200 + b"/1.0.0/plugin.wasm", None),
 ])
 def test_module_targets(target: bytes, found: tuple | None) -> None:
+    """module_target gives (name, version) only for an exact, undecoded module URL."""
     assert urls.module_target(target) == found

@@ -252,13 +252,18 @@ def test_a_variant_whose_file_changed_is_made_again(module, tmp_path: Path) -> N
     assert variants.get(artifact) is not None
 
 
-def test_disabled_variants_do_nothing(module, tmp_path: Path) -> None:
-    artifact, _, _ = module
-    variants = GzipVariants(str(tmp_path), enabled=False, run=Runner())
-    catalog = scan(str(Path(artifact.path).parents[2]))
-    variants.on_swap(Catalog(root=catalog.root), catalog)
-    assert variants.pending == 0 and variants.get(artifact) is None
-    assert not variants.preparing(artifact)
+def test_without_gzip_no_variant_is_made_or_offered(tree: Tree, harness) -> None:
+    """``--no-gzip`` builds no GzipVariants: nothing is compressed, and neither modules nor
+    listings name a variant or Vary."""
+    body = tree.add("demo", "1.0.0", size=100_000)
+    server = harness(tree.root, gzip=False)
+    assert server.site.resource.transfer.variants is None
+    module = server.get("/plugins/demo/1.0.0/plugin.wasm", Accept_Encoding="gzip")
+    listing = server.get("/plugins/index.json", Accept_Encoding="gzip")
+    for reply in (module, listing):
+        assert reply.header("Content-Encoding") is None and reply.header("Vary") is None
+    assert module.body == body
+    assert server.metrics()["hps_gzip_variants_pending"] == 0
 
 
 def test_prune_deletes_only_unneeded_variants_and_stale_temporaries(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
+from hps.fleet import load_wasmplugins, pull_entries, read_input
 from hps.pull.auth import Credentials, from_environment
 from hps.pull.errors import InputError
 from hps.pull.fetch import Options
@@ -64,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
         " With neither flag: this repository's default inventory, or ./plugins.properties",
     )
     p.add_argument(
+        "--wasmplugins",
+        metavar="FILE|-",
+        help="also pull every oci:// reference these WasmPlugins name (kubectl get wasmplugins"
+        " -A -o yaml), served at <repository's last segment>/<tag>; they win over the inventory",
+    )
+    p.add_argument(
         "--snapshot",
         metavar="FILE",
         type=Path,
@@ -108,6 +115,12 @@ def parser() -> argparse.ArgumentParser:
         "--use-local",
         action="store_true",
         help="keep an existing <output>/<name>/<version>/plugin.wasm (still validated)",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite a version the tree already serves with other bytes (default: refuse;"
+        " gateways that cached its URL keep the old bytes, see docs/operations.md)",
     )
     p.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to registries")
     p.add_argument(
@@ -158,6 +171,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         lock=None if args.snapshot else args.lock or sources(args)[0].path.parent / LOCK_NAME,
         locked=args.locked,
         use_local=args.use_local,
+        replace=args.replace,
         jobs=args.jobs,
         fetch=Options(
             plain_http=args.plain_http,
@@ -182,6 +196,7 @@ def _check_mode(args: argparse.Namespace) -> None:
                 ("--lock", args.lock),
                 ("--locked", args.locked),
                 ("--use-local", args.use_local),
+                ("--wasmplugins", args.wasmplugins),
             )
             if value
         ]
@@ -196,6 +211,8 @@ def sources(args: argparse.Namespace) -> list[Source]:
 
 
 def _credentials(args: argparse.Namespace) -> Credentials | None:
+    if args.password_stdin and args.wasmplugins == "-":
+        raise InputError("--password-stdin and --wasmplugins - cannot both read stdin")
     if args.password_stdin and not args.username:
         raise InputError("--password-stdin needs --username")
     if args.username:
@@ -213,7 +230,13 @@ def load_plan(args: argparse.Namespace) -> Plan:
     manifest = {}
     if args.manifest:
         manifest = load_manifest(read_text(args.manifest, "manifest"), str(args.manifest))
-    plan = build_plan(load_entries(sources(args)), manifest)
+    entries = load_entries(sources(args))
+    if args.wasmplugins:
+        # What the cluster runs wins over the inventory's idea of the same name and version.
+        cluster = pull_entries(load_wasmplugins(*read_input(args.wasmplugins)))
+        keys = {entry.key for entry in cluster}
+        entries = [entry for entry in entries if entry.key not in keys] + cluster
+    plan = build_plan(entries, manifest)
     if not plan.entries:
         raise InputError("nothing to pull: the properties and manifest name no plugin")
     return plan
@@ -261,7 +284,8 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except InputError as exc:
-        print(f"hps pull: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # one line per bad WasmPlugin document
+            print(f"hps pull: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hps pull: interrupted before pulling anything", file=sys.stderr)

@@ -18,7 +18,7 @@ from hps.pull.errors import DigestMismatch, PullError
 from hps.pull.gate import Gate
 from hps.pull.properties import Reference, parse_reference
 from hps.pull.registry import Client
-from hps.pull.tree import make_dirs, write_module_file
+from hps.pull.tree import make_dirs, refuse_change, write_module_file
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ def fetch_to(
     layer_pin: str | None = None,
     expect_sha256: str | None = None,
     root: Path | None = None,
+    replace: bool = True,
 ) -> Fetched:
     """Resolve ``reference`` (tag and/or digest), verify it, write ``path`` and ``path.gz``.
 
@@ -78,7 +79,9 @@ def fetch_to(
     :class:`~hps.pull.errors.PullError` (one line) on any failure, ``OSError`` if
     ``path`` cannot be written. Directories are made only once the module is
     verified; under ``root`` (a served tree) a directory symlink on the way is
-    replaced by a real directory instead of written through.
+    replaced by a real directory instead of written through. Without ``replace``, a
+    module already at ``path`` with other bytes is left as it is
+    (:class:`~hps.pull.errors.Changed`).
     """
     if isinstance(reference, str):
         try:
@@ -95,6 +98,8 @@ def fetch_to(
             raise DigestMismatch(
                 f"module sha256 {module.sha256} differs from the expected {expect_sha256}"
             )
+        if not replace:
+            refuse_change(path, module.sha256)
         with options.gate.through(path) if options.gate else nullcontext():
             make_dirs(root or path.parent, path.parent)
             write_module_file(path, module.file)

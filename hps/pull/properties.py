@@ -136,6 +136,21 @@ def parse_reference(text: str) -> Reference:
     return Reference(host, repo, tag, digest or None)
 
 
+def reference_entry(name: str, ref: Reference, source: str, sha256: str | None = None) -> Entry:
+    """``name`` pulled from ``ref``, served at its tag, or at its digest when it has no tag
+    (where upstream puts a digest-only line: ``<name>/sha256:<hex>/plugin.wasm``)."""
+    return Entry(name, ref.tag or ref.digest or "", ref, pin=ref.digest, source=source,
+                 sha256=sha256)
+
+
+def expand(template: str, name: str, version: str) -> Reference:
+    """The ``Reference`` a pull-through template names for one plugin version; ValueError
+    when bad."""
+    if version.startswith("sha256:"):  # upstream serves a digest-only line at its digest
+        template = template.replace(":${version}", "@${version}")
+    return parse_reference(template.replace("${name}", name).replace("${version}", version))
+
+
 def parse_properties(text: str, source: str = "<properties>") -> list[Entry]:
     """The upstream format: ``name=reference`` lines, ``#`` comments, blank lines.
 
@@ -158,7 +173,7 @@ def parse_properties(text: str, source: str = "<properties>") -> list[Entry]:
             ref = parse_reference(value)
         except ValueError as exc:
             raise InputError(f"{where}: {name}: {exc}") from None
-        entry = Entry(name, ref.tag or ref.digest or "", ref, pin=ref.digest, source=where)
+        entry = reference_entry(name, ref, where)
         if entry.key in found:
             raise InputError(f"{where}: plugin {name!r} version {entry.version!r} listed twice")
         found[entry.key] = entry

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hps.pull.errors import Drift, InputError, NotWasm, PullError
+from hps.pull.errors import Changed, Drift, InputError, NotWasm, PullError
 from hps.pull.fetch import Options, fetch_to
 from hps.pull.gate import Gate
 from hps.pull.lock import Record, write_lock
@@ -24,6 +24,7 @@ from hps.pull.tree import (
     module_path,
     read_local,
     refresh_gzip,
+    refuse_change,
     remove_temporaries,
 )
 
@@ -39,6 +40,7 @@ class Settings:
     lock: Path | None  # None: write no lock (snapshot mode: the inputs are the locks)
     locked: bool = False
     use_local: bool = False
+    replace: bool = False  # overwrite a version the tree serves with other bytes
     jobs: int = 4
     fetch: Options = field(default_factory=Options)
 
@@ -81,7 +83,7 @@ def run(plan: Plan, settings: Settings, previous: dict[Key, Record], progress: P
     for leftover in remove_temporaries(settings.output, *beside_lock):
         progress.note(f"removed {leftover}, left by an interrupted pull")
     outcome = _pull_all(plan, settings, previous, progress)
-    _link_aliases(plan, settings.output, outcome)
+    _link_aliases(plan, settings.output, outcome, settings.replace)
     if settings.lock and not settings.locked:
         kept = {k: r for k, r in previous.items() if k in plan.entries and k not in outcome.records}
         write_lock(settings.lock, {**kept, **outcome.records})
@@ -185,6 +187,7 @@ def pull_one(
         layer_pin=layer_pin,
         expect_sha256=locked.wasm_sha256 if locked else entry.sha256,
         root=settings.output,
+        replace=settings.replace,
     )
     return Record(
         str(entry.ref),
@@ -223,13 +226,13 @@ def _local_record(
     )
 
 
-def _link_aliases(plan: Plan, root: Path, outcome: Outcome) -> None:
+def _link_aliases(plan: Plan, root: Path, outcome: Outcome, replace: bool = False) -> None:
     for (name, version), record in outcome.records.items():
         for alias in record.versions[1:]:
             try:
-                link_module(root, name, alias, name, version)
-            except OSError as exc:
-                outcome.failures[f"{name}/{alias}"] = f"cannot link alias: {exc.strerror or exc}"
+                _link(root, (name, alias), (name, version), record.wasm_sha256, replace)
+            except (OSError, Changed) as exc:
+                outcome.failures[f"{name}/{alias}"] = _link_failure(exc)
         record.versions = [v for v in record.versions if f"{name}/{v}" not in outcome.failures]
     for alias in plan.name_aliases.values():
         for version, target_version in alias.links:
@@ -241,11 +244,25 @@ def _link_aliases(plan: Plan, root: Path, outcome: Outcome) -> None:
                 )
                 continue
             try:
-                link_module(root, alias.name, version, alias.target, target_version)
-            except OSError as exc:
-                outcome.failures[label] = f"cannot link alias: {exc.strerror or exc}"
+                _link(root, (alias.name, version), (alias.target, target_version),
+                      target.wasm_sha256, replace)
+            except (OSError, Changed) as exc:
+                outcome.failures[label] = _link_failure(exc)
                 continue
             target.served_as.setdefault(alias.name, []).append(version)
+
+
+def _link(root: Path, alias: Key, target: Key, sha256: str, replace: bool) -> None:
+    """An alias is a URL too: it changes bytes only when asked (``--replace``)."""
+    if not replace:
+        refuse_change(module_path(root, *alias), sha256)
+    link_module(root, *alias, *target)
+
+
+def _link_failure(exc: OSError | Changed) -> str:
+    if isinstance(exc, Changed):
+        return str(exc)
+    return f"cannot link alias: {exc.strerror or exc}"
 
 
 def default_jobs() -> int:

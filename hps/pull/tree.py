@@ -22,7 +22,7 @@ from typing import IO
 from hps.atomic import fsync_dir, staged, swap_in, unlink_quietly
 from hps.catalog import NotAModule, examine_module
 from hps.guard import MODULE_FILE, within_root
-from hps.pull.errors import NotWasm, PullError
+from hps.pull.errors import Changed, NotWasm, PullError
 
 CHUNK = 1024 * 1024
 GZIP_FILE = MODULE_FILE + ".gz"
@@ -150,6 +150,19 @@ def read_local(root: Path, name: str, version: str) -> tuple[int, str] | None:
         except NotAModule:
             raise NotWasm(f"local {path} is not a Wasm module") from None
     return digests.size, digests.sha256
+
+
+def refuse_change(path: Path, sha256: str) -> None:
+    """Raise :class:`Changed` if ``path`` (through an alias's symlink) is a module with other
+    bytes than ``sha256``: a URL's bytes change only when asked (``--replace``). Absent or
+    not a module, it was never served, and may be written."""
+    try:
+        with path.open("rb") as source:
+            served = examine_module(source).sha256
+    except (FileNotFoundError, NotADirectoryError, NotAModule):
+        return
+    if served != sha256:
+        raise Changed(served, sha256)
 
 
 def make_dirs(root: Path, directory: Path) -> None:

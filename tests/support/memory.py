@@ -22,16 +22,15 @@ What stays out: inotify and the SIGHUP handler (process-wide), real sockets (so
 the fast path, which needs ``os.sendfile`` on a TCP socket, declines and
 twisted.web answers everything; see tests/test_fastpath.py for that path).
 Black-box tests with a real process live beside it in ``tests/support/server.py``.
+
+This file holds the :class:`Harness` and its ``harness`` fixture; its parts live beside
+it: the fake reactor in ``reactor.py``, both ends of a connection in ``transport.py``.
 """
 
 from __future__ import annotations
 
-import bisect
 import gc
-import http.client
 import io
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,19 +38,13 @@ from typing import Any
 
 import pytest
 from twisted.application.service import MultiService
-from twisted.internet import error
 from twisted.internet.address import IPv4Address
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorFromThreads, IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
-from zope.interface import implementer
 
 from hps.catalog import unloaded
 from hps.config import Config, build
@@ -59,244 +52,24 @@ from hps.service import make_service
 from hps.site import SWEEP_SECONDS, PluginSite
 from hps.watch import Watcher
 from hps.work import in_threads
+from tests.support.reactor import START, Pool, Reactor
+from tests.support.transport import (
+    SEND_BUFFER,
+    Client,
+    ClientTransport,
+    Response,
+    ServerTransport,
+    parse,
+    quiet,
+)
 
-START = 1_700_000_000.0
-"""The harness clock's first reading (2023-11-14T22:13:20Z): log lines have known times."""
+# The harness and its parts: tests import any of them from here.
+__all__ = ["SEND_BUFFER", "START", "Client", "Connection", "Harness", "Pool", "Reactor",
+           "Response", "ServerTransport", "config_for", "harness", "parse"]
 
 SPIN_TURNS = 50
 """Turns in a row in which only timed calls due now ran (nothing moved): the server is
 busy-waiting, as twisted.web's HTTP/2 send loop does for a window, so it has settled."""
-
-SEND_BUFFER = 65536
-"""Bytes a server transport holds before it pauses its producer (``FileDescriptor``'s
-``bufferSize``): what a client that stops reading leaves in the server."""
-
-
-class Pool:
-    """A thread pool whose work runs only when :meth:`run` is called, in order."""
-
-    def __init__(self) -> None:
-        self.queue: list[tuple[Callable[..., Any], Callable[..., Any], tuple, dict]] = []
-
-    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],
-                                 work: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self.queue.append((on_result, work, args, kwargs))
-
-    def callInThread(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self.callInThreadWithCallback(lambda ok, result: None, work, *args, **kwargs)
-
-    def run(self) -> bool:
-        """Run what is queued (and what that queues); True if anything ran."""
-        ran = False
-        while self.run_one():
-            ran = True
-        return ran
-
-    def run_one(self) -> bool:
-        """Run the oldest job, if there is one (its result waits in callFromThread)."""
-        if not self.queue:
-            return False
-        on_result, work, args, kwargs = self.queue.pop(0)
-        try:
-            result = work(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-        return True
-
-    def run_in_threads(self) -> list[threading.Thread]:
-        """Start every queued job on a real thread of its own, as production's fetches run:
-        for bounds only concurrency shows. Join them before the harness settles."""
-        # Each thread pops one job (list.pop is atomic); results wait in callFromThread.
-        started = [threading.Thread(target=self.run_one, daemon=True) for _ in self.queue]
-        for thread in started:
-            thread.start()
-        return started
-
-
-@implementer(IReactorThreads, IReactorFromThreads)
-class Reactor(MemoryReactorClock):
-    """A MemoryReactorClock with a :class:`Pool` as its thread pool."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.advance(START)
-        self.pool = Pool()
-        self.from_threads: list[tuple[Callable[..., Any], tuple, dict]] = []
-
-    def getThreadPool(self) -> Pool:
-        return self.pool
-
-    # Clock re-sorts every pending call on each callLater and after each call it runs:
-    # quadratic in the calls pending, and a flood of thousands of connections holds a
-    # timeout each (~1.4 s of sorting for 4,100). Here the calls stay ordered by their
-    # ``time`` as a real reactor keeps them: inserted in place, moved when a reset makes
-    # one earlier, and one reset later is moved when it comes due (``delayed_time``).
-
-    def callLater(self, delay: float, callable: Callable[..., object], *args: object,
-                  **kw: object) -> DelayedCall:
-        call = DelayedCall(self.seconds() + delay, callable, args, kw, self.calls.remove,
-                           self._moved, self.seconds)
-        bisect.insort(self.calls, call, key=_due)
-        return call
-
-    def _moved(self, call: DelayedCall) -> None:
-        self.calls.remove(call)
-        bisect.insort(self.calls, call, key=_due)
-
-    def advance(self, amount: float) -> None:
-        self.rightNow += amount
-        while self.calls and self.calls[0].time <= self.rightNow:
-            call = self.calls.pop(0)
-            if call.delayed_time:
-                call.activate_delay()
-                bisect.insort(self.calls, call, key=_due)
-                continue
-            call.called = 1
-            call.func(*call.args, **call.kw)
-
-    def callInThread(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self.pool.callInThread(work, *args, **kwargs)
-
-    def callFromThread(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self.from_threads.append((call, args, kwargs))
-
-    def suggestThreadPoolSize(self, size: int) -> None:
-        pass
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50,
-                  interface: str = "") -> Any:
-        """Recorded in ``tcpServers``; and the factory started and stopped as a real port
-        does (MemoryReactor's port does neither)."""
-        listening = super().listenTCP(port, factory, backlog, interface)
-        factory.doStart()
-        return _Port(listening, factory)
-
-    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
-                  interface: str = "") -> Any:
-        """As the real reactor does it: TLS wrapped around ``factory`` on a TCP port (the
-        wrapper asks the Site for its ALPN protocols); recorded in ``sslServers`` too."""
-        self.sslServers.append((port, factory, contextFactory, backlog, interface))
-        tls = TLSMemoryBIOFactory(contextFactory, False, factory, clock=self)  # its write batching
-        return self.listenTCP(port, tls, backlog, interface)
-
-    def run_due(self) -> bool:
-        """One reactor turn's timed calls: those due now, in order, and not the ones they
-        schedule for now (``advance`` would run those at once, forever for a call that
-        keeps rescheduling itself). True if any ran."""
-        due = self.calls[:bisect.bisect_right(self.calls, self.rightNow, key=_due)]
-        for call in due:
-            if not call.active():  # an earlier one cancelled it (and took it off the list)
-                continue
-            self.calls.remove(call)
-            if call.delayed_time:  # reset to later: it waits in its new place
-                call.activate_delay()
-                bisect.insort(self.calls, call, key=_due)
-                continue
-            call.called = 1
-            call.func(*call.args, **call.kw)
-        return bool(due)
-
-    def run_from_threads(self) -> bool:
-        ran = bool(self.from_threads)
-        while self.from_threads:
-            call, args, kwargs = self.from_threads.pop(0)
-            call(*args, **kwargs)
-        return ran
-
-
-def _due(call: DelayedCall) -> float:
-    return call.time
-
-
-class _Port:
-    def __init__(self, port: Any, factory: Any) -> None:
-        self.port, self.factory = port, factory
-
-    def getHost(self) -> Any:
-        return self.port.getHost()
-
-    def stopListening(self) -> None:
-        self.factory.doStop()
-
-
-def _report_once(transport: FakeTransport) -> None:
-    """Tell the protocol its connection is gone, once. iosim's pump tells only the side
-    that did not close; a real reactor tells both."""
-    if not getattr(transport, "reported", False):
-        transport.reported = True  # type: ignore[attr-defined]
-        FakeTransport.reportDisconnect(transport)
-
-
-class ClientTransport(FakeTransport):
-    def reportDisconnect(self) -> None:
-        _report_once(self)
-
-
-@implementer(IPushProducer)
-class ServerTransport(FakeTransport):
-    """The server side of a connection, with a socket's flow control and abort.
-
-    Like ``FileDescriptor``: a streaming producer is paused once more than
-    SEND_BUFFER bytes wait, and resumed when the client has taken them; bytes
-    written after ``loseConnection`` still go out, after ``abortConnection`` none do.
-    A client that is not ``reading`` takes nothing (a full socket). It is an
-    ``IPushProducer``, as sockets are: HTTPChannel registers itself on such a transport
-    and relays its pauses to the response body's producer.
-    """
-
-    def __init__(self, protocol: Any, peer: IPv4Address, host: IPv4Address) -> None:
-        super().__init__(protocol, isServer=True, hostAddress=host, peerAddress=peer)
-        self.reading = True
-        self.aborted = False
-        self.paused = False
-        self.taken = 0
-        """Bytes the client has read so far."""
-
-    def buffered(self) -> int:
-        return sum(map(len, self.stream))
-
-    def write(self, data: bytes) -> None:
-        if self.aborted or self.disconnected:
-            return
-        self.stream.append(data)
-        if (self.producer is not None and self.streamingProducer and not self.paused
-                and self.buffered() > SEND_BUFFER):
-            self.paused = True
-            self.producer.pauseProducing()
-
-    def getOutBuffer(self) -> bytes | None:
-        if not self.reading:
-            return None
-        data = super().getOutBuffer()
-        if data:
-            self.taken += len(data)
-        if self.paused and self.producer is not None:
-            self.paused = False
-            self.producer.resumeProducing()  # writes land in the next pump
-        return data
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.paused = False
-        super().registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self.paused = False
-        super().unregisterProducer()
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        self.stream.clear()
-        self.disconnecting = True
-        self.disconnectReason = error.ConnectionAborted()
-
-    def reportDisconnect(self) -> None:
-        _report_once(self)
-
-    def getHandle(self) -> socket.socket | None:
-        return None
-
 
 class _One(Factory):
     """A factory for one protocol that exists already (a client TLS wraps)."""
@@ -306,61 +79,6 @@ class _One(Factory):
 
     def buildProtocol(self, addr: Any) -> Protocol:
         return self.protocol_made
-
-
-class Client(Protocol):
-    """Raw bytes in and out: tests write heads exactly as they mean them."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.closed = True
-
-
-@dataclass
-class Response:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-    complete: bool = True
-    """False when the connection ended before the whole body came (a cut download)."""
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-
-class _Bytes(io.BytesIO):
-    """What ``HTTPResponse`` reads from: it closes its file once the body is read, but the
-    position tells where the next response starts."""
-
-    def makefile(self, *args: object, **kwargs: object) -> io.BytesIO:
-        return self
-
-    def close(self) -> None:
-        pass
-
-
-def parse(data: bytes, method: str = "GET") -> tuple[Response, bytes]:
-    """The first response in ``data`` (the stdlib's parser, not ours) and what follows it."""
-    stream = _Bytes(data)
-    reply = http.client.HTTPResponse(stream, method=method)  # type: ignore[arg-type]
-    reply.begin()
-    try:
-        body, complete = reply.read(), True
-    except http.client.IncompleteRead as short:
-        body, complete = short.partial, False
-    return Response(reply.status, reply.headers, body, complete), data[stream.tell():]
-
-
-def _quiet(transport: FakeTransport) -> bool:
-    """Nothing for the pump to move, close or pull (a non-streaming producer) on this end."""
-    return not (transport.stream or transport.disconnecting or transport.tls is not None
-                or (transport.producer is not None and not transport.streamingProducer))
 
 
 @dataclass(eq=False)  # identity: the harness removes closed ones from a list of thousands
@@ -381,7 +99,7 @@ class Connection:
 
     def step(self) -> bool:
         """Move bytes once; both ends learn of a close (True if anything happened)."""
-        if _quiet(self.transport) and _quiet(self.client_end):
+        if quiet(self.transport) and quiet(self.client_end):
             return False  # most of a flood: spares pumping thousands of idle connections
         moved = self.pump.pump(advanceClock=False)
         for transport in (self.transport, self.client_end):

@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import tarfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,6 +31,7 @@ import pytest
 from hps.guard import hidden_or_temporary
 from hps.pull.cli import main
 from hps.pull.registry import Client
+from tests.support.polling import poll
 
 BINARY = "docker-registry"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -222,20 +222,19 @@ def running_registry(workdir: Path, users: dict[str, str] | None = None) -> Iter
 
 
 def _wait_ready(process: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if process.poll() is not None:
             pytest.fail(f"{BINARY} exited with {process.returncode}: {log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
-                return
+                return True
         except urllib.error.HTTPError as exc:
-            if exc.code == 401:
-                return
+            return exc.code == 401
         except OSError:
-            pass
-        time.sleep(0.05)  # polls the real registry until it answers
-    pytest.fail(f"{BINARY} did not answer /v2/ on port {port} within 15 s")
+            return False
+
+    if not poll(answers, 15):
+        pytest.fail(f"{BINARY} did not answer /v2/ on port {port} within 15 s")
 
 
 # Named ``*_fixture`` so a test module can import them (no conftest needed) while its

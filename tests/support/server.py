@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from operator import itemgetter
 from pathlib import Path
 
 import pytest
+
+from tests.support.polling import poll
 
 REPO = Path(__file__).resolve().parents[2]
 WASM_HEADER = b"\0asm\x01\0\0\0"
@@ -130,31 +131,30 @@ class Server:
         return self.request(path, headers={k.replace("_", "-"): v for k, v in headers.items()})
 
     def wait_ready(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.request("/readyz").status == 200:
-                return
-            time.sleep(0.05)  # polls a real process until /readyz says 200
-        pytest.fail(f"server not ready after {timeout}s:\n{self.log()}")
+        if not poll(lambda: self.request("/readyz").status == 200, timeout):
+            pytest.fail(f"server not ready after {timeout}s:\n{self.log()}")
 
     def wait_log(self, pattern: str, timeout: float = 10) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.log())
-            if match:
-                return match.group(0)
-            time.sleep(0.05)  # polls a real process's log
-        pytest.fail(f"log never matched {pattern!r}:\n{self.log()}")
+        match = poll(lambda: re.search(pattern, self.log()), timeout)
+        if match is None:
+            pytest.fail(f"log never matched {pattern!r}:\n{self.log()}")
+        return match.group(0)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, sig, timeout)
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM,
+                 timeout: float = 30) -> int:
+    """Send ``sig`` to a process this test started (by its PID), SIGKILL after ``timeout``."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def _pump(server: Server) -> None:

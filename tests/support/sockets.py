@@ -1,8 +1,12 @@
-"""A real TCP transport (``tcp.Server`` on a loopback connection) under a fake reactor.
+"""A real TCP transport (``tcp.Server`` on a loopback connection) under the fake reactor.
 
-For unit tests of code that writes to the socket itself (``os.sendfile``): the
-peer end is a plain socket the test reads, and the reactor only records which
-descriptors want write events, so the test decides when ``doWrite`` runs.
+Why real sockets when everything else runs in memory (tests/support/memory.py): the fast
+path and the sender write to the socket themselves with ``os.sendfile``, which needs a
+real TCP socket, and stalls show only on a real send buffer. tests/test_fastpath.py,
+tests/test_sender.py and the ``wake_when_writable`` canary in tests/test__twisted.py use
+it. The peer end is a plain socket the test reads; the reactor (tests/support/reactor.py)
+only records which descriptors want write events, so the test decides when ``doWrite``
+runs.
 """
 
 from __future__ import annotations
@@ -13,19 +17,8 @@ import time
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.testing import MemoryReactorClock
 
-
-class Reactor(MemoryReactorClock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writers: set[Any] = set()
-
-    def addWriter(self, writer: Any) -> None:
-        self.writers.add(writer)
-
-    def removeWriter(self, writer: Any) -> None:
-        self.writers.discard(writer)
+from tests.support.reactor import Reactor
 
 
 class Port:
