@@ -6,7 +6,7 @@
 #   docker build --build-arg ALPINE_MIRROR=mirrors.aliyun.com --build-arg USE_LOCAL_PLUGINS=true -t hps .
 #   docker build --build-arg PYTHON_IMAGE=python:3.12-slim -t hps .
 #   docker build --build-arg PLUGIN_REGISTRY=registry.example.com:5000 -t hps .
-#   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/plugin-server:TAG --push .
+#   tools/build-image REGISTRY/plugin-server:TAG     (amd64 + arm64, one index, labels, pushed)
 #   docker run --rm -p 8080:8080 --read-only hps
 #
 # The builder installs hps into a virtualenv and runs `hps pull` to fill the plugin tree; the
@@ -134,3 +134,17 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
 # Arguments after `hps` can be replaced at `docker run` (e.g. `--config /etc/hps/hps.yaml`).
 ENTRYPOINT ["twistd", "-n", "--pidfile=", "hps"]
 CMD ["--root", "/srv/plugins", "--listen", "tcp:8080"]
+
+# Provenance, filled by tools/build-image (docs/deploy.md): the source, its commit and version,
+# when it was built, and the SHA-256 of the inventory the plugin tree was pulled from. Last, so
+# a new build time reuses every layer above.
+ARG IMAGE_SOURCE=""
+ARG IMAGE_REVISION=""
+ARG IMAGE_VERSION=""
+ARG IMAGE_CREATED=""
+ARG PLUGIN_INVENTORY_SHA256=""
+LABEL org.opencontainers.image.source="${IMAGE_SOURCE}" \
+      org.opencontainers.image.revision="${IMAGE_REVISION}" \
+      org.opencontainers.image.version="${IMAGE_VERSION}" \
+      org.opencontainers.image.created="${IMAGE_CREATED}" \
+      io.higress.plugin-inventory-sha256="${PLUGIN_INVENTORY_SHA256}"

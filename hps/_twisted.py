@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl
 from twisted.internet.interfaces import IReactorCore, ITransport
 from twisted.web.http import _GenericHTTPChannelProtocol
 
@@ -110,18 +112,11 @@ if H2Connection is not None:
         passes through ``_requestDone``; here it also runs :meth:`stream_done`.
         """
 
-        def _sendPrioritisedData(self, *args: object) -> None:
-            self.send_ready()
+def ssl_set_mode(connection: SSL.Connection, mode: int) -> int:
+    """``SSL_set_mode`` on one pyOpenSSL ``Connection``; returns the connection's mode now.
 
-        def _requestDone(self, streamID: int) -> None:
-            super()._requestDone(streamID)
-            self.stream_done(streamID)
-
-        def send_ready(self) -> None:
-            raise NotImplementedError
-
-        def stream_done(self, stream_id: int) -> None:
-            raise NotImplementedError
-else:  # pragma: no cover - h2 missing: nothing subclasses it
-    class H2Base:  # type: ignore[no-redef]
-        """Stands for the h2-backed base: without h2 no connection is one."""
+    Not Twisted's but pyOpenSSL's privates (its cffi ``lib`` and ``Connection._ssl``):
+    pyOpenSSL offers ``Context.set_mode`` only, refuses it once a context made a
+    connection, and Twisted builds the contexts of ``ssl:`` and ``tls:`` listeners
+    out of reach; a connection's own mode can be set any time."""
+    return int(_openssl.SSL_set_mode(connection._ssl, mode))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import stat
@@ -81,6 +82,18 @@ def version_key(version: str) -> tuple:
     return (numbers, 0 if pre else 1, tags if pre else (), version)
 
 
+MAX_INVENTORY = 4 << 20
+"""Bytes above which the inventory file is refused: upstream's lists ~50 plugins in ~10 KB."""
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Upstream's ``snapshot-inventory.json`` at the root, as the scan read it."""
+
+    body: bytes
+    identity: Identity
+
+
 @dataclass(frozen=True)
 class Catalog:
     """An immutable snapshot of the artifacts under one root."""
@@ -89,6 +102,8 @@ class Catalog:
     artifacts: Mapping[tuple[str, str], Artifact] = field(default_factory=dict)
     skipped: frozenset[str] = frozenset()
     loaded: bool = True
+    inventory: Inventory | None = None
+    """The root's inventory file, when it has one that is sane (see :func:`read_inventory`)."""
     _by_name: Mapping[str, tuple[Artifact, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -200,7 +215,50 @@ def scan(root: str, previous: Catalog | None = None) -> Catalog:
             artifact = kept  # unreadable now, but hashed before: served from an open descriptor
         known[artifact.identity] = artifact
         artifacts[(name, version)] = artifact
-    return Catalog(root=root, artifacts=artifacts, skipped=frozenset(skipped))
+    inventory = read_inventory(root, previous.inventory if previous else None, skipped)
+    return Catalog(root=root, artifacts=artifacts, skipped=frozenset(skipped),
+                   inventory=inventory)
+
+
+def read_inventory(root: str, previous: Inventory | None, skipped: set[str]) -> Inventory | None:
+    """``<root>/snapshot-inventory.json`` when it is a regular file inside the root (a symlink
+    may lead only to another place in it), at most :data:`MAX_INVENTORY` bytes, and a JSON
+    object; else None, and why in ``skipped`` (absent is no reason). Unchanged since
+    ``previous``: reused unread."""
+    path = os.path.join(root, urls.INVENTORY_FILE)
+    try:
+        return _inventory(root, path, previous)
+    except FileNotFoundError:
+        return None
+    except Skip as why:
+        skipped.add(f"{urls.INVENTORY_FILE}: {why}")
+    except OSError as err:
+        skipped.add(f"{urls.INVENTORY_FILE}: unreadable ({err.strerror})")
+    return None
+
+
+def _inventory(root: str, path: str, previous: Inventory | None) -> Inventory:
+    real = _inside(root, os.path.realpath(path))
+    # O_NONBLOCK: a FIFO put there must not hang the scan (no effect on a regular file).
+    with open(os.open(real, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise Skip("not a regular file")
+        identity = identity_of(info)
+        if previous is not None and previous.identity == identity:
+            return previous
+        if info.st_size > MAX_INVENTORY:
+            raise Skip(f"larger than {MAX_INVENTORY} bytes")
+        body = handle.read(MAX_INVENTORY + 1)
+    if len(body) != info.st_size:
+        raise Skip("changed while being read")
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise Skip("not a JSON object")
+    return Inventory(body, identity)
 
 
 def scan_trees(roots: list[str], previous: Catalog | None = None) -> Catalog:
@@ -281,13 +339,20 @@ def _sane_dir(root: str, rel: str, path: str, accept, skipped: set[str]) -> bool
     return False
 
 
-def _examine(root: str, name: str, version: str, path: str, known: dict) -> Artifact:
-    real = os.path.realpath(path)
+def _inside(root: str, real: str) -> str:
+    """``real`` (a resolved path) when it is inside ``root`` and no part of it under the root
+    is hidden or temporary; raises :class:`Skip` otherwise."""
     if not within_root(real, root):
         raise Skip("symlink leaves the root")
     rel_real = os.path.relpath(real, os.path.realpath(root))
     if any(hidden_or_temporary(part) for part in rel_real.split(os.sep)):
         raise Skip("points at a hidden or temporary file")
+    return real
+
+
+def _examine(root: str, name: str, version: str, path: str, known: dict) -> Artifact:
+    real = _inside(root, os.path.realpath(path))
+    rel_real = os.path.relpath(real, os.path.realpath(root))
     with open(real, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):

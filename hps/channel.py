@@ -141,6 +141,8 @@ class PluginChannel(HTTPChannel):
         self.fast_responses = 0
         self.cut = False
         self.received = False
+        self.handshaken = False
+        """TLS is up (a TLS connection's handshake finished): a reply can be written."""
         self.probe_only = False
         """Admitted beyond the cap (PROBE_RESERVE): only probes are answered, then it closes."""
         self.peer_host: str | None = None
@@ -167,6 +169,17 @@ class PluginChannel(HTTPChannel):
         # The head deadline runs from accept: a client that never sends a byte (or a TLS
         # client that never sends its ClientHello) is cut like a slow one.
         self.head_since = self.now()
+
+    def handshake_done(self) -> None:
+        """TLS is up: the first head's deadline starts again, so a handshake a busy client
+        (or a busy server) took its time over is not counted against the head."""
+        self.handshaken = True
+        if not self.received and self.head_since is not None:
+            self.head_since = self.now()
+
+    def answerable(self) -> bool:
+        """Can a refusal be written (a head began, or TLS is up), or only a cut?"""
+        return self.received or self.handshaken
 
     def dataReceived(self, data: bytes) -> None:
         self.received = True

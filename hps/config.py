@@ -38,6 +38,12 @@ def positive(value: float) -> str | None:
     return None if value > 0 else "must be more than zero"
 
 
+def memory_size(value: str) -> str | None:
+    from hps.memory import size_problem  # the one place that reads sizes
+
+    return size_problem(value)
+
+
 def upstream_template(value: str) -> str | None:
     """An ``oci://`` reference once ``${name}`` and ``${version}`` are filled in."""
     missing = [part for part in ("${name}", "${version}") if part not in value]
@@ -77,6 +83,9 @@ class Config:
     drain_timeout: float = knob(25.0, "seconds downloads in flight may take to finish on SIGTERM",
                                 non_negative)
     max_connections: int = knob(4096, "open connections above which new ones get 503", positive)
+    memory_limit: str = knob("auto", "bytes the process may hold (256Mi, 1G, ...; 0 or none: no "
+                             "bound); auto reads the memory cgroup's limit; new connections "
+                             "beyond what fits get 503 + Retry-After", memory_size)
     access_log: str = knob("combined", "access log format: combined, json or off", one_of(
         "combined", "json", "off"))
     trust_forwarded: bool = knob(False, "log the client from X-Forwarded-For (behind a proxy)")
@@ -151,6 +160,8 @@ def _coerce(key: str, value: Any, from_text: bool) -> Any:
         if kind == "int" and not isinstance(value, int):
             raise ConfigError(f"{where} must be a whole number, not {value!r}")
         return number(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a size written as a YAML number (memory_limit: 268435456)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where} must be a non-empty string, not {value!r}")
     return value

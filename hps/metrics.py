@@ -160,6 +160,22 @@ BODIES_WAITED = Counter("hps_h2_bodies_waited", "HTTP/2 response bodies that had
                         "turn.", registry=REGISTRY)
 BODIES_STALLED = Counter("hps_h2_bodies_stalled", "Turns given back by HTTP/2 bodies that made no "
                          "progress while others waited.", registry=REGISTRY)
+MEMORY_LIMIT = Gauge("hps_memory_limit_bytes", "The memory limit admission works under (the "
+                     "cgroup's, or --memory-limit); 0: none.", registry=REGISTRY)
+MEMORY_BUDGET = Gauge("hps_memory_budget_bytes", "The limit less its headroom: what the idle "
+                      "server and its connections may hold; 0: no limit.", registry=REGISTRY)
+MEMORY_HELD = Gauge("hps_memory_estimate_bytes", "What admission counts as held: the idle "
+                    "server's resident size plus every open connection's charge.",
+                    registry=REGISTRY)
+MEMORY_RESIDENT = Gauge("hps_memory_resident_bytes", "The process's resident size at the last "
+                        "sweep.", registry=REGISTRY)
+MEMORY_SHED = Counter("hps_memory_shed", "New connections that did not fit the memory budget "
+                      "(an idle one evicted for them, or probes only, or 503).",
+                      registry=REGISTRY)
+HANDSHAKES = Gauge("hps_tls_handshakes", "TLS handshakes under way that hold the handshake "
+                   "gate.", registry=REGISTRY)
+GATE_CLOSED = Counter("hps_tls_gate_closed", "Times the TLS ports stopped accepting because "
+                      "too many handshakes were under way.", registry=REGISTRY)
 DRAINING = Gauge("hps_draining", "1 while the server drains before exiting, else 0.",
                  registry=REGISTRY)
 READY = Gauge("hps_ready", "1 while /readyz answers 200, else 0 (catalog not loaded yet, "
@@ -249,6 +265,21 @@ def observe_body_waited() -> None:
 
 def observe_body_stalled() -> None:
     BODIES_STALLED.inc()
+def observe_memory_shed() -> None:
+    MEMORY_SHED.inc()
+
+
+def observe_gate_closed() -> None:
+    GATE_CLOSED.inc()
+
+
+def track_memory(admission: Any) -> None:
+    """Read the memory budget's figures from ``admission`` (hps.admission) at scrape time."""
+    MEMORY_LIMIT.set_function(lambda: admission.limit.bytes or 0)
+    MEMORY_BUDGET.set_function(lambda: admission.budget or 0)
+    MEMORY_HELD.set_function(lambda: admission.base + admission.charged)
+    MEMORY_RESIDENT.set_function(lambda: admission.resident)
+    HANDSHAKES.set_function(lambda: len(admission.handshakes))
 
 
 def track_misses(table: Callable[[], Iterable[tuple[str, str, int]]],

@@ -120,6 +120,7 @@ def landing_page(catalog: Catalog, base_url: str, missing: list[Miss] | None = N
         *_changed_table(list(changed)),
         tags.p(f"Serving {len(catalog.names())} plugins ({len(catalog)} modules). ",
                tags.a(href=urls.LISTING)(f"Browse {urls.LISTING}"), "."),
+        *_inventory_link(catalog),
         _pull_through(pull_through),
         tags.h2("Wire Higress to this server"),
         tags.p("Set on the Higress Console (first line) and the Higress Controller (second):"),
@@ -128,6 +129,15 @@ def landing_page(catalog: Catalog, base_url: str, missing: list[Miss] | None = N
         tags.p("Health: ", tags.a(href="/healthz")("/healthz"), ", readiness: ",
                tags.a(href="/readyz")("/readyz"), "."),
     ])
+
+
+def _inventory_link(catalog: Catalog) -> list[Tag]:
+    if catalog.inventory is None:
+        return []
+    return [tags.p(class_="inventory")(
+        "Built from upstream's snapshot: ",
+        tags.a(href=urls.INVENTORY_URL)(urls.INVENTORY_FILE),
+        " (each served name's version, digest and Wasm SHA-256).")]
 
 
 def _pull_through(source: tuple[tuple[str, ...], tuple[str, ...]] | None) -> Tag:

@@ -116,6 +116,9 @@ class Root(Resource):
                 return "index", self.listing(
                     catalog, ("index",), JSON, heavy=True,
                     make=lambda: pages.index_json(catalog, missing=missing, changed=changed))
+            case [urls.PLUGINS, urls.INVENTORY_FILE] if catalog.inventory is not None:
+                body = catalog.inventory.body  # served like a listing: ETag, 304, gzip
+                return "listing", self.listing(catalog, ("inventory",), JSON, make=lambda: body)
             case [urls.PLUGINS, name, version, file] if file in urls.PLUGIN_FILES and (
                     catalog.get(name, version) is None
                     and accept_name(name) and accept_version(version)):

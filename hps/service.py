@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from hps import catalog, fastpath, metrics
+from hps import catalog, fastpath, memory, metrics
 from hps.access import AccessLog
 from hps.config import Config, ConfigError, cache_tree, fail
 from hps.drain import Drain
@@ -36,13 +36,17 @@ from hps.variants import GzipVariants
 from hps.watch import Watcher
 from hps.work import Runner, in_threads
 
-LISTEN_BACKLOG = 1024
+LISTEN_BACKLOG = 4096
 """Twisted's default of 50 overflows when many gateways connect at once (a rollout, a
-benchmark's 1,000 connections): dropped SYNs retry after 1 s, which is the p99. The
-kernel caps it at ``net.core.somaxconn`` (4096 on current kernels)."""
+benchmark's 1,000 connections): dropped SYNs retry after 1 s, which is the p99. And while
+the TLS handshake gate holds a TLS port (hps.admission), a herd waits here: with 1,024, a
+4,000-client TLS herd overflowed it and hundreds of clients saw resets; with 4,096, none.
+The kernel caps it at ``net.core.somaxconn`` (4096 on current kernels)."""
 
 _BACKLOG_POSITION = {"tcp": 2, "tcp6": 1, "ssl": 5, "tls": 2}
 """Index of ``backlog`` among each endpoint type's positional arguments (after the type)."""
+TLS_ENDPOINTS = ("ssl", "tls")
+"""Endpoint types whose connections do TLS handshakes (the handshake gate pauses them)."""
 
 
 def _fields(description: str) -> list[tuple[str, bool]]:
@@ -111,6 +115,9 @@ class Listener(Service):
             fail(ConfigError(f"cannot listen on {self.description}: {outcome[0].value}"))
         if outcome:
             self.port = outcome[0]
+            if _fields(self.description)[0][0] in TLS_ENDPOINTS and hasattr(
+                    self.port, "stopReading"):
+                self.site.admission.tls_ports.append(self.port)
             address = self.port.getHost()
             self.log.info("hps listening on {host}:{port} ({description})",
                           host=getattr(address, "host", address),
@@ -118,6 +125,8 @@ class Listener(Service):
 
     def stopService(self) -> Deferred | None:
         super().stopService()
+        if self.port in self.site.admission.tls_ports:
+            self.site.admission.tls_ports.remove(self.port)
         return self.port.stopListening() if self.port else None
 
 
@@ -192,7 +201,8 @@ def make_service(config: Config, reactor: IReactorCore | None = None) -> MultiSe
     site = PluginSite(Root(state, transfer, misses, upstream, reactor, served), state=state,
                       limits=Limits.from_config(config),
                       access=AccessLog(config.access_log, config.trust_forwarded, clock=reactor),
-                      reactor=reactor, open_files=lambda: Source.open)
+                      reactor=reactor, open_files=lambda: Source.open,
+                      memory_limit=memory.resolve(config.memory_limit))
     fastpath.install(state, site, transfer)
     # Access lines are batched between sweeps; the last ones (drain, disconnectAll) go
     # out after every connection is closed.

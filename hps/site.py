@@ -20,12 +20,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime, ITransport
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from hps import metrics
 from hps._twisted import (
@@ -35,10 +36,13 @@ from hps._twisted import (
     switch_to_h2,
 )
 from hps.access import AccessLog
+from hps.admission import Admission
 from hps.bodies import BodyGate
 from hps.canned import HEAD_TOO_SLOW, SHED, canned
 from hps.channel import PluginChannel, PluginRequest, ProbeRequest
 from hps.limits import EVICT_SCAN, PROBE_RESERVE, Limits
+from hps.memory import Limit
+from hps.tls import is_tls, release_buffers
 
 if TYPE_CHECKING:
     from hps.state import ServerState
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
 SWEEP_SECONDS = 0.5
 
 
+@implementer(IHandshakeListener)
 class TrackedProtocol(GenericHTTPChannelProtocol):
     """Twisted's HTTP/1.1-or-h2 switch, admitted and tracked by the site.
 
@@ -54,10 +59,16 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
     """
 
     shed = False
+    tls = False
+    cost = 0
+    """What admission charged for this connection (released when it is forgotten)."""
     transport: ITransport | None = None
 
     def makeConnection(self, transport: ITransport) -> None:
         self.transport = transport
+        self.tls = is_tls(transport)
+        if self.tls:
+            release_buffers(transport)
         if not self.factory.admit(self):
             self.shed = True
             transport.write(canned(SHED))
@@ -78,10 +89,18 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
                 connection.requestFactory = ProbeRequest
         super().dataReceived(data)
 
+    def handshakeCompleted(self) -> None:
+        """TLS is up: the head deadline starts now, and a slow head can be answered."""
+        self.factory.admission.handshake_ended(self)
+        if not self.shed:
+            channel = inner_channel(self)
+            if isinstance(channel, PluginChannel):
+                channel.handshake_done()
+
     def connectionLost(self, reason: Failure) -> None:
+        self.factory.forget(self)
         if self.shed:
             return
-        self.factory.forget(self)
         super().connectionLost(reason)
 
     def busy(self) -> bool:
@@ -96,13 +115,13 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
         if reason is None:
             return
         metrics.observe_abort(reason)
-        if reason == "header_timeout" and channel.received and not channel.cut:
+        if reason == "header_timeout" and channel.answerable() and not channel.cut:
             channel.cut = True  # polite first: a slow but honest client learns why
             channel.head_since = now
             channel.refuse(HEAD_TOO_SLOW, reason)
         else:
-            # Silent (nothing to answer, and a TLS handshake may not even have begun),
-            # a second miss, or a stalled response.
+            # Silent on plain TCP (nothing to answer), a TLS handshake not finished (nothing
+            # can be said), a second miss, or a stalled response.
             self.transport.abortConnection()
 
     def evict(self) -> None:
@@ -139,7 +158,8 @@ class PluginSite(Site):
     def __init__(self, resource: IResource, state: ServerState | None = None,
                  limits: Limits | None = None, access: AccessLog | None = None,
                  reactor: IReactorTime | None = None,
-                 open_files: Callable[[], int] = lambda: 0) -> None:
+                 open_files: Callable[[], int] = lambda: 0,
+                 memory_limit: Limit | None = None) -> None:
         self.limits = limits or Limits()
         self.open_files = open_files
         """How many files the server holds open (they count against the descriptor budget)."""
@@ -150,6 +170,9 @@ class PluginSite(Site):
         """Admitted connections, oldest first (a dict is an ordered set)."""
         self.probes: dict[TrackedProtocol, None] = {}
         """Connections admitted beyond the cap that may only ask for a probe."""
+        self.shedding: dict[TrackedProtocol, float] = {}
+        """Connections being answered 503 (they still hold memory), and since when."""
+        self.admission = Admission(memory_limit or Limit(None, "not set"), self.reactor)
         self.in_flight = 0
         self.bodies = BodyGate(self.reactor)
         """HTTP/2 bodies take turns, server-wide (hps.bodies)."""
@@ -166,6 +189,7 @@ class PluginSite(Site):
         super().startFactory()
         # Not stopped in stopFactory: ports close before the drain ends and deadlines still apply.
         if not self._sweeper.running:
+            self.admission.announce()
             self._sweeper.start(SWEEP_SECONDS, now=False)
 
     # -- connections -----------------------------------------------------------------------
@@ -176,30 +200,64 @@ class PluginSite(Site):
     def admit(self, conn: TrackedProtocol) -> bool:
         """Take ``conn`` if there is room, making room from idle connections if need be.
 
-        At the cap the oldest connection that is not answering (silent, idle, or
-        still sending its head) is closed for the newcomer, so floods of those
-        never lock anyone out; when every connection is answering, up to
-        PROBE_RESERVE more are admitted for probes only; beyond that, 503.
+        Room is under the cap, the descriptor budget and the memory budget
+        (:mod:`hps.admission`; every connection, refused ones too, is charged until
+        it closes). At the cap the oldest connection that is not answering
+        (silent, idle, or still sending its head) is closed for the newcomer, so
+        floods of those never lock anyone out; when every connection is
+        answering, up to PROBE_RESERVE more are admitted for probes only; beyond
+        that, 503. Short of memory, a plain newcomer may take the probe reserve
+        (the memory headroom holds it) and a TLS one gets 503.
         """
-        if (len(self.connections) < self.limits.max_connections
+        memory = self.admission
+        if conn.tls:
+            memory.handshake_started(conn)
+        cost = memory.cost(conn.tls)
+        fits = memory.fits(cost)
+        memory.charge(cost)
+        conn.cost = cost
+        if (fits and len(self.connections) < self.limits.max_connections
                 and self.descriptors_in_use() < self.limits.descriptor_budget):
             self.connections[conn] = None
             return True
-        for pool in (self.connections, self.probes):
-            victim = self.idle_victim(pool)
-            if victim is not None:
-                pool[conn] = None
-                inner_channel(conn).probe_only = pool is self.probes
-                self.forget(victim)
-                metrics.observe_abort("evicted")
-                victim.evict()
+        if fits:
+            if self.make_room(conn):
                 return True
-            if pool is self.connections and len(self.probes) < PROBE_RESERVE:
+        else:
+            # Short of memory, evicting would trade one fresh connection for another (a
+            # herd's are all in their handshake or head, and a cut one sees a reset): a
+            # TLS newcomer is refused, a plain one (a probe is cheap) may take the reserve.
+            metrics.observe_memory_shed()
+            if not conn.tls and (len(self.probes) < PROBE_RESERVE
+                                 or self.evict_for(self.probes)):
                 self.probes[conn] = None
                 inner_channel(conn).probe_only = True
                 return True
         metrics.observe_shed()
+        self.shedding[conn] = self.reactor.seconds()
         return False
+
+    def make_room(self, conn: TrackedProtocol) -> bool:
+        """At the cap: an idle connection's place, else the probe reserve, else an idle
+        probe-only connection's place."""
+        if self.evict_for(self.connections):
+            self.connections[conn] = None
+            return True
+        if len(self.probes) < PROBE_RESERVE or self.evict_for(self.probes):
+            self.probes[conn] = None
+            inner_channel(conn).probe_only = True
+            return True
+        return False
+
+    def evict_for(self, pool: dict[TrackedProtocol, None]) -> bool:
+        """Close the oldest connection of ``pool`` that is not answering, if any."""
+        victim = self.idle_victim(pool)
+        if victim is None:
+            return False
+        self.forget(victim)
+        metrics.observe_abort("evicted")
+        victim.evict()
+        return True
 
     @staticmethod
     def idle_victim(pool: dict[TrackedProtocol, None]) -> TrackedProtocol | None:
@@ -223,6 +281,10 @@ class PluginSite(Site):
     def forget(self, conn: TrackedProtocol) -> None:
         self.connections.pop(conn, None)
         self.probes.pop(conn, None)
+        self.shedding.pop(conn, None)
+        self.admission.handshake_ended(conn)
+        self.admission.release(conn.cost)
+        conn.cost = 0  # forgotten twice (evicted, then lost): released once
         if not self.connections and not self.probes:
             waiting, self._closed = self._closed, []
             for d in waiting:
@@ -232,6 +294,12 @@ class PluginSite(Site):
         now = self.reactor.seconds()
         for conn in self.everyone():
             conn.check(now, self.limits)
+        for conn, since in list(self.shedding.items()):
+            if now - since > self.limits.header_timeout:  # a 503 its client never took
+                self.forget(conn)
+                conn.transport.abortConnection()
+        self.admission.expire(now)
+        self.admission.measure(idle=not (self.connections or self.probes or self.shedding))
         if self.draining and not self.connections_accepting:
             self.close_idle()
         self.access.flush()

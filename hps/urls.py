@@ -18,6 +18,10 @@ PLUGINS = "plugins"
 LISTING = f"/{PLUGINS}/"
 METADATA_FILE = "metadata.txt"
 INDEX_FILE = "index.json"
+INVENTORY_FILE = "snapshot-inventory.json"
+"""Upstream's inventory of the tree (``hps pull --snapshot`` writes it at the root), served
+at ``/plugins/snapshot-inventory.json``: the one file outside ``<name>/<version>/`` that is."""
+INVENTORY_URL = f"{LISTING}{INVENTORY_FILE}"
 PLUGIN_FILES = (MODULE_FILE, METADATA_FILE)
 """The files each ``<name>/<version>/`` has."""
 

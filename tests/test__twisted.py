@@ -32,6 +32,7 @@ from hps._twisted import (
     negotiating,
     request_line,
     request_method,
+    ssl_set_mode,
     switch_to_h2,
     wake_when_writable,
 )
@@ -209,3 +210,16 @@ def test_hps_imports_without_h2() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": root})
     assert done.returncode == 0, done.stderr
+
+
+def test_ssl_set_mode_sets_one_connections_mode() -> None:
+    """pyOpenSSL's cffi ``lib`` has ``SSL_set_mode`` and a ``Connection`` its ``_ssl``; the
+    mode is the connection's own (its context's, shared by others, is untouched)."""
+    from OpenSSL import SSL
+
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    one, other = SSL.Connection(context, None), SSL.Connection(context, None)
+    assert not ssl_set_mode(one, 0) & SSL.MODE_RELEASE_BUFFERS
+    assert ssl_set_mode(one, SSL.MODE_RELEASE_BUFFERS) & SSL.MODE_RELEASE_BUFFERS
+    assert ssl_set_mode(one, 0) & SSL.MODE_RELEASE_BUFFERS
+    assert not ssl_set_mode(other, 0) & SSL.MODE_RELEASE_BUFFERS

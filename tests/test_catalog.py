@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hps import catalog as catalog_module
 from hps.catalog import (
     MIN_MODULE,
     Catalog,
@@ -21,6 +22,7 @@ from hps.catalog import (
     unloaded,
     version_key,
 )
+from hps.urls import INVENTORY_FILE
 from tests.support.server import Tree, wasm_bytes
 
 
@@ -155,3 +157,47 @@ def test_examine_module_is_the_one_test_of_a_module() -> None:
     for bad in (b"", b"\0asm\1\0\0"[:MIN_MODULE - 1], b"<html>not a module</html>"):
         with pytest.raises(NotAModule, match="not a WebAssembly module"):
             examine_module(io.BytesIO(bad))
+
+
+def test_the_inventory_file_is_read_only_when_sane(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = make_tree(tmp_path)
+    tree.add("a", "1.0.0")
+    inventory = tree.root / INVENTORY_FILE
+    assert scan(str(tree.root)).inventory is None  # absent: no reason to note
+    assert not scan(str(tree.root)).skipped
+
+    body = b'{"a": {"digest": "sha256:00", "version": "1.0.0", "wasmSha256": "11"}}\n'
+    inventory.write_bytes(body)
+    first = scan(str(tree.root))
+    assert first.inventory is not None and first.inventory.body == body
+    assert scan(str(tree.root), first).inventory is first.inventory  # unchanged: not reread
+
+    def reason(catalog: Catalog) -> str:
+        assert catalog.inventory is None
+        (why,) = [r for r in catalog.skipped if r.startswith(INVENTORY_FILE)]
+        return why.removeprefix(f"{INVENTORY_FILE}: ")
+
+    for wrong in (b"[1, 2]", b"{not json", b"\xff\xfe"):
+        inventory.write_bytes(wrong)
+        assert reason(scan(str(tree.root))) == "not a JSON object"
+    inventory.write_bytes(body)
+    monkeypatch.setattr(catalog_module, "MAX_INVENTORY", len(body) - 1)
+    assert reason(scan(str(tree.root))) == f"larger than {len(body) - 1} bytes"
+    monkeypatch.undo()
+
+    # Never followed out of the root, nor to a dotfile in it; a FIFO does not hang the scan.
+    inventory.unlink()
+    (tmp_path / "outside.json").write_bytes(body)
+    inventory.symlink_to(tmp_path / "outside.json")
+    assert reason(scan(str(tree.root))) == "symlink leaves the root"
+    inventory.unlink()
+    (tree.root / ".hidden.json").write_bytes(body)
+    inventory.symlink_to(".hidden.json")
+    assert reason(scan(str(tree.root))) == "points at a hidden or temporary file"
+    inventory.unlink()
+    os.mkfifo(inventory)
+    assert reason(scan(str(tree.root))) == "not a regular file"
+    inventory.unlink()
+    inventory.mkdir()
+    assert reason(scan(str(tree.root))) == "unreadable (Is a directory)"

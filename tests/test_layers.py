@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.support.server import REPO
 
 FOUNDATIONS = {"config", "catalog", "guard", "urls", "negotiate", "head", "headers",
-               "atomic", "owned", "work", "state", "replies", "canned", "limits"}
+               "atomic", "owned", "work", "state", "replies", "canned", "limits", "memory"}
 """What the request path is built on: none of these may import a module that serves."""
 
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+from pathlib import Path
+
 import pytest
 
+from hps.pull.lock import Record
+from hps.pull.snapshot import Served, write_inventory
+from hps.urls import INVENTORY_FILE, INVENTORY_URL
 from tests.support.server import Tree
 
 
@@ -59,6 +66,55 @@ def test_the_landing_page_names_the_host_asked_for_if_it_is_a_host(server, host:
     reply = server.request("/", headers={"Host": host})
     assert reply.status == 200
     assert f"{base}/plugins/${{name}}/${{version}}/plugin.wasm".encode() in reply.body
+
+
+def write_snapshot_inventory(root: Path, names: int = 40) -> bytes:
+    """The file as ``hps pull --snapshot`` writes it (its own writer), big enough to gzip."""
+    served = [Served(f"plugin-{n}", (f"plugin-{n}", "2.0.0"), "sha256:" + "ab" * 32)
+              for n in range(names)]
+    records = {s.key: Record(s.digest, s.digest, None, "cd" * 32, 100, ["2.0.0"]) for s in served}
+    return write_inventory(root, served, records).read_bytes()
+
+
+def test_upstreams_inventory_is_served_like_a_listing(tree: Tree, harness) -> None:
+    tree.add("key-auth", "1.0.0")
+    body = write_snapshot_inventory(tree.root)
+    server = harness(tree.root)
+    reply = server.get(INVENTORY_URL)
+    assert reply.status == 200 and reply.body == body
+    assert reply.header("Content-Type") == "application/json"
+    etag = reply.header("ETag")
+    assert etag == f'"{hashlib.sha256(body).hexdigest()[:40]}"'  # strong, from the bytes
+    assert server.get(INVENTORY_URL, If_None_Match=etag).status == 304
+    packed = server.get(INVENTORY_URL, Accept_Encoding="gzip")
+    assert packed.header("Content-Encoding") == "gzip" and gzip.decompress(packed.body) == body
+    assert packed.header("Vary") == "Accept-Encoding"
+    head = server.request(INVENTORY_URL, method="HEAD")
+    assert head.status == 200 and head.body == b"" and head.header("ETag") == etag
+    assert INVENTORY_URL.encode() in server.get("/").body  # the landing page links it
+
+
+def test_nothing_else_beside_the_plugins_is_reachable(tree: Tree, tmp_path: Path,
+                                                      harness) -> None:
+    tree.add("key-auth", "1.0.0")
+    server = harness(tree.root)
+    assert server.get(INVENTORY_URL).status == 404  # absent
+    assert INVENTORY_URL.encode() not in server.get("/").body
+    body = write_snapshot_inventory(tree.root)
+    for other in ("plugins.properties", ".snapshot-inventory.json", "inventory.json"):
+        (tree.root / other).write_bytes(body)
+    server.rescan()
+    assert server.get(INVENTORY_URL).status == 200
+    for other in ("plugins.properties", ".snapshot-inventory.json", "inventory.json",
+                  "snapshot-inventory.json/", "key-auth/snapshot-inventory.json"):
+        assert server.get(f"/plugins/{other}").status == 404, other
+    # A symlink out of the root is refused, and the file goes when the tree drops it.
+    (tree.root / INVENTORY_FILE).unlink()
+    (tmp_path / "secret.json").write_bytes(b'{"secret": 1}')
+    (tree.root / INVENTORY_FILE).symlink_to(tmp_path / "secret.json")
+    server.rescan()
+    assert server.get(INVENTORY_URL).status == 404
+    assert "snapshot-inventory.json: symlink leaves the root" in server.log()
 
 
 @pytest.mark.parametrize("path", [

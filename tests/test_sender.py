@@ -39,7 +39,7 @@ class Events:
 
 @pytest.fixture
 def body(tmp_path: Path) -> tuple[bytes, Path]:
-    data = wasm_bytes(100_000)
+    data = wasm_bytes(300_000)
     path = tmp_path / "plugin.wasm"
     path.write_bytes(data)
     return data, path
@@ -59,7 +59,8 @@ def memory_transport() -> ServerTransport:
 def test_bounded_reads_send_the_span_and_stop_while_paused(body) -> None:
     data, path = body
     events = Events()
-    sender = events.sender(source_of(path), (10, 60_009), memory_transport())
+    span = 3 * READ_CHUNK - 1000  # two whole reads before the pause, then a short one
+    sender = events.sender(source_of(path), (10, 9 + span), memory_transport())
     assert not sender.zero_copy
     original_write = sender.write
 
@@ -73,8 +74,8 @@ def test_bounded_reads_send_the_span_and_stop_while_paused(body) -> None:
     assert [len(c) for c in events.written] == [READ_CHUNK, READ_CHUNK]
     assert events.finished == 0
     sender.resumeProducing()
-    assert b"".join(events.written) == data[10:60_010]
-    assert (events.progressed, events.finished, events.aborted) == (60_000, 1, 0)
+    assert b"".join(events.written) == data[10:10 + span]
+    assert (events.progressed, events.finished, events.aborted) == (span, 1, 0)
     assert sender.source is None, "the descriptor is let go at once"
 
 

@@ -14,15 +14,15 @@ from tests.support.server import Tree
 
 
 @pytest.mark.parametrize(("description", "expected"), [
-    ("tcp:8080", "tcp:8080:backlog=1024"),
-    ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=1024"),
-    ("tcp:port=8080:interface=\\:\\:", "tcp:port=8080:interface=\\:\\::backlog=1024"),
-    ("tcp6:8080", "tcp6:8080:backlog=1024"),
-    ("ssl:8443:privateKey=key.pem", "ssl:8443:privateKey=key.pem:backlog=1024"),
-    ("tls:/etc/hps/certs:port=8443", "tls:/etc/hps/certs:port=8443:backlog=1024"),
+    ("tcp:8080", "tcp:8080:backlog=4096"),
+    ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=4096"),
+    ("tcp:port=8080:interface=\\:\\:", "tcp:port=8080:interface=\\:\\::backlog=4096"),
+    ("tcp6:8080", "tcp6:8080:backlog=4096"),
+    ("ssl:8443:privateKey=key.pem", "ssl:8443:privateKey=key.pem:backlog=4096"),
+    ("tls:/etc/hps/certs:port=8443", "tls:/etc/hps/certs:port=8443:backlog=4096"),
 ])
 def test_tcp_endpoints_get_the_default(description: str, expected: str) -> None:
-    """TCP-based listen endpoints (tcp, tcp6, ssl, tls) get backlog=1024 appended."""
+    """TCP-based listen endpoints (tcp, tcp6, ssl, tls) get backlog=4096 appended."""
     assert with_backlog(description) == expected
 
 

@@ -17,9 +17,10 @@ from tests.support.server import REPO
 
 TESTS = REPO / "tests"
 
-MAX_PROCESS_TESTS = 14
+MAX_PROCESS_TESTS = 15
 """Start-up and exit codes, SIGTERM, TLS + HTTP/2 with curl, the browser, inotify,
-the image, the black-box differentials (sendfile, pull-through), a real Prometheus
+the image and its multi-arch release (built, pushed, run under
+qemu), the black-box differentials (sendfile, pull-through), a real Prometheus
 scraping a real server (the alerts' series, a changed module after SIGHUP), and hps check
 against a real server through a whole move onto hps."""
 

@@ -115,3 +115,44 @@ def test_tls_endpoints_with_curl(tree: Tree, serve, tmp_path: Path, curl_speaks_
     finally:
         for sock in silent:
             sock.close()
+
+
+def tls_harness(tree: Tree, harness, where: Path, **knobs: object):
+    tree.add("key-auth", "1.0.0")
+    key, cert = self_signed(where)
+    return harness(tree.root, listen=[f"ssl:8443:privateKey={key}:certKey={cert}"], **knobs)
+
+
+def test_the_head_deadline_starts_after_the_handshake(tree: Tree, harness,
+                                                      tmp_path: Path) -> None:
+    """A handshake that took 1.5 s (a CPU-starved client) does not eat the head's 2 s; a
+    head still missing then is answered 408 and closed cleanly, not reset."""
+    server = tls_harness(tree, harness, tmp_path, header_timeout=2)
+    client = server.connect(settle=False)  # accepted; the ClientHello not yet read
+    server.reactor.rightNow += 1.5  # the client is slow to get its handshake going
+    server.settle()
+    assert client.server.wrappedProtocol is not None and not client.closed
+    server.advance(1.9)
+    assert not client.closed, "cut by a deadline that counted the handshake"
+    server.advance(0.6)
+    assert client.closed and not client.transport.aborted
+    reply = client.take()
+    assert (reply.status, reply.header("Connection")) == (408, "close")
+
+
+def test_a_slow_head_over_tls_gets_408(tree: Tree, harness, tmp_path: Path) -> None:
+    server = tls_harness(tree, harness, tmp_path, header_timeout=2)
+    client = server.connect().send(b"GET /healthz HTTP/1.1\r\nHo")
+    server.advance(2.5)
+    assert client.closed and not client.transport.aborted
+    assert client.take().status == 408
+
+
+def test_a_handshake_never_finished_is_cut(tree: Tree, harness, tmp_path: Path) -> None:
+    """Nothing can be said before TLS is up: a handshake that does not finish within the
+    header timeout is cut (the silent-socket defence)."""
+    server = tls_harness(tree, harness, tmp_path, header_timeout=2)
+    client = server.connect(settle=False)
+    server.reactor.rightNow += 2.6
+    server.site.sweep()
+    assert client.transport.aborted

@@ -23,9 +23,9 @@ from hps.pull.errors import InputError
 from hps.pull.lock import Record, load_json
 from hps.pull.properties import DIGEST, Entry, Key, NameAlias, Plan, Reference, parse_reference
 from hps.pull.tree import write_bytes
+from hps.urls import INVENTORY_FILE
 
 SCHEMA_VERSION = 1
-INVENTORY_FILE = "snapshot-inventory.json"
 SNAPSHOT_FIELDS = ("logicalId", "image", "version", "ociRef", "digest")
 LOCK_FIELDS = (
     "logicalKey",

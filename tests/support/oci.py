@@ -20,6 +20,8 @@ standard library.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -30,10 +32,14 @@ from pathlib import Path
 from typing import Any
 
 DEBIAN_SUITE = "bookworm"
-# Essential packages (sh, coreutils, grep, sed) plus python3; python3-venv for the builder's
-# `python3 -m venv` (pip from ensurepip). No apt: nothing installs packages in the image.
-DEBIAN_VARIANT = "essential"
-DEBIAN_PACKAGES = "python3,python3-venv"
+# What the Dockerfile's steps run (sh, coreutils, grep, sed) plus python3, and python3-venv for
+# the builder's `python3 -m venv` (pip from ensurepip). Unpacked, not configured ("extract"):
+# configuring runs every maintainer script, under qemu for arm64 (~5 min on an idle machine,
+# over 10 under load, most of it byte-compiling the standard library), and nothing here needs
+# what they make but root's passwd entry and the mount points (see debian_python). No apt:
+# nothing installs packages in the image.
+DEBIAN_VARIANT = "extract"
+DEBIAN_PACKAGES = "dash,coreutils,grep,sed,python3,python3-venv"
 
 
 class ToolError(RuntimeError):
@@ -97,18 +103,55 @@ class Buildah:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def debian_python(buildah: Buildah, name: str) -> tuple[int, int]:
-    """Commit a Debian image with python3 and venv from Debian's packages (no base image
-    needed) as ``name``; return its Python's version, which the wheels must match."""
-    container = buildah("from", "scratch").strip()
+CACHE = Path(os.environ.get("HPS_TEST_CACHE", "/var/cache/hps-test"))
+"""Where base root filesystems are kept between runs, outside any clone (mmdebstrap downloads
+and unpacks ~50 packages: tens of seconds per architecture). Each is keyed by a hash of its
+recipe, so a changed recipe builds a new one; delete the directory to start afresh."""
+
+
+def base_recipe(arch: str) -> list[str]:
+    """The mmdebstrap arguments (without the target) of a Debian base for ``arch``."""
+    slim = [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")]
+    return ["--quiet", f"--arch={arch}", f"--variant={DEBIAN_VARIANT}",
+            f"--include={DEBIAN_PACKAGES}", *slim, DEBIAN_SUITE]  # fmt: skip
+
+
+def cached_base(arch: str) -> Path:
+    """The base root filesystem for ``arch`` as a tarball in :data:`CACHE`, made when absent.
+    A lock keeps two runs from making it twice; a half-made one is never renamed in."""
+    recipe = base_recipe(arch)
+    key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
+    tarball = CACHE / f"debian-{DEBIAN_SUITE}-{arch}-{key}.tar"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tarball.exists():
+            # mmdebstrap picks its output format by the name's suffix: keep ".tar" last.
+            partial = tarball.with_name(f".partial-{os.getpid()}-{tarball.name}")
+            try:
+                _check(["mmdebstrap", *recipe, str(partial)], timeout=1200)
+                os.replace(partial, tarball)
+            finally:
+                partial.unlink(missing_ok=True)
+    return tarball
+
+
+def debian_python(buildah: Buildah, name: str, arch: str = "amd64") -> tuple[int, int]:
+    """Commit a Debian image for ``arch`` with python3 and venv from Debian's packages (no
+    base image needed) as ``name``; return its Python's version, which the wheels must match."""
+    tarball = cached_base(arch)
+    container = buildah("from", "--arch", arch, "scratch").strip()
     try:
         rootfs = Path(buildah("mount", container).strip())
-        slim = [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")]
-        _check(["mmdebstrap", "--quiet", f"--variant={DEBIAN_VARIANT}",
-                f"--include={DEBIAN_PACKAGES}", *slim, DEBIAN_SUITE, str(rootfs)],
-               timeout=600)  # fmt: skip
+        _check(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(rootfs)], timeout=300)
+        # What configuring base-files and base-passwd would have made, and a runtime needs.
+        for directory in ("proc", "sys", "run", "root"):
+            (rootfs / directory).mkdir(exist_ok=True)
+        (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        (rootfs / "etc/group").write_text("root:x:0:\n")
         (python,) = [p.name for p in (rootfs / "usr/bin").glob("python3.*") if p.name[8:].isdigit()]
         buildah("umount", container)
+        buildah("config", "--arch", arch, "--os", "linux", container)
         buildah("commit", "--quiet", container, name)
     finally:
         buildah("rm", container)

@@ -163,11 +163,22 @@ def _due(call: DelayedCall) -> float:
 
 
 class _Port:
+    """A listening port: started and stopped with its factory, paused and resumed (a real
+    port stops reading its socket: new connections wait in the kernel's backlog)."""
+
     def __init__(self, port: Any, factory: Any) -> None:
         self.port, self.factory = port, factory
+        self.connected = self.reading = True
 
     def getHost(self) -> Any:
         return self.port.getHost()
 
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
     def stopListening(self) -> None:
+        self.connected = self.reading = False
         self.factory.doStop()

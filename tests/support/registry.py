@@ -88,6 +88,15 @@ class Registry:
             pass
         return sha256(body)
 
+    def manifest(self, repo: str, ref: str, accept: str) -> tuple[str, dict]:
+        """(media type, document) of the manifest or index at ``ref``."""
+        request = urllib.request.Request(f"{self.url}/v2/{repo}/manifests/{ref}")
+        request.add_header("Accept", accept)
+        if self.auth:
+            request.add_header("Authorization", self.auth)
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.headers["Content-Type"], json.loads(reply.read())
+
     def descriptor(self, repo: str, data: bytes, media_type: str) -> dict:
         return {"mediaType": media_type, "digest": self.push_blob(repo, data), "size": len(data)}
 
