@@ -112,6 +112,23 @@ if H2Connection is not None:
         passes through ``_requestDone``; here it also runs :meth:`stream_done`.
         """
 
+        def _sendPrioritisedData(self, *args: object) -> None:
+            self.send_ready()
+
+        def _requestDone(self, streamID: int) -> None:
+            super()._requestDone(streamID)
+            self.stream_done(streamID)
+
+        def send_ready(self) -> None:
+            raise NotImplementedError
+
+        def stream_done(self, stream_id: int) -> None:
+            raise NotImplementedError
+else:  # pragma: no cover - h2 missing: nothing subclasses it
+    class H2Base:  # type: ignore[no-redef]
+        """Stands for the h2-backed base: without h2 no connection is one."""
+
+
 def ssl_set_mode(connection: SSL.Connection, mode: int) -> int:
     """``SSL_set_mode`` on one pyOpenSSL ``Connection``; returns the connection's mode now.
 
