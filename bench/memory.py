@@ -49,39 +49,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.run import Maker, free_port, self_signed, wait_http, write_module  # noqa: E402
+from bench.run import (  # noqa: E402
+    Maker,
+    free_port,
+    nginx_conf,
+    self_signed,
+    wait_http,
+    write_module,
+)
 from tests.support.server import twistd_path  # noqa: E402
 
 MODULE = "/plugins/p4mb/1.0.0/plugin.wasm"
 SIZE = 4_000_000
-NGINX_TLS = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx-{name}.pid;
-error_log {tmp}/nginx-{name}-error.log;
-events {{ worker_connections 16384; }}
-http {{
-    include /etc/nginx/mime.types;
-    types {{ application/wasm wasm; }}
-    default_type application/octet-stream;
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    sendfile on;
+NGINX_TLS = """sendfile on;
     gzip_static on;
     ssl_certificate {cert};
     ssl_certificate_key {key};
-    ssl_session_cache shared:SSL:10m;
-    server {{
-        listen 127.0.0.1:{port} backlog=1024;
-        listen 127.0.0.1:{tls_port} ssl backlog=1024;
-        root {root};
-    }}
-}}
-"""
+    ssl_session_cache shared:SSL:10m;"""
 
 
 @dataclass
@@ -128,8 +112,10 @@ def start_nginx(root: Path, tmp: Path, tls: tuple[Path, Path],
     port, tls_port = free_port(), free_port()
     name = f"n{port}"
     conf = tmp / f"nginx-{name}.conf"
-    conf.write_text(NGINX_TLS.format(tmp=tmp, name=name, port=port, tls_port=tls_port,
-                                     root=root.parent, key=tls[0], cert=tls[1]))
+    conf.write_text(nginx_conf(
+        tmp, name, root.parent, f"listen 127.0.0.1:{port} backlog=1024;\n"
+        f"        listen 127.0.0.1:{tls_port} ssl backlog=1024;",
+        NGINX_TLS.format(key=tls[0], cert=tls[1]), connections=16384))
     log = open(tmp / "nginx.log", "ab")  # noqa: SIM115
     process = subprocess.Popen([*in_cgroup(group), "taskset", "-c", "0", "nginx", "-c",
                                 str(conf), "-p", str(tmp)],

@@ -36,17 +36,17 @@ SERVERS = ("hps", "best", "upstream")
 nginx as the upstream plugin-server image configures it (sendfile, no gzip)."""
 SIZES = {"150KB": 150_000, "8MB": 8_000_000}
 MANY = 200
-NGINX_COMMON = """
+NGINX = """
 worker_processes 1;
-daemon off;
+daemon off;{main}
 pid {tmp}/nginx-{name}.pid;
 error_log {tmp}/nginx-{name}-error.log;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
     include /etc/nginx/mime.types;
     types {{ application/wasm wasm; }}
     default_type application/octet-stream;
-    access_log {tmp}/nginx-{name}-access.log;
+    access_log {access_log};
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
@@ -54,12 +54,23 @@ http {{
     scgi_temp_path {tmp}/scgi;
     {extra}
     server {{
-        listen 127.0.0.1:{port} backlog=1024;
-        root {root};
-        location / {{ autoindex on; }}
+        {listen}
+        root {root};{location}
     }}
 }}
 """
+"""One nginx serving ``root`` from 127.0.0.1, for every bench script (they differ in the
+fields, not in the frame)."""
+
+
+def nginx_conf(tmp: Path, name: str, root: Path, listen: str, extra: str, *,
+               connections: int = 4096, main: str = "", access_log: str = "off",
+               location: str = "") -> str:
+    return NGINX.format(tmp=tmp, name=name, root=root, listen=listen, extra=extra,
+                        connections=connections, main=main, access_log=access_log,
+                        location=location)
+
+
 NGINX_EXTRA = {
     "best": """sendfile on;
     tcp_nopush on;
@@ -165,8 +176,10 @@ def start(kind: str, root: Path, tmp: Path, tls: tuple[Path, Path] | None = None
         cmd += extra
     else:
         conf = tmp / f"nginx-{kind}.conf"
-        conf.write_text(NGINX_COMMON.format(tmp=tmp, name=kind, port=port, root=root.parent,
-                                            extra=NGINX_EXTRA[kind]))
+        conf.write_text(nginx_conf(
+            tmp, kind, root.parent, f"listen 127.0.0.1:{port} backlog=1024;", NGINX_EXTRA[kind],
+            access_log=f"{tmp}/nginx-{kind}-access.log",
+            location="\n        location / { autoindex on; }"))
         cmd = ["nginx", "-c", str(conf), "-p", str(tmp)]
     started = time.monotonic()
     process = subprocess.Popen(pin + cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,

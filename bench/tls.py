@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from bench.run import (  # noqa: E402
     Maker,
     free_port,
+    nginx_conf,
     self_signed,
     wait_http,
     write_module,
@@ -53,37 +54,13 @@ from tests.support.server import twistd_path  # noqa: E402
 SIZES = {"150KB": 150_000, "4MB": 4_000_000}
 CONNECTIONS = 32
 HERD = 1000
-NGINX_TLS = """
-worker_processes 1;
-master_process off;
-daemon off;
-pid {tmp}/nginx-tls.pid;
-error_log {tmp}/nginx-tls-error.log;
-events {{ worker_connections 8192; }}
-http {{
-    include /etc/nginx/mime.types;
-    types {{ application/wasm wasm; }}
-    default_type application/octet-stream;
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    sendfile on;
+NGINX_TLS = """sendfile on;
     keepalive_requests 1000000;
     open_file_cache max=1000 inactive=60s;
     gzip_static on;
     ssl_certificate {cert};
     ssl_certificate_key {key};
-    ssl_session_cache shared:SSL:10m;
-    server {{
-        listen 127.0.0.1:{port};
-        listen 127.0.0.1:{tls_port} ssl http2 backlog=4096;
-        root {root};
-    }}
-}}
-"""
+    ssl_session_cache shared:SSL:10m;"""
 
 
 @dataclass
@@ -135,8 +112,11 @@ def variants_ready(server: Server, timeout: float = 120) -> None:
 def start_nginx(root: Path, tmp: Path, tls: tuple[Path, Path]) -> Server:
     port, tls_port = free_port(), free_port()
     conf = tmp / "nginx-tls.conf"
-    conf.write_text(NGINX_TLS.format(tmp=tmp, port=port, tls_port=tls_port, root=root.parent,
-                                     key=tls[0], cert=tls[1]))
+    conf.write_text(nginx_conf(
+        tmp, "tls", root.parent, f"listen 127.0.0.1:{port};\n"
+        f"        listen 127.0.0.1:{tls_port} ssl http2 backlog=4096;",
+        NGINX_TLS.format(key=tls[0], cert=tls[1]), connections=8192,
+        main="\nmaster_process off;"))
     log = open(tmp / "nginx.log", "ab")  # noqa: SIM115
     process = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", str(conf), "-p", str(tmp)],
                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
