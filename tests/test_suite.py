@@ -17,7 +17,7 @@ from tests.support.server import REPO
 
 TESTS = REPO / "tests"
 
-MAX_PROCESS_TESTS = 15
+MAX_PROCESS_TESTS = 14
 """Start-up and exit codes, SIGTERM, TLS + HTTP/2 with curl, the browser, inotify,
 the image and its multi-arch release (built, pushed, run under
 qemu), the black-box differentials (sendfile, pull-through), a real Prometheus
