@@ -13,6 +13,7 @@ import h2.config
 import h2.connection
 import h2.exceptions
 import h2.settings
+import hpack
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
@@ -27,6 +28,7 @@ from hps.http2 import (
     WRITE_BYTES,
     Outbox,
     PluginH2Connection,
+    StatelessEncoder,
     data_frames,
 )
 from hps.site import SWEEP_SECONDS
@@ -408,3 +410,33 @@ def test_data_frames_match_what_h2_itself_would_send() -> None:
     outbox.put(b"late")
     with pytest.raises(h2.exceptions.StreamClosedError):
         data_frames(ours, 1, outbox, 4, [])
+
+
+RESPONSE = [(b":status", b"200"), (b"server", b"hps"), (b"date", b"Mon, 07 Dec 2026 05:14:47 GMT"),
+            (b"content-type", b"application/wasm"), (b"etag", b'"7c58"'),
+            (b"content-length", b"150000")]
+
+
+def test_header_blocks_leave_the_peer_table_empty_and_are_encoded_once() -> None:
+    """A block decodes to its fields, adds nothing to either side's dynamic table, and the
+    same fields on another connection reuse the block already built."""
+    first, second, decoder = StatelessEncoder(), StatelessEncoder(), hpack.Decoder()
+    block = first.encode(iter(RESPONSE))
+    assert decoder.decode(block, raw=True) == RESPONSE
+    assert decoder.decode(block, raw=True) == RESPONSE  # no entry the second needs
+    assert len(decoder.header_table.dynamic_entries) == 0
+    assert len(first.header_table.dynamic_entries) == 0
+    assert second.encode(RESPONSE) is block
+    assert block[0] == 0x88  # ":status: 200" is static entry 8, indexed
+
+
+def test_a_table_size_change_goes_first_in_the_next_block_only() -> None:
+    """RFC 7541 4.2: the update the peer's SETTINGS asked for starts the next block."""
+    encoder, decoder = StatelessEncoder(), hpack.Decoder()
+    plain = encoder.encode(RESPONSE)
+    encoder.header_table_size = 0
+    updated = encoder.encode(RESPONSE)
+    assert updated != plain and updated[0] == 0x20  # dynamic table size update to 0
+    decoder.max_allowed_table_size = 0
+    assert decoder.decode(updated, raw=True) == RESPONSE
+    assert encoder.encode(RESPONSE) is plain
