@@ -8,14 +8,17 @@ canaries were run against.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL._util import lib as _openssl
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, ITransport
 from twisted.web.http import _GenericHTTPChannelProtocol
 
 try:
+    import priority
     from twisted.web._http2 import H2Connection
 except ImportError:  # h2 not installed (the http2 extra): no HTTP/2, and no subclass of it
     H2Connection = None  # type: ignore[assignment,misc]
@@ -118,6 +121,28 @@ if H2Connection is not None:
         def _requestDone(self, streamID: int) -> None:
             super()._requestDone(streamID)
             self.stream_done(streamID)
+
+        def _requestReceived(self, event: Any) -> None:
+            """A stream :meth:`quick_stream` answers gets the same bookkeeping as
+            twisted.web gives its ``H2Stream`` (its queue, cleanup Deferred and place
+            in the priority tree, blocked until it has data), with that object instead."""
+            stream = self.quick_stream(event)
+            if stream is None:
+                super()._requestReceived(event)
+                return
+            stream_id = event.stream_id
+            self.streams[stream_id] = stream
+            self._streamCleanupCallbacks[stream_id] = Deferred()
+            self._outboundStreamQueues[stream_id] = deque()
+            try:
+                self.priority.insert_stream(stream_id)
+            except priority.DuplicateStreamError:  # a PRIORITY frame came first
+                pass
+            else:
+                self.priority.block(stream_id)
+
+        def quick_stream(self, event: Any) -> Any | None:
+            return None
 
         def send_ready(self) -> None:
             raise NotImplementedError

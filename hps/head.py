@@ -13,7 +13,9 @@ twisted.web). No Twisted here: plain bytes in, plain answers out.
   target's authority replaces Host and the path is routed as origin-form.
 
 Last, :func:`parse_request`: the strict subset the fast path answers itself (its
-module docstring lists the rules), so both parsers' head rules sit side by side.
+module docstring lists the rules), so both parsers' head rules sit side by side; and
+:func:`parse_stream`, the same subset for an HTTP/2 stream's header list
+(:mod:`hps.h2fast`).
 """
 
 from __future__ import annotations
@@ -152,3 +154,39 @@ def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
     if connection is not None and connection.lower() not in (b"keep-alive", b"close"):
         return None
     return seen
+
+
+_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+_KEPT = (b"user-agent", b"referer", b"x-forwarded-for")
+
+
+def parse_stream(fields: list[tuple[bytes, bytes]]) -> Parsed | None:
+    """:func:`parse_request`'s subset for an HTTP/2 request's header list, which h2 has
+    already checked (lowercase names, the pseudo-header rules, no connection-specific
+    fields): ``GET`` or ``HEAD`` of exactly a module's URL, no field of ``_REFUSED`` and
+    no ``If-*``, at most one Accept-Encoding. Else None."""
+    method = target = None
+    kept: dict[bytes, bytes] = {}
+    accept: bytes | None = None
+    for name, value in fields:
+        if name[:1] == b":":
+            if name not in _PSEUDO:
+                return None
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                target = value
+        elif name in _REFUSED or name.startswith(b"if-"):
+            return None
+        elif name == b"accept-encoding":
+            if accept is not None:
+                return None
+            accept = value
+        elif name in _KEPT:
+            kept[name] = value
+    if method not in (b"GET", b"HEAD") or target is None:
+        return None
+    module = module_target(target)
+    if module is None:
+        return None
+    return Parsed(method, target, *module, kept, False, preferences(accept), method == b"HEAD")

@@ -227,8 +227,12 @@ class PluginH2Connection(H2Base):
     """When a protocol error was last logged, server-wide (a class attribute on purpose)."""
     quiet = 0
 
-    def __init__(self, reactor: IReactorTime, bodies: BodyGate | None = None) -> None:
+    def __init__(self, reactor: IReactorTime, bodies: BodyGate | None = None,
+                 quick: Callable[[PluginH2Connection, Any], Any | None] | None = None) -> None:
         self.outboxes: dict[int, Outbox] = {}
+        self.quick = quick
+        """Answers the plainest requests without twisted.web's Request (hps.h2fast)."""
+        self.peer_host: str | None = None
         self.paused = self.lost = self.sending = False
         self.next_turn: IDelayedCall | None = None
         super().__init__(reactor)
@@ -242,6 +246,15 @@ class PluginH2Connection(H2Base):
         self.priority = WindowedPriority(self.can_send)
         self.stamps: dict[int, float] = {}
         """Per stream: when its response last made progress."""
+
+    def quick_stream(self, event: Any) -> Any | None:
+        return None if self.quick is None else self.quick(self, event)
+
+    def peer(self) -> str:
+        """The client's address, for the access log (fixed per connection)."""
+        if self.peer_host is None:
+            self.peer_host = getattr(self.transport.getPeer(), "host", "-")
+        return self.peer_host
 
     # -- what the senders see ---------------------------------------------------------------
 

@@ -16,6 +16,7 @@ closes connections that went idle):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -80,10 +81,13 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
         if self.shed:
             return
         if negotiating(self) and getattr(self.transport, "negotiatedProtocol", None) == b"h2":
+            from hps.h2fast import quick_stream
             from hps.http2 import PluginH2Connection  # h2 is an extra; ALPN offers it only then
 
-            probe_only = inner_channel(self).probe_only
-            connection = PluginH2Connection(self.factory.reactor, self.factory.bodies)
+            channel = inner_channel(self)
+            probe_only, fast = channel.probe_only, channel.fast_path
+            quick = None if probe_only or fast is None else functools.partial(quick_stream, fast)
+            connection = PluginH2Connection(self.factory.reactor, self.factory.bodies, quick)
             switch_to_h2(self, connection)
             if probe_only:
                 connection.requestFactory = ProbeRequest

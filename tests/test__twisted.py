@@ -170,6 +170,31 @@ def test_h2_send_loop_and_stream_ends_are_the_methods_h2base_takes_over() -> Non
     assert "self._conn = connection" in inspect.getsource(H2Stream.__init__)
 
 
+def test_a_quick_stream_gets_the_bookkeeping_twisted_web_gives_its_own() -> None:
+    """H2Base._requestReceived repeats twisted.web's for a stream hps answers itself
+    (hps.h2fast): the same four entries. And a connection asks of its streams only what
+    hps.h2fast.QuickStream implements."""
+    import re
+
+    from twisted.web._http2 import H2Connection
+
+    from hps.h2fast import QuickStream
+
+    source = inspect.getsource(H2Connection._requestReceived)
+    for line in ("self.streams[event.stream_id] = stream",
+                 "self._streamCleanupCallbacks[event.stream_id] = Deferred()",
+                 "self._outboundStreamQueues[event.stream_id] = deque()",
+                 "self.priority.insert_stream(event.stream_id)",
+                 "self.priority.block(event.stream_id)"):
+        assert line in source, line
+    assert "self._requestReceived(event)" in inspect.getsource(H2Connection.dataReceived)
+    calls = set(re.findall(r"(?:stream|self\.streams\[\w+\])\.(\w+)\(",
+                           inspect.getsource(H2Connection)))
+    assert calls == {"connectionLost", "flowControlBlocked", "receiveDataChunk",
+                     "requestComplete", "windowUpdated"}
+    assert all(callable(getattr(QuickStream, name)) for name in (*calls, "abortConnection"))
+
+
 def test_h2base_runs_hps_loop_and_hears_of_every_stream_end() -> None:
     from twisted.internet.testing import MemoryReactorClock
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hps.head import connection_tokens, host_ok, keeps_alive, origin_form
+import pytest
+
+from hps.head import connection_tokens, host_ok, keeps_alive, origin_form, parse_stream
 
 
 def test_host_rules() -> None:
@@ -41,3 +43,38 @@ def test_absolute_form() -> None:
     assert origin_form(b"http://h?x") == (b"/?x", b"h")
     for other in (b"/plugins/", b"*", b"ftp://h/x", b"http:///x", b"http://u@h/x"):
         assert origin_form(other) == (other, None)
+
+
+STREAM = [(b":method", b"GET"), (b":scheme", b"https"),
+          (b":path", b"/plugins/key-rate-limit/1.0.0/plugin.wasm"), (b":authority", b"hps"),
+          (b"user-agent", b"Go-http-client/2.0"), (b"accept-encoding", b"gzip")]
+
+
+def test_a_gateways_http2_request_is_in_the_strict_subset() -> None:
+    parsed = parse_stream(STREAM)
+    assert parsed is not None
+    assert (parsed.method, parsed.name, parsed.version, parsed.head) == (
+        b"GET", "key-rate-limit", "1.0.0", False)
+    assert parsed.headers == {b"user-agent": b"Go-http-client/2.0"}
+    assert parsed.accept.present and parsed.accept.weights == {b"gzip": 1.0}
+    head = parse_stream([(b":method", b"HEAD"), *STREAM[1:]])
+    assert head is not None and head.head
+
+
+@pytest.mark.parametrize("change", [
+    [(b":method", b"POST")],
+    [(b":path", b"/plugins/key-rate-limit/1.0.0/plugin.wasm?x=1")],
+    [(b":path", b"/plugins/key-rate-limit/1.0.0/metadata.txt")],
+    [(b":path", b"/plugins/%6b/1.0.0/plugin.wasm")],
+    [(b":protocol", b"websocket")],
+    [(b"range", b"bytes=0-1")],
+    [(b"if-none-match", b"*")],
+    [(b"if-modified-since", b"Mon, 07 Dec 2026 05:10:05 GMT")],
+    [(b"content-length", b"0")],
+    [(b"accept-encoding", b"br")],  # a second Accept-Encoding line
+], ids=lambda change: change[0][0].decode())
+def test_anything_else_goes_to_twisted_web(change: list[tuple[bytes, bytes]]) -> None:
+    fields = dict(STREAM[:4])
+    extra = [pair for pair in change if pair[0] not in fields or pair[0] == b"accept-encoding"]
+    fields.update({name: value for name, value in change if name in fields})
+    assert parse_stream([*fields.items(), *STREAM[4:], *extra]) is None

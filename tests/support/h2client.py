@@ -34,6 +34,7 @@ class H2Client(Protocol):
         self.order: list[int] = []
         """Streams in the order their responses ended."""
         self.status: dict[int, int] = {}
+        self.headers: dict[int, list[tuple[bytes, bytes]]] = {}
         self.ended: set[int] = set()
         self.reset: set[int] = set()
         self.closed = False
@@ -56,11 +57,13 @@ class H2Client(Protocol):
         if data:
             self.transport.write(data)
 
-    def get(self, path: str, send: bool = True) -> int:
+    def get(self, path: str, send: bool = True, fields: tuple[tuple[str, str], ...] = (),
+            method: str = "GET", end_stream: bool = True) -> int:
         stream = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(stream, [(":method", "GET"), (":path", path),
-                                        (":scheme", "https"), (":authority", "localhost")],
-                               end_stream=True)
+        self.conn.send_headers(stream, [(":method", method), (":path", path),
+                                        (":scheme", "https"), (":authority", "localhost"),
+                                        *fields],
+                               end_stream=end_stream)
         self.bodies[stream] = bytearray()
         if send:
             self.flush()
@@ -80,6 +83,7 @@ class H2Client(Protocol):
     def handle(self, event: object) -> None:
         if isinstance(event, h2.events.ResponseReceived):
             self.status[event.stream_id] = int(dict(event.headers)[b":status"])
+            self.headers[event.stream_id] = list(event.headers)
         elif isinstance(event, h2.events.DataReceived):
             self.bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
             self.frames.setdefault(event.stream_id, []).append(len(event.data))

@@ -1,0 +1,168 @@
+"""The fast path for HTTP/2 streams: a plain artifact download without twisted.web's Request.
+
+For every HTTP/2 stream twisted.web builds an ``H2Stream`` and a ``Request``, converts
+each header field into ``Headers``, routes the path and writes the response head field
+by field: as much Python per download as sending a 150 KB body. The request a gateway
+sends is the one :mod:`hps.fastpath` answers on HTTP/1.1 (``GET`` or ``HEAD`` of exactly
+a module's URL, no body, no range, no condition; :func:`hps.head.parse_stream`), so
+for that request a :class:`QuickStream` takes the ``H2Stream``'s place in the
+connection: it answers with the variant's header list, built once a second, and sends
+the body through the same :class:`hps.sender.Sender`, body turns and backlog as every
+HTTP/2 response. The stream's HTTP/2 side (flow control, priority, resets, the send
+deadline, END_STREAM) stays the connection's (:mod:`hps.http2`).
+
+Anything else, and anything this path cannot answer at once (catalog not loaded, an
+artifact missing or not openable, a gzip variant still being made, a draining server,
+a connection admitted for probes only), goes to twisted.web untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hps.fastpath import ArtifactFastPath
+from hps.files import Source
+from hps.head import Parsed, parse_stream
+from hps.headers import EVERY_RESPONSE
+from hps.sender import H2Backlog, Sender
+from hps.transfer import ArtifactVariant
+
+PROTOCOL = b"HTTP/2"
+_EVERY = tuple((name.lower(), value) for name, value in EVERY_RESPONSE)
+_H2_FIELDS = "h2"
+"""The key of this writer's memo in ``Variant.openings``."""
+
+
+def response_fields(variant: ArtifactVariant, date: bytes) -> list[tuple[bytes, bytes]]:
+    """The 200 response's fields (without ``:status``) in twisted.web's order and case,
+    built once per variant per second (a fresh list each call: the writer inserts
+    ``:status`` into it)."""
+    cached: Any = variant.openings.get(_H2_FIELDS)
+    if cached is None or cached[0] is not date:
+        fields = (*_EVERY, (b"date", date),
+                  *((name.lower(), value) for name, value in variant.fields),
+                  (b"content-length", b"%d" % variant.size))
+        cached = variant.openings[_H2_FIELDS] = (date, fields)
+    return list(cached[1])
+
+
+class QuickStream:
+    """One fast-path download on an HTTP/2 stream: the calls its connection makes of a
+    twisted.web ``H2Stream`` (``requestComplete``, ``windowUpdated``,
+    ``flowControlBlocked``, ``connectionLost``, ``abortConnection``), and the consumer of
+    its :class:`~hps.sender.Sender`."""
+
+    log = Logger()
+
+    def __init__(self, connection: Any, stream_id: int, fast: ArtifactFastPath,
+                 parsed: Parsed, variant: ArtifactVariant, source: Source) -> None:
+        self.connection, self.streamID, self.fast = connection, stream_id, fast
+        self.parsed, self.variant = parsed, variant
+        self.source: Source | None = source
+        self.sender: Sender | None = None
+        self.sent = 0
+        self.started = self.ended = False
+        self.blocked = False
+        """Flow control paused the sender (the window, not the backlog or a turn)."""
+
+    # -- the connection's calls --------------------------------------------------------------
+
+    def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
+        """Never called: only a request whose HEADERS ended the stream comes here."""
+
+    def requestComplete(self) -> None:
+        """The request is whole: answer it."""
+        connection, variant = self.connection, self.variant
+        self.started = True
+        connection.site.in_flight += 1
+        second = int(connection.clock.seconds())
+        connection.writeHeaders(PROTOCOL, b"200", b"OK",
+                                response_fields(variant, self.fast.clock.at(second)),
+                                self.streamID)
+        source, self.source = self.source, None
+        if self.parsed.head or source is None:
+            self.finished()
+            return
+        self.sender = Sender(source, (0, variant.size - 1), None, self.write, self.progress,
+                             self.finished, self.abortConnection,
+                             H2Backlog(self, connection))
+        self.sender.start(flushed=False)
+
+    def windowUpdated(self) -> None:
+        """The window opened: a sender flow control paused goes on (twisted.web's rule)."""
+        if self.blocked and self.sender is not None \
+                and self.connection.remainingOutboundWindow(self.streamID) > 0:
+            self.blocked = False
+            self.sender.resumeProducing()
+
+    def flowControlBlocked(self) -> None:
+        if self.sender is not None and not self.blocked:
+            self.blocked = True
+            self.sender.pauseProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Reset by the client, cut by the send deadline, or the connection went."""
+        self.source = None
+        if self.sender is not None:
+            self.sender.stopProducing()
+        if self.started and not self.ended:
+            self.ended = True
+            self.connection.site.in_flight -= 1
+            fields = self.line_fields()
+            self.connection.site.finished_response(route="artifact", status=200,
+                                                   aborted=True, **fields)
+
+    def abortConnection(self) -> None:
+        """End this stream with RST_STREAM (the file changed, or the deadline passed)."""
+        self.connection.abortRequest(self.streamID)
+
+    # -- the sender's consumer ---------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.connection.writeDataToStream(self.streamID, data)
+
+    def progress(self, count: int) -> None:
+        self.sent += count
+
+    def finished(self) -> None:
+        """The last byte is queued: END_STREAM follows it; log and count the response."""
+        if self.ended:
+            return
+        self.ended = True
+        connection = self.connection
+        connection.endRequest(self.streamID)
+        connection.site.in_flight -= 1
+        parsed, site = self.parsed, connection.site
+        second = int(connection.clock.seconds())
+        line = site.access.line(**self.line_fields(), status=200, now=second)
+        site.finished_fast(self.sent, None if parsed.head else (parsed.name, parsed.version),
+                           line)
+
+    def line_fields(self) -> dict[str, Any]:
+        parsed = self.parsed
+        headers = parsed.headers
+        return dict(peer=self.connection.peer(), forwarded=headers.get(b"x-forwarded-for"),
+                    method=parsed.method, uri=parsed.target, proto=PROTOCOL,
+                    nbytes=self.sent, referer=headers.get(b"referer"),
+                    agent=headers.get(b"user-agent"))
+
+
+def quick_stream(fast: ArtifactFastPath, connection: Any, event: Any) -> QuickStream | None:
+    """A :class:`QuickStream` for the request ``event`` (h2's ``RequestReceived``) if this
+    path can answer it now; else None, and twisted.web answers."""
+    if event.stream_ended is None:
+        return None  # a body may follow: twisted.web reads (and refuses) it
+    parsed = parse_stream(event.headers)
+    if parsed is None or fast.state.draining:
+        return None
+    artifact = fast.state.catalog.get(parsed.name, parsed.version)
+    transfer = fast.transfer
+    if artifact is None or transfer.gzip_pending(artifact, parsed.accept):
+        return None
+    opened = transfer.open(artifact, parsed.accept, quiet=True)
+    if opened is None:
+        return None  # twisted.web answers the 503 (and logs why)
+    return QuickStream(connection, event.stream_id, fast, parsed, *opened)
