@@ -79,9 +79,8 @@ class QuickStream:
         self.started = True
         connection.site.in_flight += 1
         second = int(connection.clock.seconds())
-        connection.writeHeaders(PROTOCOL, b"200", b"OK",
-                                response_fields(variant, self.fast.clock.at(second)),
-                                self.streamID)
+        connection.send_head(self.streamID, b"200",
+                             response_fields(variant, self.fast.clock.at(second)))
         source, self.source = self.source, None
         if self.parsed.head or source is None:
             self.finished()

@@ -129,9 +129,11 @@ class StatelessEncoder(hpack.Encoder):
 class Outbox:
     """One stream's bytes waiting for the send loop, with their count kept as they move."""
 
-    __slots__ = ("chunks", "ending", "offset", "unsent", "wake")
+    __slots__ = ("chunks", "ending", "head", "offset", "unsent", "wake")
 
     def __init__(self) -> None:
+        self.head = b""
+        """A HEADERS frame to send first (:meth:`PluginH2Connection.send_head`)."""
         self.chunks: deque[bytes] = deque()
         self.offset = 0
         """Bytes of ``chunks[0]`` already sent."""
@@ -176,6 +178,18 @@ class Outbox:
 _FRAME_HEADER = struct.Struct(">HBBBL")  # hyperframe's: 24-bit length, type, flags, stream
 _SEND_DATA = h2.connection.ConnectionInputs.SEND_DATA
 _STREAM_SEND_DATA = h2.stream.StreamInputs.SEND_DATA
+_SEND_HEADERS = h2.connection.ConnectionInputs.SEND_HEADERS
+_STREAM_SEND_HEADERS = h2.stream.StreamInputs.SEND_HEADERS
+
+
+def headers_frame(conn: h2.connection.H2Connection, stream_id: int, block: bytes) -> bytes:
+    """A response's HEADERS frame carrying ``block`` (a whole header block, one frame), with
+    the state changes h2's ``send_headers`` makes; tests/test_http2.py checks both match."""
+    stream = conn.streams[stream_id]  # KeyError: closed and forgotten
+    conn.state_machine.process_input(_SEND_HEADERS)
+    stream.state_machine.process_input(_STREAM_SEND_HEADERS)
+    size = len(block)
+    return _FRAME_HEADER.pack(size >> 8, size & 0xFF, 1, 0x4, stream_id) + block  # END_HEADERS
 
 
 def data_frames(conn: h2.connection.H2Connection, stream_id: int, outbox: Outbox, size: int,
@@ -294,6 +308,8 @@ class PluginH2Connection(H2Base):
         outbox = self.outboxes.get(stream_id)
         if outbox is None:
             return False
+        if outbox.head:
+            return True
         if not outbox.unsent:
             return outbox.ending
         try:
@@ -356,14 +372,22 @@ class PluginH2Connection(H2Base):
             pending = conn.data_to_send()  # control frames and headers, in h2's order
             if pending:
                 out.append(pending)
+            if outbox.head:  # HEADERS needs no window; it leaves with the first DATA frames
+                out.append(outbox.head)
+                outbox.head = b""
+                stamps[stream_id] = now
             try:
                 if not outbox.unsent:
-                    conn.end_stream(stream_id)
-                    out.append(conn.data_to_send())
+                    if outbox.ending:
+                        conn.end_stream(stream_id)
+                        out.append(conn.data_to_send())
+                        ended.append(stream_id)
                     self.priority.block(stream_id)
-                    ended.append(stream_id)
                     continue
                 window = conn.local_flow_control_window(stream_id)
+                if window <= 0:
+                    self.priority.block(stream_id)
+                    continue
                 size = min(window, outbox.unsent, BURST_BYTES)
                 data_frames(conn, stream_id, outbox, size, out)
             except (KeyError, h2.exceptions.ProtocolError):
@@ -419,6 +443,27 @@ class PluginH2Connection(H2Base):
             return
         self.stamps[streamID] = self.clock.seconds()
         super().writeHeaders(version, code, reason, headers, streamID)
+
+    def send_head(self, stream_id: int, status: bytes, fields: list[tuple[bytes, bytes]]) -> None:
+        """The response head of a stream hps answers itself (:mod:`hps.h2fast`): its
+        HEADERS frame leaves in the same write as the stream's first DATA frames, not
+        in a TLS record and a reactor turn of its own as twisted.web's would. After a
+        table size change h2 encodes the next block itself (the update must go first)."""
+        if self.gone(stream_id):
+            return
+        fields.insert(0, (b":status", status))
+        block = self.conn.encoder.encode(fields) \
+            if not self.conn.encoder.header_table.resized else b""
+        if not block or len(block) > self.conn.max_outbound_frame_size:
+            del fields[0]
+            self.writeHeaders(b"HTTP/2", status, b"", fields, stream_id)
+            return
+        self.stamps[stream_id] = self.clock.seconds()
+        outbox = self.outboxes.get(stream_id)
+        if outbox is None:
+            outbox = self.outboxes[stream_id] = Outbox()
+        outbox.head = headers_frame(self.conn, stream_id, block)
+        self.ready(stream_id)
 
     def writeDataToStream(self, streamID: int, data: bytes) -> None:
         if self.gone(streamID) or not data:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from h2.settings import SettingCodes
 
 from hps._twisted import inner_channel
 from hps.catalog import unloaded
@@ -176,3 +177,43 @@ def test_a_probe_only_connection_never_takes_the_fast_path(h2) -> None:
     stream = probe.get(MODULE)
     server.settle()
     assert probe.status[stream] == 503 and not quick_streams(probe)
+
+
+def test_heads_go_at_once_while_bodies_wait_their_turn(h2) -> None:
+    """A body without a turn has its 200 and length already; it follows when the turn
+    comes."""
+    server, body = h2(gzip=False)
+    server.site.bodies.limit = 1
+    slow = connect_h2(server, window=0)
+    first = slow.get(MODULE)
+    server.settle()
+    client = connect_h2(server)
+    second = client.get(MODULE)
+    server.settle()
+    assert slow.status[first] == 200 and client.status[second] == 200
+    assert not client.bodies[second] and len(server.site.bodies.waiting) == 1
+    slow.cancel(first)
+    server.settle()
+    assert bytes(client.bodies[second]) == body
+
+
+def test_after_a_table_size_change_h2_encodes_the_next_head(h2, monkeypatch) -> None:
+    """RFC 7541 4.2: the size update goes first in the next block, whoever writes it:
+    h2 itself, once (then blocks are shared again)."""
+    from hps.http2 import PluginH2Connection
+
+    by_h2 = []
+    write = PluginH2Connection.writeHeaders
+    monkeypatch.setattr(PluginH2Connection, "writeHeaders",
+                        lambda self, *args: by_h2.append(args) or write(self, *args))
+    server, body = h2(gzip=False)
+    client = connect_h2(server)
+    client.conn.update_settings({SettingCodes.HEADER_TABLE_SIZE: 0})
+    client.flush()
+    server.settle()
+    first, second = client.get(MODULE), client.get(MODULE)
+    server.settle()
+    assert client.status[first] == client.status[second] == 200
+    assert fields(client, first) == fields(client, second)
+    assert bytes(client.bodies[first]) == bytes(client.bodies[second]) == body
+    assert len(by_h2) == 1

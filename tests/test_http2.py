@@ -30,6 +30,7 @@ from hps.http2 import (
     PluginH2Connection,
     StatelessEncoder,
     data_frames,
+    headers_frame,
 )
 from hps.site import SWEEP_SECONDS
 from tests.support.certificates import self_signed
@@ -440,3 +441,29 @@ def test_a_table_size_change_goes_first_in_the_next_block_only() -> None:
     decoder.max_allowed_table_size = 0
     assert decoder.decode(updated, raw=True) == RESPONSE
     assert encoder.encode(RESPONSE) is plain
+
+
+def test_a_headers_frame_matches_what_h2_itself_would_send() -> None:
+    """hps.http2.headers_frame makes the frame and the state changes of h2's send_headers
+    (with the same encoder): a canary for h2's state machines."""
+    def pair() -> h2.connection.H2Connection:
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        server.encoder = StatelessEncoder()
+        client.initiate_connection()
+        server.initiate_connection()
+        client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"),
+                                (":authority", "x")], end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.data_to_send()
+        return server
+
+    theirs, ours = pair(), pair()
+    theirs.send_headers(1, RESPONSE)
+    frame = headers_frame(ours, 1, ours.encoder.encode(RESPONSE))
+    assert frame == theirs.data_to_send()
+    assert ours.streams[1].state_machine.state == theirs.streams[1].state_machine.state
+    assert ours.state_machine.state == theirs.state_machine.state
+    ours.end_stream(1)
+    with pytest.raises(h2.exceptions.ProtocolError):
+        headers_frame(ours, 1, b"")
