@@ -1,4 +1,5 @@
-"""The few Twisted internals hps cannot avoid, in one room, each guarded by a canary.
+"""The few Twisted (and pyOpenSSL) internals hps cannot avoid, in one room, each guarded
+by a canary.
 
 Everything else in hps uses Twisted's public API. Each name here has a test in
 ``tests/test__twisted.py`` that fails loudly when a Twisted release renames or
