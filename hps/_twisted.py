@@ -153,8 +153,8 @@ is one buffer for the process (the reactor runs one write at a time), not per co
 _RECORD_ROOM = 2**14 + 2048
 """One record's ciphertext at most: 16 KiB of plaintext plus TLS's largest expansion."""
 
-_batch = _ffi.new_allocator(should_clear_after_alloc=False)(
-    "char[]", CIPHERTEXT_BATCH + _RECORD_ROOM)
+_BATCH_END = CIPHERTEXT_BATCH + _RECORD_ROOM
+_batch = _ffi.new_allocator(should_clear_after_alloc=False)("char[]", _BATCH_END)
 
 
 def ssl_encrypt(connection: SSL.Connection, data: bytes,
@@ -184,7 +184,12 @@ def ssl_encrypt(connection: SSL.Connection, data: bytes,
                         break
                     raise SSL.Error([("hps", "SSL_write", "wrote nothing, no error")])
                 taken += wrote
-                filled = _drain(bio, filled, emit)
+                room = _BATCH_END - filled
+                got = _openssl.BIO_read(bio, _batch + filled, room)
+                if got > 0:
+                    filled += got
+                if got == room or filled >= CIPHERTEXT_BATCH:  # more in the BIO, or full
+                    filled = _drain(bio, filled, emit)
     finally:
         if filled:
             emit(_ffi.buffer(_batch, filled)[:])
@@ -195,7 +200,7 @@ def _drain(bio: Any, filled: int, emit: Callable[[bytes], None]) -> int:
     """Move everything in the write ``bio`` into the batch (which holds ``filled`` bytes),
     emitting the batch whenever it fills; returns what it holds now."""
     while True:
-        room = CIPHERTEXT_BATCH + _RECORD_ROOM - filled
+        room = _BATCH_END - filled
         got = max(_openssl.BIO_read(bio, _batch + filled, room), 0)
         filled += got
         if filled >= CIPHERTEXT_BATCH:
