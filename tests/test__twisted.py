@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from OpenSSL import SSL
 from twisted.application import app
 from twisted.internet.base import ReactorBase
@@ -46,7 +45,7 @@ from hps._twisted import (
 from hps.http2 import PluginH2Connection
 from tests.support.reactor import Reactor
 from tests.support.sockets import pump, tcp_pair
-from tests.support.tlspair import Pair, Producer, server_options, tls_pair
+from tests.support.tlspair import Pair, Producer, tls_pair
 
 
 def test_generic_protocol_wraps_the_channel_it_is_given() -> None:
@@ -235,16 +234,6 @@ def test_ssl_set_mode_sets_one_connections_mode() -> None:
 
 # -- whole TLS writes: Twisted's TLSMemoryBIOProtocol and pyOpenSSL's Connection --------
 
-@pytest.fixture(scope="module")
-def tls_options(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return server_options(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(params=["twisted", "hps"])
-def pair(request: pytest.FixtureRequest, tls_options: Any) -> Callable[..., Pair]:
-    return lambda **how: tls_pair(tls_options, tuned=request.param == "hps", **how)
-
-
 def test_twisted_tls_writes_all_pass_through_one_method() -> None:
     """``whole_tls_writes`` replaces ``_write`` on the instance: every caller must look it
     up on ``self``, and the state and steps its replacement uses must still exist."""
@@ -286,11 +275,11 @@ def test_ssl_encrypt_takes_nothing_while_openssl_must_read(tls_options: Any) -> 
 
 
 def test_a_tls_write_openssl_cannot_make_yet_is_buffered_and_pauses_the_producer(
-        pair: Callable[..., Pair]) -> None:
+        tls_pairs: Callable[..., Pair]) -> None:
     """``WantReadError``: OpenSSL must read before it can write (a renegotiation; here the
     handshake, with Twisted told it is over). The rest waits, whole, with the producer
     paused, and goes out in order once the peer's bytes came in."""
-    one = pair(handshake=False)
+    one = tls_pairs(handshake=False)
     one.server._handshakeDone = True  # only so the write takes each path's own branch
     body = [os.urandom(100_000), os.urandom(50_000)]
     producer = Producer(one.server, list(body))

@@ -11,7 +11,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from OpenSSL import SSL
@@ -20,7 +19,7 @@ from twisted.internet.error import ConnectionDone
 from tests.support.certificates import self_signed
 from tests.support.polling import poll
 from tests.support.server import Server, Tree
-from tests.support.tlspair import Pair, Producer, server_options, tls_pair
+from tests.support.tlspair import Pair, Producer
 from tests.support.transport import SEND_BUFFER
 
 PATH = "/plugins/key-auth/1.0.0/plugin.wasm"
@@ -170,18 +169,8 @@ def test_a_handshake_never_finished_is_cut(tree: Tree, harness, tmp_path: Path) 
 # the client the very same bytes and the same end: hps's path changes how the bytes move,
 # never which bytes or in what order.
 
-@pytest.fixture(scope="module")
-def tls_options(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return server_options(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(params=["twisted", "hps"])
-def pair(request: pytest.FixtureRequest, tls_options: Any) -> Callable[..., Pair]:
-    return lambda **how: tls_pair(tls_options, tuned=request.param == "hps", **how)
-
-
-def test_big_and_small_writes_arrive_whole_and_in_order(pair: Callable[..., Pair]) -> None:
-    one = pair()
+def test_big_and_small_writes_arrive_whole_and_in_order(tls_pairs: Callable[..., Pair]) -> None:
+    one = tls_pairs()
     pieces = [b"head\r\n", os.urandom(131072), b"small", os.urandom(65536),
               os.urandom(600_000), b"tail"]
     sequence = [b"a", os.urandom(70000), b"b"]
@@ -198,10 +187,10 @@ def test_big_and_small_writes_arrive_whole_and_in_order(pair: Callable[..., Pair
         assert writes > 50  # one per 16 KiB record
 
 
-def test_writes_before_the_handshake_wait_for_it(pair: Callable[..., Pair]) -> None:
+def test_writes_before_the_handshake_wait_for_it(tls_pairs: Callable[..., Pair]) -> None:
     """Written as the connection opens: Twisted's path buffers them until TLS is up."""
     early = os.urandom(100_000)
-    one = pair(early=early, handshake=False)
+    one = tls_pairs(early=early, handshake=False)
     assert not one.client.data
     one.settle()
     one.server.write(b"after")
@@ -209,10 +198,10 @@ def test_writes_before_the_handshake_wait_for_it(pair: Callable[..., Pair]) -> N
     assert bytes(one.client.data) == early + b"after"
 
 
-def test_a_peer_that_stops_reading_pauses_the_producer(pair: Callable[..., Pair]) -> None:
+def test_a_peer_that_stops_reading_pauses_the_producer(tls_pairs: Callable[..., Pair]) -> None:
     """What a stalled client leaves in the server: what the TCP transport holds when it
     pauses the producer (one chunk's records past its buffer), the same on both paths."""
-    one = pair()
+    one = tls_pairs()
     chunks = [os.urandom(65536) for _ in range(40)]
     producer = Producer(one.server, list(chunks))
     one.server.registerProducer(producer, True)
@@ -228,8 +217,8 @@ def test_a_peer_that_stops_reading_pauses_the_producer(pair: Callable[..., Pair]
 
 
 def test_written_then_closed_arrives_whole_and_later_writes_are_dropped(
-        pair: Callable[..., Pair]) -> None:
-    one = pair()
+        tls_pairs: Callable[..., Pair]) -> None:
+    one = tls_pairs()
     body = os.urandom(300_000)
     one.server.write(body)
     one.server.loseConnection()
@@ -240,10 +229,10 @@ def test_written_then_closed_arrives_whole_and_later_writes_are_dropped(
     assert one.app.lost.check(ConnectionDone)
 
 
-def test_a_write_openssl_refuses_shuts_the_connection(pair: Callable[..., Pair]) -> None:
+def test_a_write_openssl_refuses_shuts_the_connection(tls_pairs: Callable[..., Pair]) -> None:
     """An OpenSSL error on write (here: TLS already shut down underneath) ends the
     connection and reaches the application as the error, as Twisted's path does."""
-    one = pair()
+    one = tls_pairs()
     one.server.write(b"before")
     one.settle()
     one.server.getHandle().shutdown()  # OpenSSL refuses application data from now on

@@ -5,10 +5,12 @@ that pauses producers as a socket does (:class:`tests.support.transport.ServerTr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -119,3 +121,16 @@ def tls_pair(options: Any, tuned: bool, early: bytes = b"", handshake: bool = Tr
     if handshake:
         made.settle()
     return made
+
+
+@pytest.fixture(scope="module")
+def tls_options(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Server TLS options with a self-signed certificate, one per test module."""
+    return server_options(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(params=["twisted", "hps"])
+def tls_pairs(request: pytest.FixtureRequest, tls_options: Any) -> Callable[..., Pair]:
+    """``tls_pairs(**how)`` makes a :func:`tls_pair`; each test runs on Twisted's own write
+    path and on hps's (:func:`hps.tls.tune`), which must behave alike."""
+    return lambda **how: tls_pair(tls_options, tuned=request.param == "hps", **how)
