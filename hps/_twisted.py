@@ -190,9 +190,12 @@ def ssl_encrypt(connection: SSL.Connection, data: bytes,
                     filled += got
                 if got == room or filled >= CIPHERTEXT_BATCH:  # more in the BIO, or full
                     filled = _drain(bio, filled, emit)
-    finally:
-        if filled:
+    except SSL.Error:
+        if filled:  # the records made before the error go first, as on Twisted's path
             emit(_ffi.buffer(_batch, filled)[:])
+        raise
+    if filled:
+        emit(_ffi.buffer(_batch, filled)[:])
     return taken
 
 
