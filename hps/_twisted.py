@@ -1,4 +1,5 @@
-"""The few Twisted internals hps cannot avoid, in one room, each guarded by a canary.
+"""The few Twisted (and pyOpenSSL) internals hps cannot avoid, in one room, each guarded
+by a canary.
 
 Everything else in hps uses Twisted's public API. Each name here has a test in
 ``tests/test__twisted.py`` that fails loudly when a Twisted release renames or
@@ -9,12 +10,17 @@ canaries were run against.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from types import MethodType
 from typing import Any
 
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _openssl
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, ITransport
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from twisted.web.http import _GenericHTTPChannelProtocol
 
 try:
@@ -162,3 +168,101 @@ def ssl_set_mode(connection: SSL.Connection, mode: int) -> int:
     connection, and Twisted builds the contexts of ``ssl:`` and ``tls:`` listeners
     out of reach; a connection's own mode can be set any time."""
     return int(_openssl.SSL_set_mode(connection._ssl, mode))
+
+
+CIPHERTEXT_BATCH = 256 * 1024
+"""Ciphertext gathered before it is handed to the TCP transport as one ``bytes``: a whole
+HTTP/1.1 chunk (64 KiB) or HTTP/2 turn (~128 KiB) fits, so each is one write. The batch
+is one buffer for the process (the reactor runs one write at a time), not per connection."""
+
+_RECORD_ROOM = 2**14 + 2048
+"""One record's ciphertext at most: 16 KiB of plaintext plus TLS's largest expansion."""
+
+_BATCH_END = CIPHERTEXT_BATCH + _RECORD_ROOM
+_batch = _ffi.new_allocator(should_clear_after_alloc=False)("char[]", _BATCH_END)
+
+
+def ssl_encrypt(connection: SSL.Connection, data: bytes,
+                emit: Callable[[bytes], None]) -> int:
+    """Encrypt ``data`` on a memory-BIO ``connection``; its ciphertext goes to ``emit`` in
+    batches of up to :data:`CIPHERTEXT_BATCH` bytes. Returns the plaintext bytes taken:
+    all of them, or fewer when OpenSSL must read before it writes (``WantReadError``:
+    write the rest again later). Any other error raises, after what was encrypted went.
+
+    pyOpenSSL's privates (``_ssl``, ``_from_ssl``, ``_raise_ssl_error``, its cffi ``lib``):
+    ``Connection.send`` costs a ``from_buffer`` and an error check per call and
+    ``bio_read`` a fresh buffer and a copy, per 16 KiB record (pyOpenSSL keeps
+    ``SSL_MODE_ENABLE_PARTIAL_WRITE``: one ``SSL_write`` makes one record). Here each
+    ``SSL_write`` reads straight from ``data`` and each record is drained from the write
+    BIO into the batch at once, so that BIO never holds more than one record (a BIO
+    keeps the largest size it ever held, for the life of the connection)."""
+    ssl, bio = connection._ssl, connection._from_ssl
+    size, taken, filled = len(data), 0, 0
+    try:
+        with _ffi.from_buffer(data) as source:
+            while taken < size:
+                wrote = _openssl.SSL_write(ssl, source + taken, size - taken)
+                if wrote <= 0:
+                    try:
+                        connection._raise_ssl_error(ssl, wrote)
+                    except SSL.WantReadError:
+                        break
+                    raise SSL.Error([("hps", "SSL_write", "wrote nothing, no error")])
+                taken += wrote
+                room = _BATCH_END - filled
+                got = _openssl.BIO_read(bio, _batch + filled, room)
+                if got > 0:
+                    filled += got
+                if got == room or filled >= CIPHERTEXT_BATCH:  # more in the BIO, or full
+                    filled = _drain(bio, filled, emit)
+    except SSL.Error:
+        if filled:  # the records made before the error go first, as on Twisted's path
+            emit(_ffi.buffer(_batch, filled)[:])
+        raise
+    if filled:
+        emit(_ffi.buffer(_batch, filled)[:])
+    return taken
+
+
+def _drain(bio: Any, filled: int, emit: Callable[[bytes], None]) -> int:
+    """Move everything in the write ``bio`` into the batch (which holds ``filled`` bytes),
+    emitting the batch whenever it fills; returns what it holds now."""
+    while True:
+        room = _BATCH_END - filled
+        got = max(_openssl.BIO_read(bio, _batch + filled, room), 0)
+        filled += got
+        if filled >= CIPHERTEXT_BATCH:
+            out, filled = _ffi.buffer(_batch, filled)[:], 0  # copied before emit re-enters
+            emit(out)
+        if got < room:
+            return filled  # the BIO is empty
+
+
+def whole_tls_writes(protocol: TLSMemoryBIOProtocol) -> None:
+    """Have one Twisted TLS connection encrypt each write in one pass (:func:`ssl_encrypt`)
+    and hand its ciphertext to the TCP transport in one ``write``.
+
+    Twisted's ``TLSMemoryBIOProtocol._write`` slices every write into 16 KiB copies and,
+    per slice, calls pyOpenSSL's ``send``, ``bio_read(2**15)`` and ``transport.write``.
+    Everything that calls it (``write`` after its aggregator, with the
+    writes-after-``loseConnection`` rule; ``_unbufferPendingWrites``) finds this instance's
+    ``_write`` instead, which keeps its contract: nothing once the TLS connection is lost;
+    Twisted's own path until the handshake is done; on ``WantReadError`` the rest is
+    buffered (``_bufferedWrite``, which pauses the producer) and written again after the
+    next read; on an error the TLS connection shuts down as Twisted's does."""
+    protocol._write = MethodType(_write_whole, protocol)  # type: ignore[method-assign]
+
+
+def _write_whole(self: TLSMemoryBIOProtocol, data: bytes) -> None:
+    if self._lostTLSConnection:
+        return
+    if not self._handshakeDone:
+        TLSMemoryBIOProtocol._write(self, data)
+        return
+    try:
+        taken = ssl_encrypt(self._tlsConnection, data, self.transport.write)
+    except SSL.Error:
+        self._tlsShutdownFinished(Failure())
+        return
+    if taken < len(data):
+        self._bufferedWrite(data[taken:])

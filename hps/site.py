@@ -43,7 +43,7 @@ from hps.canned import HEAD_TOO_SLOW, SHED, canned
 from hps.channel import PluginChannel, PluginRequest, ProbeRequest
 from hps.limits import EVICT_SCAN, PROBE_RESERVE, Limits
 from hps.memory import Limit
-from hps.tls import is_tls, release_buffers
+from hps.tls import is_tls, tune
 
 if TYPE_CHECKING:
     from hps.state import ServerState
@@ -69,7 +69,7 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
         self.transport = transport
         self.tls = is_tls(transport)
         if self.tls:
-            release_buffers(transport)
+            tune(transport)
         if not self.factory.admit(self):
             self.shed = True
             transport.write(canned(SHED))

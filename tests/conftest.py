@@ -1,5 +1,5 @@
 """Fixtures shared by every test module: a plugin tree, the server in memory,
-a real server, a real registry.
+a real server, a real registry, a TLS connection pair.
 
 They live in ``tests/support`` beside their helpers; registering them here lets a
 test simply name them as arguments.
@@ -12,8 +12,10 @@ import pytest
 from tests.support.memory import harness
 from tests.support.registry import pauses_fixture, registry_fixture, workspace_fixture
 from tests.support.server import serve, tree
+from tests.support.tlspair import tls_options, tls_pairs
 
-__all__ = ["harness", "pauses_fixture", "registry_fixture", "serve", "tree", "workspace_fixture"]
+__all__ = ["harness", "pauses_fixture", "registry_fixture", "serve", "tls_options", "tls_pairs",
+           "tree", "workspace_fixture"]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -6,23 +6,28 @@ raising the upper bound on twisted in setup.py.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import signal
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.application import app
 from twisted.internet.base import ReactorBase
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
 from hps._twisted import (
+    CIPHERTEXT_BATCH,
     GenericHTTPChannelProtocol,
     H2Base,
     forget_exit_signal,
@@ -32,6 +37,7 @@ from hps._twisted import (
     negotiating,
     request_line,
     request_method,
+    ssl_encrypt,
     ssl_set_mode,
     switch_to_h2,
     wake_when_writable,
@@ -39,6 +45,7 @@ from hps._twisted import (
 from hps.http2 import PluginH2Connection
 from tests.support.reactor import Reactor
 from tests.support.sockets import pump, tcp_pair
+from tests.support.tlspair import Pair, Producer, tls_pair
 
 
 def test_generic_protocol_wraps_the_channel_it_is_given() -> None:
@@ -248,3 +255,64 @@ def test_ssl_set_mode_sets_one_connections_mode() -> None:
     assert ssl_set_mode(one, SSL.MODE_RELEASE_BUFFERS) & SSL.MODE_RELEASE_BUFFERS
     assert ssl_set_mode(one, 0) & SSL.MODE_RELEASE_BUFFERS
     assert not ssl_set_mode(other, 0) & SSL.MODE_RELEASE_BUFFERS
+
+
+# -- whole TLS writes: Twisted's TLSMemoryBIOProtocol and pyOpenSSL's Connection --------
+
+def test_twisted_tls_writes_all_pass_through_one_method() -> None:
+    """``whole_tls_writes`` replaces ``_write`` on the instance: every caller must look it
+    up on ``self``, and the state and steps its replacement uses must still exist."""
+    for caller in (TLSMemoryBIOProtocol.write, TLSMemoryBIOProtocol._unbufferPendingWrites):
+        assert "self._write(" in inspect.getsource(caller)
+    source = inspect.getsource(TLSMemoryBIOProtocol._write)
+    for name in ("_lostTLSConnection", "_bufferedWrite", "_tlsShutdownFinished(Failure())",
+                 "_tlsConnection.send", "WantReadError"):
+        assert name in source
+    assert "_handshakeDone = True" in inspect.getsource(TLSMemoryBIOProtocol)
+    assert issubclass(TLSMemoryBIOFactory.protocol, TLSMemoryBIOProtocol)
+
+
+def test_ssl_encrypt_makes_records_a_peer_reads(tls_options: Any) -> None:
+    """pyOpenSSL: ``_ssl``, ``_from_ssl`` (the write BIO of a memory-BIO connection),
+    ``_raise_ssl_error``, and one record per ``SSL_write`` (``ENABLE_PARTIAL_WRITE``)."""
+    one = tls_pair(tls_options, tuned=False)
+    server, client = one.server.getHandle(), one.pump.client.getHandle()
+    data = os.urandom(CIPHERTEXT_BATCH + 100_000)
+    out: list[bytes] = []
+    assert ssl_encrypt(server, data, out.append) == len(data)
+    assert len(out) == 2 and CIPHERTEXT_BATCH <= len(out[0]) < CIPHERTEXT_BATCH + 20_000
+    for each in out:
+        client.bio_write(each)
+    got = b""
+    with contextlib.suppress(SSL.WantReadError):
+        while len(got) < len(data):
+            got += client.recv(1 << 20)
+    assert got == data
+    assert server.send(data) == 16384, "one record per SSL_write"
+
+
+def test_ssl_encrypt_takes_nothing_while_openssl_must_read(tls_options: Any) -> None:
+    connection = SSL.Connection(tls_options.getContext(), None)
+    connection.set_accept_state()
+    out: list[bytes] = []
+    assert ssl_encrypt(connection, b"x" * 50_000, out.append) == 0
+    assert out == []
+
+
+def test_a_tls_write_openssl_cannot_make_yet_is_buffered_and_pauses_the_producer(
+        tls_pairs: Callable[..., Pair]) -> None:
+    """``WantReadError``: OpenSSL must read before it can write (a renegotiation; here the
+    handshake, with Twisted told it is over). The rest waits, whole, with the producer
+    paused, and goes out in order once the peer's bytes came in."""
+    one = tls_pairs(handshake=False)
+    one.server._handshakeDone = True  # only so the write takes each path's own branch
+    body = [os.urandom(100_000), os.urandom(50_000)]
+    producer = Producer(one.server, list(body))
+    one.server.registerProducer(producer, True)
+    producer.resumeProducing()
+    assert producer.paused and producer.pauses == 1 and not producer.chunks[1:]
+    one.settle()  # the handshake completes; the buffered write goes; the producer resumes
+    assert bytes(one.client.data) == b"".join(body)
+    assert not producer.paused
+
+

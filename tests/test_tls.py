@@ -9,13 +9,18 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from OpenSSL import SSL
+from twisted.internet.error import ConnectionDone
 
 from tests.support.certificates import self_signed
 from tests.support.polling import poll
 from tests.support.server import Server, Tree
+from tests.support.tlspair import Pair, Producer
+from tests.support.transport import SEND_BUFFER
 
 PATH = "/plugins/key-auth/1.0.0/plugin.wasm"
 
@@ -156,3 +161,98 @@ def test_a_handshake_never_finished_is_cut(tree: Tree, harness, tmp_path: Path) 
     server.reactor.rightNow += 2.6
     server.site.sweep()
     assert client.transport.aborted
+
+
+# -- whole writes (hps.tls.tune), on a real Twisted TLS pair in memory --------------------
+#
+# Each scenario runs twice, on Twisted's own write path and on hps's, and both must give
+# the client the very same bytes and the same end: hps's path changes how the bytes move,
+# never which bytes or in what order.
+
+def test_big_and_small_writes_arrive_whole_and_in_order(tls_pairs: Callable[..., Pair]) -> None:
+    one = tls_pairs()
+    pieces = [b"head\r\n", os.urandom(131072), b"small", os.urandom(65536),
+              os.urandom(600_000), b"tail"]
+    sequence = [b"a", os.urandom(70000), b"b"]
+    before = len(one.wire.writes)
+    for piece in pieces:
+        one.server.write(piece)
+    one.server.writeSequence(sequence)
+    one.settle()
+    assert bytes(one.client.data) == b"".join(pieces + sequence)
+    writes = len(one.wire.writes) - before
+    if one.app.tuned:  # one TCP write per write (small ones join the next), 600 KB in three
+        assert writes <= 6, one.wire.writes[before:]
+    else:
+        assert writes > 50  # one per 16 KiB record
+
+
+def test_writes_before_the_handshake_wait_for_it(tls_pairs: Callable[..., Pair]) -> None:
+    """Written as the connection opens: Twisted's path buffers them until TLS is up."""
+    early = os.urandom(100_000)
+    one = tls_pairs(early=early, handshake=False)
+    assert not one.client.data
+    one.settle()
+    one.server.write(b"after")
+    one.settle()
+    assert bytes(one.client.data) == early + b"after"
+
+
+def test_a_peer_that_stops_reading_pauses_the_producer(tls_pairs: Callable[..., Pair]) -> None:
+    """What a stalled client leaves in the server: what the TCP transport holds when it
+    pauses the producer (one chunk's records past its buffer), the same on both paths."""
+    one = tls_pairs()
+    chunks = [os.urandom(65536) for _ in range(40)]
+    producer = Producer(one.server, list(chunks))
+    one.server.registerProducer(producer, True)
+    one.wire.reading = False
+    producer.resumeProducing()
+    one.settle()
+    assert producer.paused and producer.chunks
+    assert SEND_BUFFER < one.wire.buffered() <= 2 * 65536 + 2048
+    one.wire.reading = True
+    one.settle()
+    assert bytes(one.client.data) == b"".join(chunks)
+    assert producer.pauses > 1
+
+
+def test_written_then_closed_arrives_whole_and_later_writes_are_dropped(
+        tls_pairs: Callable[..., Pair]) -> None:
+    one = tls_pairs()
+    body = os.urandom(300_000)
+    one.server.write(body)
+    one.server.loseConnection()
+    one.server.write(b"too late")
+    one.settle()
+    assert bytes(one.client.data) == body
+    assert one.client.closed and one.app.lost is not None
+    assert one.app.lost.check(ConnectionDone)
+
+
+def test_a_write_openssl_refuses_shuts_the_connection(tls_pairs: Callable[..., Pair]) -> None:
+    """An OpenSSL error on write (here: TLS already shut down underneath) ends the
+    connection and reaches the application as the error, as Twisted's path does."""
+    one = tls_pairs()
+    one.server.write(b"before")
+    one.settle()
+    one.server.getHandle().shutdown()  # OpenSSL refuses application data from now on
+    one.server.write(os.urandom(50_000))
+    one.settle()
+    assert bytes(one.client.data) == b"before"
+    assert one.app.lost is not None and one.app.lost.check(SSL.Error)
+
+
+def test_whole_writes_over_http(tree: Tree, harness, tmp_path: Path) -> None:
+    """The site's own TLS connections write whole: a 3 MB module over HTTP/1.1 reaches a
+    client that stops reading midway, intact, the server holding no more than its
+    transport's buffer and one chunk meanwhile."""
+    body = tree.add("key-auth", "1.0.0", size=3_000_000)
+    key, cert = self_signed(tmp_path)
+    server = harness(tree.root, listen=[f"ssl:8443:privateKey={key}:certKey={cert}"])
+    client = server.connect()
+    client.stop_reading()
+    client.send(f"GET {PATH} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert client.transport.buffered() <= SEND_BUFFER + 65536 + 2048
+    client.resume_reading()
+    reply = client.take()
+    assert reply.status == 200 and reply.body == body
