@@ -18,7 +18,8 @@ twisted.web parses anything), the contract is:
   one-call 200 whose access line the connection already built (same counts, same line);
 - answer only while ``channel.web_owned`` is false (twisted.web has never parsed a byte
   of the connection: sticky), and set ``channel.fast_queued`` when bytes are left in the
-  transport's buffer (the channel clears it once the buffer drains);
+  transport's buffer by a write that went past it to the socket (plain TCP; the channel
+  clears it once the buffer drains; on TLS every byte goes through the transport, in order);
 - ``channel.fast_reply.lost()`` runs if the connection goes with a reply in flight.
 """
 

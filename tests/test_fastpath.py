@@ -357,3 +357,19 @@ def test_h2_never_reaches_the_fast_path(tls_site, monkeypatch: pytest.MonkeyPatc
 def test_carrier_declines_h2_and_plain_fakes() -> None:
     from twisted.internet.testing import StringTransport
     assert fastpath.carrier(StringTransport()) is None
+
+
+def test_a_tls_download_in_flight_at_sigterm_finishes_then_closes(tls_site) -> None:
+    """The drain waits for the fast reply, which closes its connection when done; a request
+    arriving during the drain goes to twisted.web (which says ``Connection: close``)."""
+    server, body = tls_site(drain_delay=1, drain_timeout=20)
+    slow, late = server.connect(), server.connect()
+    slow.stop_reading()
+    slow.send(TLS_GET + b"\r\n")
+    stopping = server.stop()
+    reply = late.send(TLS_GET + b"\r\n").take()
+    assert reply.body == body and reply.header("Connection") == "close"
+    assert channel_of(slow).fast_reply is not None and not stopping.called
+    slow.resume_reading()
+    server.advance(1.5)
+    assert slow.take().body == body and slow.closed and stopping.called
