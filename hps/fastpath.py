@@ -171,21 +171,28 @@ class ArtifactFastPath:
         opened = self.transfer.open(artifact, parsed.accept, quiet=True)
         if opened is None:
             return False  # twisted.web answers the 503 (and logs why)
-        variant, source = opened
+        self.answer(channel, way, parsed, *opened)
+        return True
+
+    def answer(self, channel: PluginChannel, way: str, parsed: Parsed,
+               variant: ArtifactVariant, source: Source) -> None:
+        """Send the response ``handle`` accepted: whole in this call when it can be, else
+        a :class:`Reply` carries the body on."""
+        transport = channel.transport
         second = int(channel.now())
         body = not parsed.head and variant.size > 0
         head = self.opening(variant, parsed.close, second)
         if way == TLS:
             if body:
                 Reply(self, channel, parsed, variant, source, 0).start(head=head)
-                return True
+                return
             transport.write(head)
         else:
             flushed = send_head(channel, head, body)
             sent = send_inline(transport.fileno(), source, variant.size) if body and flushed else 0
             if body and sent < variant.size:
                 Reply(self, channel, parsed, variant, source, sent).start(flushed=flushed)
-                return True
+                return
         # Done in this call: Reply.start() then Reply.finished(), minus what nothing can
         # observe in between (no callback runs until we return): the in-flight counts
         # that would rise and fall again, the reply attribute set and cleared, the
@@ -194,9 +201,8 @@ class ArtifactFastPath:
         self.account(channel, parsed, 0 if parsed.head else variant.size, second)
         if parsed.close or not channel.persistent:
             channel.loseConnection()  # unregisters itself first, else the close waits forever
-            return True
+            return
         channel.resetTimeout()
-        return True
 
     def account(self, channel: PluginChannel, parsed: Parsed, nbytes: int,
                 second: int) -> None:
