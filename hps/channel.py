@@ -151,6 +151,9 @@ class PluginChannel(HTTPChannel):
         """The fast path's multi-chunk response in flight on this channel, if any."""
         self.fast_line: object = None
         """The fast path's memo of its last access line (its own type, opaque here)."""
+        self.fast_way: str | None = None
+        """The fast path's memo of how this connection carries its responses (fixed once
+        TLS is up, so decided on the first request; opaque here)."""
         self.web_owned = False
         """Sticky: twisted.web has parsed bytes of this connection, so it owns it."""
         self.fast_queued = False

@@ -71,12 +71,12 @@ AccessMemo = tuple[Parsed, int, int, str | None]
 """A connection's last (request, body size, second, access line), reused within a second."""
 
 
-PLAIN, TLS = "plain", "tls"
+PLAIN, TLS, NEITHER = "plain", "tls", ""
 
 
-def carrier(transport: Any) -> str | None:
+def carrier(transport: Any) -> str:
     """How a fast-path response can travel on ``transport``: PLAIN (its socket takes the
-    head and ``sendfile``), TLS (every byte through the TLS transport), or None (decline).
+    head and ``sendfile``), TLS (every byte through the TLS transport), or NEITHER (decline).
 
     h2 never reaches the HTTP/1.1 channel (the site switches to its own connection on
     ALPN first); it is checked here too because HTTP/1.1 bytes on an h2 connection
@@ -86,7 +86,7 @@ def carrier(transport: Any) -> str | None:
         return PLAIN
     if is_tls(transport) and getattr(transport, "negotiatedProtocol", None) != b"h2":
         return TLS
-    return None
+    return NEITHER
 
 
 def send_head(channel: PluginChannel, head: bytes, more: bool) -> bool:
@@ -160,8 +160,10 @@ class ArtifactFastPath:
         if parsed is None or self.state.draining:
             return False
         transport = channel.transport
-        way = carrier(transport)
-        if way is None or transport.disconnecting:
+        way = channel.fast_way
+        if way is None:  # the first request: asking OpenSSL for ALPN each time costs
+            way = channel.fast_way = carrier(transport)
+        if not way or transport.disconnecting:
             return False
         artifact = self.state.catalog.get(parsed.name, parsed.version)
         if artifact is None:

@@ -13,6 +13,7 @@ import pytest
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
+from twisted.internet.testing import StringTransport
 
 from hps import fastpath
 from hps._twisted import inner_channel
@@ -354,9 +355,15 @@ def test_h2_never_reaches_the_fast_path(tls_site, monkeypatch: pytest.MonkeyPatc
     assert plain.take().body == body and len(calls) == 1
 
 
-def test_carrier_declines_h2_and_plain_fakes() -> None:
-    from twisted.internet.testing import StringTransport
-    assert fastpath.carrier(StringTransport()) is None
+def test_carrier_declines_h2_and_what_is_neither_tcp_nor_tls(tls_site) -> None:
+    """The fast path's own check, should an h2 connection's bytes ever reach the channel."""
+    assert fastpath.carrier(StringTransport()) == fastpath.NEITHER
+    server, _ = tls_site()
+    h1 = server.connect()
+    h1.send(TLS_GET + b"\r\n")
+    assert fastpath.carrier(h1.server) == fastpath.TLS == channel_of(h1).fast_way
+    h2 = connect_h2(server)
+    assert fastpath.carrier(h2.connection.server) == fastpath.NEITHER
 
 
 def test_a_tls_download_in_flight_at_sigterm_finishes_then_closes(tls_site) -> None:
