@@ -1,4 +1,5 @@
-"""Unit: the fast path's strict request subset, and what it sends on a real TCP transport."""
+"""Unit: the fast path's strict request subset, what it sends on a real TCP transport, and
+over TLS (the in-memory harness on ``ssl:``)."""
 
 from __future__ import annotations
 
