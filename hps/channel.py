@@ -18,7 +18,8 @@ twisted.web parses anything), the contract is:
   one-call 200 whose access line the connection already built (same counts, same line);
 - answer only while ``channel.web_owned`` is false (twisted.web has never parsed a byte
   of the connection: sticky), and set ``channel.fast_queued`` when bytes are left in the
-  transport's buffer (the channel clears it once the buffer drains);
+  transport's buffer by a write that went past it to the socket (plain TCP; the channel
+  clears it once the buffer drains; on TLS every byte goes through the transport, in order);
 - ``channel.fast_reply.lost()`` runs if the connection goes with a reply in flight.
 """
 
@@ -150,6 +151,9 @@ class PluginChannel(HTTPChannel):
         """The fast path's multi-chunk response in flight on this channel, if any."""
         self.fast_line: object = None
         """The fast path's memo of its last access line (its own type, opaque here)."""
+        self.fast_way: str | None = None
+        """The fast path's memo of how this connection carries its responses (fixed once
+        TLS is up, so decided on the first request; opaque here)."""
         self.web_owned = False
         """Sticky: twisted.web has parsed bytes of this connection, so it owns it."""
         self.fast_queued = False

@@ -3,10 +3,15 @@
 twisted.web spends ~130 µs of per-request machinery on every download (a bare
 Twisted protocol serving the same bytes reaches nginx's rate); a gateway's
 ``GET /plugins/<name>/<version>/plugin.wasm`` needs none of it. This module answers
-exactly that request, with a prebuilt header block and ``os.sendfile`` from the
-verified descriptor (through the same :class:`hps.sender.Sender` and
-:class:`hps.transfer.Transfer` as twisted.web's responses), and hands *everything else*
-back to twisted.web untouched.
+exactly that request, with a prebuilt header block and the body from the verified
+descriptor (through the same :class:`hps.sender.Sender` and :class:`hps.transfer.Transfer`
+as twisted.web's responses), and hands *everything else* back to twisted.web untouched.
+
+On plain TCP the head goes straight to the socket and the body follows by
+``os.sendfile``. On TLS (HTTP/1.1 negotiated, never an h2 connection) both go through
+the TLS transport: the head in the same write as the body's first chunk, so they leave
+as one run of TLS records, then the sender's bounded reads under the transport's flow
+control. A body starts sending in one place, :meth:`Reply.start`, on either.
 
 The accepted subset is deliberately strict, so the two parsers can never
 disagree on where a request ends (the root of request smuggling):
@@ -24,10 +29,11 @@ disagree on where a request ends (the root of request smuggling):
   HTTP2-Settings or any ``If-*`` header (ranges and conditionals live in one
   place, :mod:`hps.transfer`); at most one Accept-Encoding and one Connection,
   the latter only ``keep-alive`` or ``close``;
-- the connection is plain TCP, twisted.web has never seen a byte of it (a sticky
+- the connection is plain TCP, or TLS that did not negotiate h2
+  (:func:`carrier`); twisted.web has never seen a byte of it (a sticky
   per-connection flag: once twisted.web parsed something there, it owns the
-  connection), nothing of ours waits in the transport, and the server is not
-  draining.
+  connection); on plain TCP nothing of ours waits in the transport (the head is
+  sent past it); and the server is not draining.
 
 Unknown but well-formed headers (User-Agent, Accept, Cookie…) are accepted:
 they change nothing in an artifact response.
@@ -51,6 +57,7 @@ from hps.head import Parsed, parse_request
 from hps.headers import EVERY_RESPONSE_LINES
 from hps.sender import Sender, zero_copy
 from hps.state import ServerState
+from hps.tls import is_tls
 from hps.transfer import ArtifactVariant, Transfer
 
 PAUSE_READING_AT = 16384
@@ -64,6 +71,24 @@ AccessMemo = tuple[Parsed, int, int, str | None]
 """A connection's last (request, body size, second, access line), reused within a second."""
 
 
+PLAIN, TLS, NEITHER = "plain", "tls", ""
+
+
+def carrier(transport: Any) -> str:
+    """How a fast-path response can travel on ``transport``: PLAIN (its socket takes the
+    head and ``sendfile``), TLS (every byte through the TLS transport), or NEITHER (decline).
+
+    h2 never reaches the HTTP/1.1 channel (the site switches to its own connection on
+    ALPN first); it is checked here too because HTTP/1.1 bytes on an h2 connection
+    would be a protocol error the client cannot recover from.
+    """
+    if zero_copy(transport):
+        return PLAIN
+    if is_tls(transport) and getattr(transport, "negotiatedProtocol", None) != b"h2":
+        return TLS
+    return NEITHER
+
+
 def send_head(channel: PluginChannel, head: bytes, more: bool) -> bool:
     """Send a response head on the socket now; True when all of it went.
 
@@ -72,6 +97,7 @@ def send_head(channel: PluginChannel, head: bytes, more: bool) -> bool:
     response as everything else the fast path does. ``more`` (a body follows by
     ``sendfile``) lets the kernel put head and body in one segment (nginx's
     ``tcp_nopush``). A remainder is queued on the transport, which sends it first.
+    Plain TCP only: on TLS the socket carries records, not the head's bytes.
     """
     transport = channel.transport
     try:
@@ -134,7 +160,10 @@ class ArtifactFastPath:
         if parsed is None or self.state.draining:
             return False
         transport = channel.transport
-        if not zero_copy(transport) or transport.disconnecting:
+        way = channel.fast_way
+        if way is None:  # the first request: asking OpenSSL for ALPN each time costs
+            way = channel.fast_way = carrier(transport)
+        if not way or transport.disconnecting:
             return False
         artifact = self.state.catalog.get(parsed.name, parsed.version)
         if artifact is None:
@@ -144,27 +173,38 @@ class ArtifactFastPath:
         opened = self.transfer.open(artifact, parsed.accept, quiet=True)
         if opened is None:
             return False  # twisted.web answers the 503 (and logs why)
-        variant, source = opened
+        self.answer(channel, way, parsed, *opened)
+        return True
+
+    def answer(self, channel: PluginChannel, way: str, parsed: Parsed,
+               variant: ArtifactVariant, source: Source) -> None:
+        """Send the response ``handle`` accepted: whole in this call when it can be, else
+        a :class:`Reply` carries the body on."""
+        transport = channel.transport
         second = int(channel.now())
-        body = not parsed.head
-        flushed = send_head(channel, self.opening(variant, parsed.close, second), body)
-        sent = 0
-        if body and flushed:
-            sent = send_inline(transport.fileno(), source, variant.size)
-        if body and sent < variant.size:
-            Reply(self, channel, parsed, variant, source, sent).start(flushed)
-            return True
+        body = not parsed.head and variant.size > 0
+        head = self.opening(variant, parsed.close, second)
+        if way == TLS:
+            if body:
+                Reply(self, channel, parsed, variant, source, 0).start(head=head)
+                return
+            transport.write(head)
+        else:
+            flushed = send_head(channel, head, body)
+            sent = send_inline(transport.fileno(), source, variant.size) if body and flushed else 0
+            if body and sent < variant.size:
+                Reply(self, channel, parsed, variant, source, sent).start(flushed=flushed)
+                return
         # Done in this call: Reply.start() then Reply.finished(), minus what nothing can
         # observe in between (no callback runs until we return): the in-flight counts
         # that would rise and fall again, the reply attribute set and cleared, the
         # send-watchdog stamp (read only while the channel is busy, and every later
         # response stamps its own). The idle timer stays armed (pushed back below).
-        self.account(channel, parsed, variant.size if body else 0, second)
+        self.account(channel, parsed, 0 if parsed.head else variant.size, second)
         if parsed.close or not channel.persistent:
             channel.loseConnection()  # unregisters itself first, else the close waits forever
-            return True
+            return
         channel.resetTimeout()
-        return True
 
     def account(self, channel: PluginChannel, parsed: Parsed, nbytes: int,
                 second: int) -> None:
@@ -229,8 +269,12 @@ class Reply:
         self.pending: list[bytes] = []
         self.paused_reading = False
         self.saved_timeout: Any = None
+        self.sender: Sender | None = None
 
-    def start(self, flushed: bool) -> None:
+    def start(self, flushed: bool = True, head: bytes = b"") -> None:
+        """Send the body (the one place a fast-path body starts, plain or TLS): ``flushed``,
+        no head waits in a plain transport; ``head``, the head to write with the body's
+        first chunk (TLS)."""
         channel, transport = self.channel, self.channel.transport
         channel.fast_reply = self
         channel.response_began()
@@ -238,8 +282,9 @@ class Reply:
         self.saved_timeout = channel.setTimeout(None)
         sender = Sender(self.source, (self.sent, self.variant.size - 1), transport,
                         transport.write, self.progress, self.finished,
-                        transport.abortConnection)
+                        transport.abortConnection, head=head)
         self.source = None  # the sender holds it, and lets go when done
+        self.sender = sender
         channel.registerProducer(sender, True)
         sender.start(flushed)
 
@@ -274,6 +319,8 @@ class Reply:
         """The client went before the last byte: log and count the cut download."""
         channel = self.channel
         channel.fast_reply = None
+        if self.sender is not None:
+            self.sender.stopProducing()  # lets go of the file now, whoever tells it to stop
         fields = ArtifactFastPath.line_fields(channel, self.parsed, self.sent)
         channel.site.finished_response(route="artifact", status=200, aborted=True, **fields)
 

@@ -94,7 +94,8 @@ class H2Backlog:
 class Sender:
     """Send ``span`` of ``source`` through ``write`` (or, zero-copy, to ``transport``'s socket).
 
-    ``progress(n)`` runs after each ``n`` bytes handed over; ``finished`` once the last
+    ``head`` (not on zero-copy) is written with the span's first chunk, and not counted.
+    ``progress(n)`` runs after each ``n`` bytes of the span handed over; ``finished`` once the last
     byte is; ``abort`` when the file
     changed under the response (the connection must be cut); neither when the
     connection is lost first (``stopProducing``).
@@ -105,8 +106,11 @@ class Sender:
     def __init__(self, source: Source, span: Span, transport: ITransport | None,
                  write: Callable[[bytes], None], progress: Callable[[int], None],
                  finished: Callable[[], None], abort: Callable[[], None],
-                 backlog: H2Backlog | None = None) -> None:
+                 backlog: H2Backlog | None = None, head: bytes = b"") -> None:
         self.source: Source | None = source
+        self.head = head
+        """Bytes that go before the span, in the same write as its first chunk (the fast
+        path's response head on TLS: one run of records, not a record of its own)."""
         self.pos, self.end = span[0], span[1] + 1
         self.transport, self.write, self.progress = transport, write, progress
         self.finished, self.abort = finished, abort
@@ -171,7 +175,11 @@ class Sender:
                 self.changed()
                 return
             self.pos += len(data)
-            self.write(data)
+            if self.head:
+                self.write(self.head + data)
+                self.head = b""
+            else:
+                self.write(data)
             self.progress(len(data))
 
     def drained(self) -> None:

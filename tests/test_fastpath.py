@@ -1,7 +1,9 @@
-"""Unit: the fast path's strict request subset, and what it sends on a real TCP transport."""
+"""Unit: the fast path's strict request subset, what it sends on a real TCP transport, and
+over TLS (the in-memory harness on ``ssl:``)."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import socket
 from dataclasses import dataclass
@@ -12,19 +14,25 @@ import pytest
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
+from twisted.internet.testing import StringTransport
 
 from hps import fastpath
 from hps._twisted import inner_channel
 from hps.catalog import Catalog, scan
+from hps.channel import PluginChannel
 from hps.config import Config
 from hps.head import parse_request
 from hps.resources import Root
+from hps.sender import READ_CHUNK
 from hps.site import PluginSite
 from hps.state import ServerState
 from hps.transfer import Policy, Transfer
 from hps.variants import GzipVariants
+from tests.support.certificates import self_signed
+from tests.support.h2client import connect_h2
+from tests.support.memory import SEND_BUFFER, Connection, Harness, Response
 from tests.support.reactor import Reactor
-from tests.support.server import wasm_bytes
+from tests.support.server import Tree, wasm_bytes
 from tests.support.sockets import pump, tcp_pair
 
 GET = b"GET /plugins/demo/1.0.0/plugin.wasm HTTP/1.1\r\nHost: x\r\n"
@@ -195,3 +203,181 @@ def test_the_fast_path_and_twisted_web_negotiate_alike(tmp_path: Path) -> None:
         gzipped = asked in (b"gzip", b"x-gzip, br", b"*", b"identity;q=0, *")
         assert (fast.get(b"Content-Encoding") == b"gzip") == gzipped, asked
         assert fast[b"Vary"] == b"Accept-Encoding" and fast[b"ETag"].endswith(b'-gz"') == gzipped
+
+
+# -- over TLS (in memory: the harness wraps its ``ssl:`` listener and its clients in TLS) --
+
+URL = "/plugins/demo/1.0.0/plugin.wasm"
+TLS_GET = f"GET {URL} HTTP/1.1\r\nHost: x\r\n".encode()
+
+
+@pytest.fixture
+def tls_site(tree: Tree, harness, tmp_path: Path):
+    """``tls_site(**knobs)``: an in-memory server on ``ssl:`` serving a 600 kB ``demo``."""
+    def start(**knobs: object) -> tuple[Harness, bytes]:
+        body = tree.add("demo", "1.0.0", size=600_000)
+        key, cert = self_signed(tmp_path)
+        return harness(tree.root, listen=[f"ssl:8443:privateKey={key}:certKey={cert}"],
+                       **knobs), body
+    return start
+
+
+def channel_of(connection: Connection) -> PluginChannel:
+    return inner_channel(connection.server.wrappedProtocol)
+
+
+def fields_of(reply: Response) -> dict[str, str]:
+    return {k: v for k, v in reply.headers.items() if k != "Date"}
+
+
+def test_tls_downloads_take_the_fast_path_and_match_twisted_web(tls_site) -> None:
+    """Identity and gzip, byte for byte, with the very headers twisted.web sends (an
+    If-None-Match naming nothing sends the same request to twisted.web)."""
+    server, body = tls_site()
+    for asked in ({}, {"Accept-Encoding": "gzip"}):
+        fast = server.connect()
+        fast.send(TLS_GET + "".join(f"{k}: {v}\r\n" for k, v in asked.items()).encode()
+                  + b"\r\n")
+        reply = fast.take()
+        assert reply.status == 200 and not channel_of(fast).web_owned, asked
+        web = server.request(URL, headers={**asked, "If-None-Match": '"none"'})
+        assert fields_of(reply) == fields_of(web), asked
+        if asked:
+            assert reply.header("Content-Encoding") == "gzip"
+            assert gzip.decompress(reply.body) == body and reply.body == web.body
+        else:
+            assert reply.body == body == web.body
+    assert server.site.in_flight == 0
+
+
+def test_tls_keep_alive_head_and_idle_timeout(tls_site) -> None:
+    """GET, HEAD, GET on one connection, all fast; then the idle timeout closes it."""
+    server, body = tls_site(idle_timeout=5)
+    client = server.connect()
+    for method in ("GET", "HEAD", "GET"):
+        client.send(method.encode() + TLS_GET[3:] + b"\r\n")
+        reply = client.take(method)
+        assert reply.status == 200 and int(reply.header("Content-Length")) == len(body)
+        assert reply.body == (b"" if method == "HEAD" else body), method
+    assert not channel_of(client).web_owned and client.received() == b""
+    lines = [line for line in server.access_lines() if URL in line]
+    assert [line.split('"')[1].split()[0] for line in lines] == ["GET", "HEAD", "GET"]
+    assert " 200 - " in lines[1] and f" 200 {len(body)} " in lines[2]
+    server.advance(4)
+    assert not client.closed
+    server.advance(2)
+    assert client.closed
+
+
+def test_tls_connection_close_ends_the_connection(tls_site) -> None:
+    server, body = tls_site()
+    client = server.connect().send(TLS_GET + b"Connection: close\r\n\r\n")
+    assert client.take().body == body and client.closed
+    assert not client.transport.aborted
+
+
+def test_a_slow_tls_reader_pauses_the_body_and_gets_all_of_it(tls_site) -> None:
+    """The transport's push-back pauses the sender: the server holds about a send buffer and
+    a chunk, not the body; a pipelined request waits and is answered after."""
+    server, body = tls_site()
+    client = server.connect()
+    client.stop_reading()
+    client.send(TLS_GET + b"\r\n")
+    channel = channel_of(client)
+    assert channel.fast_reply is not None and channel.blocked
+    assert client.transport.buffered() < SEND_BUFFER + READ_CHUNK + 4096
+    client.send(b"HEAD" + TLS_GET[3:] + b"\r\n")  # pipelined behind the reply in flight
+    assert channel.fast_reply is not None
+    client.resume_reading()
+    assert client.take().body == body
+    second = client.take("HEAD")
+    assert second.status == 200 and second.body == b"" and client.received() == b""
+    assert not channel.web_owned and channel.fast_reply is None and server.site.in_flight == 0
+
+
+def test_a_tls_client_leaving_mid_body_is_logged_and_lets_go(tls_site) -> None:
+    server, _ = tls_site()
+    client = server.connect()
+    client.stop_reading()
+    client.send(TLS_GET + b"\r\n")
+    channel = channel_of(client)
+    reply = channel.fast_reply
+    assert reply is not None and reply.sender is not None
+    client.close()
+    assert server.site.in_flight == 0 and channel.fast_reply is None
+    assert reply.sender.done and reply.sender.source is None  # the file is let go
+    [line] = [line for line in server.access_lines() if URL in line]
+    assert " 200 " in line
+
+
+def test_a_stalled_tls_reader_is_cut_by_the_send_deadline(tls_site) -> None:
+    server, _ = tls_site(send_timeout=2)
+    client = server.connect()
+    client.stop_reading()
+    client.send(TLS_GET + b"\r\n")
+    assert channel_of(client).fast_reply is not None
+    server.advance(1.5)
+    assert not client.transport.aborted
+    server.advance(1.5)
+    assert client.transport.aborted and server.site.in_flight == 0
+
+
+@pytest.mark.parametrize(("extra", "status"), [
+    (b"Range: bytes=0-3\r\n", 206),
+    (b'If-None-Match: "none"\r\n', 200),
+    (b"Bad Header : x\r\n", 400),
+])
+def test_what_is_not_plain_over_tls_goes_to_twisted_web(tls_site, extra: bytes,
+                                                        status: int) -> None:
+    server, body = tls_site()
+    client = server.connect()
+    channel = channel_of(client)
+    reply = client.send(TLS_GET + extra + b"\r\n").take()
+    assert reply.status == status and channel.web_owned
+    if status == 206:
+        assert reply.body == body[:4]
+
+
+def test_h2_never_reaches_the_fast_path(tls_site, monkeypatch: pytest.MonkeyPatch) -> None:
+    server, body = tls_site()
+    calls: list[bytes] = []
+    handle = fastpath.ArtifactFastPath.handle
+
+    def spy(self: fastpath.ArtifactFastPath, channel: PluginChannel, data: bytes) -> bool:
+        calls.append(data)
+        return handle(self, channel, data)
+
+    monkeypatch.setattr(fastpath.ArtifactFastPath, "handle", spy)
+    client = connect_h2(server)
+    stream = client.get(URL)
+    server.settle()
+    assert bytes(client.bodies[stream]) == body and calls == []
+    plain = server.connect().send(TLS_GET + b"\r\n")  # the spy does see HTTP/1.1
+    assert plain.take().body == body and len(calls) == 1
+
+
+def test_carrier_declines_h2_and_what_is_neither_tcp_nor_tls(tls_site) -> None:
+    """The fast path's own check, should an h2 connection's bytes ever reach the channel."""
+    assert fastpath.carrier(StringTransport()) == fastpath.NEITHER
+    server, _ = tls_site()
+    h1 = server.connect()
+    h1.send(TLS_GET + b"\r\n")
+    assert fastpath.carrier(h1.server) == fastpath.TLS == channel_of(h1).fast_way
+    h2 = connect_h2(server)
+    assert fastpath.carrier(h2.connection.server) == fastpath.NEITHER
+
+
+def test_a_tls_download_in_flight_at_sigterm_finishes_then_closes(tls_site) -> None:
+    """The drain waits for the fast reply, which closes its connection when done; a request
+    arriving during the drain goes to twisted.web (which says ``Connection: close``)."""
+    server, body = tls_site(drain_delay=1, drain_timeout=20)
+    slow, late = server.connect(), server.connect()
+    slow.stop_reading()
+    slow.send(TLS_GET + b"\r\n")
+    stopping = server.stop()
+    reply = late.send(TLS_GET + b"\r\n").take()
+    assert reply.body == body and reply.header("Connection") == "close"
+    assert channel_of(slow).fast_reply is not None and not stopping.called
+    slow.resume_reading()
+    server.advance(1.5)
+    assert slow.take().body == body and slow.closed and stopping.called

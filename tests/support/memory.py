@@ -18,9 +18,10 @@ cannot drift from production wiring), its listener lands in the fake reactor's
 A ``ssl:`` listener is wrapped in TLS as the real reactor's ``listenSSL`` does (so ALPN
 picks HTTP/2 through twisted.web's own negotiation); clients then speak TLS too.
 
-What stays out: inotify and the SIGHUP handler (process-wide), real sockets (so
-the fast path, which needs ``os.sendfile`` on a TCP socket, declines and
-twisted.web answers everything; see tests/test_fastpath.py for that path).
+What stays out: inotify and the SIGHUP handler (process-wide), real sockets (so on
+a plain listener the fast path, which needs ``os.sendfile`` on a TCP socket, declines and
+twisted.web answers everything; see tests/test_fastpath.py for that path. On an ``ssl:``
+listener the fast path answers HTTP/1.1 artifact downloads, through the TLS transport).
 Black-box tests with a real process live beside it in ``tests/support/server.py``.
 
 This file holds the :class:`Harness` and its ``harness`` fixture; its parts live beside
