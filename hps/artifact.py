@@ -28,7 +28,7 @@ from hps.negotiate import (
     requested,
 )
 from hps.replies import answer_when, retry_later
-from hps.sender import H2Backlog, Sender, zero_copy
+from hps.sender import H2Backlog, Sender, TlsTurn, zero_copy
 from hps.transfer import GZIP_WAIT, ArtifactVariant, Transfer
 
 
@@ -114,8 +114,9 @@ class ArtifactResource(Resource):
             request.unregisterProducer()
             request.finish()
 
-        request.write(b"")  # the head goes first
+        request.write(b"")  # the head goes first, the body when it has a turn
+        turn = H2Backlog.of(channel) or TlsTurn.of(channel, transport)
         sender = Sender(source, span, transport, request.write, progress, finished,
-                        (transport or channel).abortConnection, H2Backlog.of(channel))
+                        (transport or channel).abortConnection, turn)
         request.registerProducer(sender, True)
         sender.start(flushed=False)

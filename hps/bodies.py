@@ -1,4 +1,8 @@
-"""Which HTTP/2 response bodies are sent now: a few at once, the rest in arrival order.
+"""Which response bodies are sent now: a few at once, the rest in arrival order.
+
+HTTP/2 streams and HTTP/1.1 bodies over TLS take turns (:mod:`hps.sender`); plain
+TCP bodies go by ``sendfile``, cheap for the server and holding no TLS records, and
+never wait. Listings and other small replies are not artifact bodies and never wait.
 
 Sharing the server's bytes evenly among every stream of a herd (1,000 gateways
 asking at once, each with a 15 s deadline per attempt) finishes every body late:
@@ -12,8 +16,12 @@ keeps its window shut) must not lock the others out: its connection gives the
 turn back (:meth:`BodyGate.requeue`, from the site's sweep) and the body waits
 again at the back; the send deadline still ends it if it never moves.
 
-A key is whatever names one body (hps uses ``(connection, stream id)``); a wake is
-called on a later reactor turn once the body holds a turn.
+A waiting body has sent its head only; it makes no progress, so the send deadline
+still cuts it (and a drain's end), as it would any response.
+
+A key is whatever names one body (hps uses ``(connection, stream id)`` on HTTP/2 and
+the channel on HTTP/1.1); a wake is called on a later reactor turn once the body
+holds a turn.
 """
 
 from __future__ import annotations

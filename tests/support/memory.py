@@ -212,6 +212,19 @@ class Harness:
                 return
         raise AssertionError("the server never settled")
 
+    def settle_granting(self) -> list[Any]:
+        """:meth:`settle`, turn by turn, checking the site's body turns stay within their
+        limit; returns the keys that held a turn (:mod:`hps.bodies`), in the order they got it."""
+        gate = self.site.bodies
+        granted = list(gate.active)
+        for _ in range(10_000):
+            timed, moved = self.turn()
+            assert len(gate.active) <= gate.limit, f"at most {gate.limit} bodies at once"
+            granted += [key for key in gate.active if key not in granted]
+            if not (timed or moved):
+                return granted
+        raise AssertionError("the server never settled")
+
     def advance(self, seconds: float, step: float = SWEEP_SECONDS) -> None:
         """Move the clock by ``seconds``, settling after each ``step`` (the sweep's period)."""
         left = seconds
