@@ -162,6 +162,9 @@ BODIES_WAITED = Counter("hps_h2_bodies_waited", "Response bodies (HTTP/2, and HT
 BODIES_STALLED = Counter("hps_h2_bodies_stalled", "Turns given back by response bodies (HTTP/2, "
                          "and HTTP/1.1 over TLS) that made no progress while others waited.",
                          registry=REGISTRY)
+BODIES_TURNED_AWAY = Counter("hps_bodies_turned_away", "HTTP/1.1 requests over TLS answered "
+                             "503 + Retry-After because no body turn came within "
+                             "hps.bodies.TURN_WAIT.", registry=REGISTRY)
 MEMORY_LIMIT = Gauge("hps_memory_limit_bytes", "The memory limit admission works under (the "
                      "cgroup's, or --memory-limit); 0: none.", registry=REGISTRY)
 MEMORY_BUDGET = Gauge("hps_memory_budget_bytes", "The limit less its headroom: what the idle "
@@ -267,6 +270,11 @@ def observe_body_waited() -> None:
 
 def observe_body_stalled() -> None:
     BODIES_STALLED.inc()
+
+
+def observe_body_turned_away() -> None:
+    BODIES_TURNED_AWAY.inc()
+
 def observe_memory_shed() -> None:
     MEMORY_SHED.inc()
 
