@@ -66,13 +66,14 @@ class ArtifactResource(Resource):
         deadline. Whatever the answer, the turn ends with the request."""
         channel: Any = request.channel
         turn = TlsTurn.of(channel, channel.transport) if request.method == b"GET" else None
-        if turn is None:
+        if turn is None or turn.gate is None:  # HTTP/2 heads go first (hps.http2's turns)
             return self.respond(request, accept)
         request.notifyFinish().addBoth(lambda _: turn.done())
         waiting = turn.gate.wait(turn.key)
         if waiting.called:
             return self.respond(request, accept)
-        waiting.addTimeout(TURN_WAIT, request.site.reactor)
+        # Never beyond the send deadline, which would cut a body waiting that long anyway.
+        waiting.addTimeout(min(TURN_WAIT, request.site.limits.send_timeout), request.site.reactor)
         return answer_when(request, waiting, lambda outcome: self.turned(request, accept,
                                                                           outcome))
 

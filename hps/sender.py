@@ -28,7 +28,7 @@ rather than sending bytes its ETag does not name.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from twisted.internet import tcp
@@ -67,7 +67,12 @@ def zero_copy(transport: ITransport | None) -> bool:
 
 
 class Turn(Protocol):
-    """What a sender asks before each read: may the body go on (its turn, its room)?"""
+    """What a sender asks before each read: may the body go on (its turn, its room)?
+    ``gate`` and ``key`` name the body's place in :mod:`hps.bodies` (``gate`` None: no
+    turns), so a response can wait for its turn before its head (:mod:`hps.artifact`)."""
+
+    gate: BodyGate | None
+    key: Hashable
 
     def ready(self, wake: Callable[[], None]) -> bool:
         """May the sender write more now? If not, ``wake`` runs once it may."""
@@ -85,7 +90,8 @@ class TlsTurn:
     records; with them, a waiting body has sent its head and holds nothing more."""
 
     def __init__(self, gate: BodyGate, channel: Any) -> None:
-        self.gate, self.key = gate, channel
+        self.gate: BodyGate | None = gate
+        self.key = channel
 
     @classmethod
     def of(cls, channel: Any, transport: ITransport | None) -> TlsTurn | None:
@@ -108,6 +114,8 @@ class H2Backlog:
 
     def __init__(self, stream: Any, connection: Any) -> None:
         self.stream_id, self.connection = stream.streamID, connection
+        self.gate: BodyGate | None = connection.bodies
+        self.key = connection.body_key(self.stream_id)
 
     @classmethod
     def of(cls, channel: Any) -> H2Backlog | None:
