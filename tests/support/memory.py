@@ -236,17 +236,20 @@ class Harness:
     # -- clients -----------------------------------------------------------------------
 
     def connect(self, peer: str = "127.0.0.1", settle: bool = True,
-                client: Protocol | None = None, tls: Any = None) -> Connection:
+                client: Protocol | None = None, tls: Any = None,
+                plain: bool = False) -> Connection:
         """A new connection from ``peer``: a raw :class:`Client`, or ``client``. On a TLS
         listener the client speaks TLS with the ``tls`` options (default: no ALPN, so
-        HTTP/1.1). ``settle=False`` leaves its accept unsettled (to open thousands at once).
+        HTTP/1.1), unless ``plain`` (a plain port of the same site beside it, as a probe
+        port). ``settle=False`` leaves its accept unsettled (to open thousands at once).
         """
         address = IPv4Address("TCP", peer, 40000 + len(self.connections))
         host = IPv4Address("TCP", "127.0.0.1", 8080)
-        server = self.listening.buildProtocol(address)
+        listening = self.site if plain else self.listening
+        server = listening.buildProtocol(address)
         client = client if client is not None else Client()
         wire: Protocol = client
-        if self.listening is not self.site:
+        if listening is not self.site:
             wire = TLSMemoryBIOFactory(tls or CertificateOptions(), True, _One(client),
                                        clock=self.reactor).buildProtocol(host)
         transport, client_end = (ServerTransport(server, address, host),
