@@ -56,6 +56,19 @@ def room_for(server: Harness, count: int, charge: int) -> None:
     admission.measure()
 
 
+class Port:
+    """A TLS port as the gate sees it: reading or not, and its accepts per turn."""
+
+    connected = reading = True
+    numberAccepts = 100
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
 def stalled(server: Harness) -> Connection:
     """A download whose client stopped reading: busy, and not evictable."""
     client = server.connect()
@@ -167,17 +180,8 @@ def test_probes_are_answered_at_once_while_the_handshake_gate_is_closed(
 
 def test_the_tls_ports_accept_at_most_the_gates_room_per_turn() -> None:
     """The bound follows the handshakes under way, and only ever lowers Twisted's own."""
-    class Port:
-        connected = reading = True
-        numberAccepts = 300
-
-        def stopReading(self) -> None:
-            self.reading = False
-
-        def startReading(self) -> None:
-            self.reading = True
-
     clock, port = Clock(), Port()
+    port.numberAccepts = 300  # what Twisted's port grows to in a connect storm
     gate = Admission(Limit(None, "test"), clock, sample=lambda: 0)
     gate.tls_ports.append(port)
     conns = [object() for _ in range(10)]
@@ -222,15 +226,6 @@ def test_twisted_accepts_number_accepts_connections_per_read() -> None:
 
 
 def test_slow_handshakes_stop_holding_the_gate() -> None:
-    class Port:
-        connected = reading = True
-
-        def stopReading(self) -> None:
-            self.reading = False
-
-        def startReading(self) -> None:
-            self.reading = True
-
     clock, port = Clock(), Port()
     gate = Admission(Limit(None, "test"), clock, sample=lambda: 0)
     gate.tls_ports.append(port)
