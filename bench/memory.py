@@ -256,10 +256,21 @@ def herd_with_probes(server: Server, clients: int) -> dict:
 
 def scrape(server: Server) -> str:
     """hps's admission decisions from /metrics: what was cut, refused, gated."""
+    import urllib.error
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
+    for _ in range(20):  # still shedding: the herd's connections are closing (503)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics",
+                                        timeout=10) as reply:
+                text = reply.read().decode()
+            break
+        except urllib.error.HTTPError as err:
+            if err.code != 503:
+                raise
+            time.sleep(0.5)
+    else:
+        return "/metrics answered 503 for 10 s after the herd"
     wanted = ("hps_responses_aborted_total", "hps_memory_shed_total", "hps_connections_shed",
               "hps_tls_gate_closed_total", "hps_requests_refused_total")
     return ", ".join(f"`{line.rsplit(' ', 1)[0]}` {float(line.rsplit(' ', 1)[1]):,.0f}"

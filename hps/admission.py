@@ -16,6 +16,13 @@ reactor turn, and a probe on the plain port waits behind them. So at most
 accepting (the kernel's backlog holds the rest) until handshakes finish. One that takes
 longer than ``HANDSHAKE_GRACE`` (a slow or silent client: no CPU spent) stops counting,
 so a few silent sockets cannot shut the TLS ports.
+
+Closing the gate is not enough by itself: Twisted's port accepts up to its
+``numberAccepts`` connections per reactor turn whatever happens meanwhile, and raises
+that by 20 each time a turn fills it, so in a connect storm one turn accepted hundreds
+of TLS connections and the next ran all their handshakes while a probe on the plain
+port waited. So the TLS ports accept at most the gate's room left per turn
+(:meth:`Admission.bound_accepts`): about ``MAX_HANDSHAKES`` handshakes per turn at most.
 """
 
 from __future__ import annotations
@@ -128,10 +135,22 @@ class Admission:
         self.handshakes[conn] = self.clock.seconds()
         if len(self.handshakes) >= MAX_HANDSHAKES:
             self.pause()
+        self.bound_accepts()
 
     def handshake_ended(self, conn: object) -> None:
         if self.handshakes.pop(conn, None) is not None and len(self.handshakes) < MAX_HANDSHAKES:
             self.resume()
+        self.bound_accepts()
+
+    def bound_accepts(self) -> None:
+        """The TLS ports' next accept loop takes at most the handshakes the gate has room
+        for (``numberAccepts``: how many connections ``tcp.Port.doRead`` accepts in one
+        turn; Twisted sets it after each loop from what that loop accepted, so it is
+        bounded again with every handshake started or ended)."""
+        room = max(1, MAX_HANDSHAKES - len(self.handshakes))
+        for port in self.tls_ports:
+            if getattr(port, "numberAccepts", 0) > room:
+                port.numberAccepts = room
 
     def expire(self, now: float) -> None:
         """Handshakes older than HANDSHAKE_GRACE stop holding the gate (the sweep calls it)."""

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from hps import metrics
+from hps.bodies import TURN_WAIT
 from hps.catalog import Artifact
 from hps.files import Source
 from hps.negotiate import (
@@ -28,7 +31,7 @@ from hps.negotiate import (
     requested,
 )
 from hps.replies import answer_when, retry_later
-from hps.sender import H2Backlog, Sender, zero_copy
+from hps.sender import H2Backlog, Sender, TlsTurn, zero_copy
 from hps.transfer import GZIP_WAIT, ArtifactVariant, Transfer
 
 
@@ -46,7 +49,7 @@ class ArtifactResource(Resource):
         if self.transfer.gzip_pending(self.artifact, accept):
             self.respond_when_ready(request, accept)
             return NOT_DONE_YET
-        return self.respond(request, accept)
+        return self.respond_in_turn(request, accept)
 
     def respond_when_ready(self, request: Request, accept: Accept) -> None:
         """Wait (at most GZIP_WAIT) for the variant, then answer: gzip on the wire from the
@@ -54,7 +57,31 @@ class ArtifactResource(Resource):
         assert self.transfer.variants is not None
         waiting = self.transfer.variants.when_ready(self.artifact)
         waiting.addTimeout(GZIP_WAIT, request.site.reactor)
-        answer_when(request, waiting, lambda _: self.respond(request, accept))
+        answer_when(request, waiting, lambda _: self.respond_in_turn(request, accept))
+
+    def respond_in_turn(self, request: Request, accept: Accept) -> bytes | int:
+        """A GET over TLS HTTP/1.1 waits for its body's turn (:mod:`hps.bodies`) before its
+        head: one that gets none within TURN_WAIT is answered 503 + Retry-After (the gateway
+        retries it at once) rather than a 200 whose body starts too late for its client's
+        deadline. Whatever the answer, the turn ends with the request."""
+        channel: Any = request.channel
+        turn = TlsTurn.of(channel, channel.transport) if request.method == b"GET" else None
+        if turn is None or turn.gate is None:  # HTTP/2 heads go first (hps.http2's turns)
+            return self.respond(request, accept)
+        request.notifyFinish().addBoth(lambda _: turn.done())
+        waiting = turn.gate.wait(turn.key)
+        if waiting.called:
+            return self.respond(request, accept)
+        # Never beyond the send deadline, which would cut a body waiting that long anyway.
+        waiting.addTimeout(min(TURN_WAIT, request.site.limits.send_timeout), request.site.reactor)
+        return answer_when(request, waiting, lambda outcome: self.turned(request, accept,
+                                                                          outcome))
+
+    def turned(self, request: Request, accept: Accept, outcome: object) -> bytes | int:
+        if isinstance(outcome, Failure):  # no turn within TURN_WAIT
+            metrics.observe_body_turned_away()
+            return retry_later(request)
+        return self.respond(request, accept)
 
     def respond(self, request: Request, accept: Accept) -> bytes | int:
         opened = self.transfer.open(self.artifact, accept)
@@ -114,8 +141,9 @@ class ArtifactResource(Resource):
             request.unregisterProducer()
             request.finish()
 
-        request.write(b"")  # the head goes first
+        request.write(b"")  # the head goes first (over TLS HTTP/1.1 it already has a turn)
+        turn = H2Backlog.of(channel) or TlsTurn.of(channel, transport)
         sender = Sender(source, span, transport, request.write, progress, finished,
-                        (transport or channel).abortConnection, H2Backlog.of(channel))
+                        (transport or channel).abortConnection, turn)
         request.registerProducer(sender, True)
         sender.start(flushed=False)

@@ -1,4 +1,8 @@
-"""Which HTTP/2 response bodies are sent now: a few at once, the rest in arrival order.
+"""Which response bodies are sent now: a few at once, the rest in arrival order.
+
+HTTP/2 streams and HTTP/1.1 bodies over TLS take turns (:mod:`hps.sender`); plain
+TCP bodies go by ``sendfile``, cheap for the server and holding no TLS records, and
+never wait. Listings and other small replies are not artifact bodies and never wait.
 
 Sharing the server's bytes evenly among every stream of a herd (1,000 gateways
 asking at once, each with a 15 s deadline per attempt) finishes every body late:
@@ -12,14 +16,24 @@ keeps its window shut) must not lock the others out: its connection gives the
 turn back (:meth:`BodyGate.requeue`, from the site's sweep) and the body waits
 again at the back; the send deadline still ends it if it never moves.
 
-A key is whatever names one body (hps uses ``(connection, stream id)``); a wake is
-called on a later reactor turn once the body holds a turn.
+An HTTP/1.1 body over TLS waits for its turn *before* its head (:meth:`BodyGate.wait`,
+from :mod:`hps.artifact`), and one that has not got a turn after ``TURN_WAIT`` is
+answered ``503`` + ``Retry-After``: the gateway gives each attempt 15 s and retries a 5xx
+at once (from 0.5 s), so a body that cannot start soon is better refused than begun too
+late for its client's deadline; an admitted body has the rest of the attempt to finish.
+An HTTP/2 body has sent its head and waits with nothing more, so the send deadline still
+cuts it (and a drain's end), as it would any response.
+
+A key is whatever names one body (hps uses ``(connection, stream id)`` on HTTP/2 and
+the channel on HTTP/1.1); a wake is called on a later reactor turn once the body
+holds a turn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from hps import metrics
@@ -29,6 +43,11 @@ ACTIVE_BODIES = 32
 
 STALL_SECONDS = 1.0
 """A body holding a turn with no progress for this long gives it to the next waiting."""
+
+
+TURN_WAIT = 5.0
+"""Seconds an HTTP/1.1 body over TLS may wait for a turn before it is answered ``503`` +
+``Retry-After``: a third of a gateway's 15 s attempt, leaving 10 s to send the body."""
 
 
 def _nothing() -> None:
@@ -57,6 +76,19 @@ class BodyGate:
             metrics.observe_body_waited()
         self.waiting[key] = wake  # a waiting body keeps its place; only its wake is new
         return False
+
+    def wait(self, key: Hashable) -> Deferred[None]:
+        """Fires once ``key``'s body holds a turn; cancelling it (the client left, or it
+        waited too long) gives up its place in the queue, or the turn it just got."""
+        turned: Deferred[None] = Deferred(lambda _: self.release(key))
+
+        def granted() -> None:
+            if not turned.called:  # cancelled while the wake was on its way
+                turned.callback(None)
+
+        if self.admit(key, granted):
+            turned.callback(None)
+        return turned
 
     def holds(self, key: Hashable) -> bool:
         return key in self.active

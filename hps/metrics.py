@@ -152,14 +152,19 @@ GZIP_PENDING = Gauge("hps_gzip_variants_pending",
                      registry=REGISTRY)
 GZIP_PRUNED = Counter("hps_gzip_variants_pruned", "Files deleted from the gzip cache: variants "
                       "no served module needs, and temporaries a crash left.", registry=REGISTRY)
-BODIES_SENDING = Gauge("hps_h2_bodies_sending", "HTTP/2 response bodies holding a turn to be "
-                       "sent (at most hps.bodies.ACTIVE_BODIES at once).", registry=REGISTRY)
-BODIES_WAITING = Gauge("hps_h2_bodies_waiting", "HTTP/2 response bodies waiting, in arrival "
-                       "order, for a turn to be sent.", registry=REGISTRY)
-BODIES_WAITED = Counter("hps_h2_bodies_waited", "HTTP/2 response bodies that had to wait for a "
-                        "turn.", registry=REGISTRY)
-BODIES_STALLED = Counter("hps_h2_bodies_stalled", "Turns given back by HTTP/2 bodies that made no "
-                         "progress while others waited.", registry=REGISTRY)
+BODIES_SENDING = Gauge("hps_h2_bodies_sending", "Response bodies (HTTP/2, and HTTP/1.1 over "
+                       "TLS) holding a turn to be sent (at most hps.bodies.ACTIVE_BODIES at "
+                       "once).", registry=REGISTRY)
+BODIES_WAITING = Gauge("hps_h2_bodies_waiting", "Response bodies (HTTP/2, and HTTP/1.1 over "
+                       "TLS) waiting, in arrival order, for a turn to be sent.", registry=REGISTRY)
+BODIES_WAITED = Counter("hps_h2_bodies_waited", "Response bodies (HTTP/2, and HTTP/1.1 over "
+                        "TLS) that had to wait for a turn.", registry=REGISTRY)
+BODIES_STALLED = Counter("hps_h2_bodies_stalled", "Turns given back by response bodies (HTTP/2, "
+                         "and HTTP/1.1 over TLS) that made no progress while others waited.",
+                         registry=REGISTRY)
+BODIES_TURNED_AWAY = Counter("hps_bodies_turned_away", "HTTP/1.1 requests over TLS answered "
+                             "503 + Retry-After because no body turn came within "
+                             "hps.bodies.TURN_WAIT.", registry=REGISTRY)
 MEMORY_LIMIT = Gauge("hps_memory_limit_bytes", "The memory limit admission works under (the "
                      "cgroup's, or --memory-limit); 0: none.", registry=REGISTRY)
 MEMORY_BUDGET = Gauge("hps_memory_budget_bytes", "The limit less its headroom: what the idle "
@@ -254,7 +259,7 @@ def track(in_flight: Callable[[], float], connections: Callable[[], float]) -> N
 
 
 def track_bodies(sending: Callable[[], float], waiting: Callable[[], float]) -> None:
-    """Read the HTTP/2 body turns (hps.bodies) at scrape time."""
+    """Read the body turns (hps.bodies) at scrape time."""
     BODIES_SENDING.set_function(sending)
     BODIES_WAITING.set_function(waiting)
 
@@ -265,6 +270,11 @@ def observe_body_waited() -> None:
 
 def observe_body_stalled() -> None:
     BODIES_STALLED.inc()
+
+
+def observe_body_turned_away() -> None:
+    BODIES_TURNED_AWAY.inc()
+
 def observe_memory_shed() -> None:
     MEMORY_SHED.inc()
 

@@ -10,10 +10,12 @@
   costs nothing but its socket buffers;
 - on TLS and HTTP/2 (bytes must pass through OpenSSL or be framed), bounded
   reads of ``READ_CHUNK`` bytes, written while the transport does not push back
-  (it pauses this producer once its buffer holds 64 KiB); an HTTP/2 stream reads
-  whole DATA frames' worth (``H2_READ``), sends only while its body holds a turn
-  (:mod:`hps.bodies`), stops at ``H2_BACKLOG`` unsent bytes and is woken when its
-  connection has sent frames of it (:class:`H2Backlog`).
+  (it pauses this producer once its buffer holds 64 KiB) and while the body holds
+  a turn (:mod:`hps.bodies`): a TLS HTTP/1.1 body through :class:`TlsTurn`, an
+  HTTP/2 stream through :class:`H2Backlog`, which also reads whole DATA frames'
+  worth (``H2_READ``), stops at ``H2_BACKLOG`` unsent bytes and is woken when its
+  connection has sent frames of it. Plain TCP never waits for a turn: ``sendfile``
+  costs the server little per byte, and a waiting socket holds no TLS records.
 
 A sender is an ``IPushProducer`` registered on the channel (twisted.web's
 ``request.registerProducer`` or the fast path's ``channel.registerProducer``), so
@@ -26,8 +28,8 @@ rather than sending bytes its ETag does not name.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITransport
@@ -35,6 +37,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from hps._twisted import h2_connection, wake_when_writable
+from hps.bodies import BodyGate
 from hps.files import Source
 from hps.negotiate import Span
 
@@ -63,12 +66,56 @@ def zero_copy(transport: ITransport | None) -> bool:
     return isinstance(transport, tcp.Connection) and not ISSLTransport.providedBy(transport)
 
 
+class Turn(Protocol):
+    """What a sender asks before each read: may the body go on (its turn, its room)?
+    ``gate`` and ``key`` name the body's place in :mod:`hps.bodies` (``gate`` None: no
+    turns), so a response can wait for its turn before its head (:mod:`hps.artifact`)."""
+
+    gate: BodyGate | None
+    key: Hashable
+
+    def ready(self, wake: Callable[[], None]) -> bool:
+        """May the sender write more now? If not, ``wake`` runs once it may."""
+
+    def done(self) -> None:
+        """The body ended (sent, cut or lost): its turn goes to the next waiting."""
+
+
+class TlsTurn:
+    """An HTTP/1.1 body's turn over TLS (:mod:`hps.bodies`), named by its channel (one
+    response at a time per channel; the site's sweep finds the same key for stalls).
+
+    Without turns, a herd over TLS shares the server's bytes evenly and nobody finishes
+    within a gateway's deadline, while every waiting connection holds ~64 KiB of TLS
+    records; with them, a waiting body has sent its head and holds nothing more."""
+
+    def __init__(self, gate: BodyGate, channel: Any) -> None:
+        self.gate: BodyGate | None = gate
+        self.key = channel
+
+    @classmethod
+    def of(cls, channel: Any, transport: ITransport | None) -> TlsTurn | None:
+        """The turn of a body on ``channel`` if ``transport`` is TLS and its site has turns."""
+        gate = getattr(getattr(channel, "site", None), "bodies", None)
+        if gate is None or not ISSLTransport.providedBy(transport):
+            return None
+        return cls(gate, channel)
+
+    def ready(self, wake: Callable[[], None]) -> bool:
+        return self.gate.admit(self.key, wake)
+
+    def done(self) -> None:
+        self.gate.release(self.key)
+
+
 class H2Backlog:
     """One HTTP/2 stream's place in its connection (``hps.http2``): its body's turn, how
     much of it is unsent, and a wake-up when either changes."""
 
     def __init__(self, stream: Any, connection: Any) -> None:
         self.stream_id, self.connection = stream.streamID, connection
+        self.gate: BodyGate | None = connection.bodies
+        self.key = connection.body_key(self.stream_id)
 
     @classmethod
     def of(cls, channel: Any) -> H2Backlog | None:
@@ -106,7 +153,7 @@ class Sender:
     def __init__(self, source: Source, span: Span, transport: ITransport | None,
                  write: Callable[[bytes], None], progress: Callable[[int], None],
                  finished: Callable[[], None], abort: Callable[[], None],
-                 backlog: H2Backlog | None = None, head: bytes = b"") -> None:
+                 turn: Turn | None = None, head: bytes = b"") -> None:
         self.source: Source | None = source
         self.head = head
         """Bytes that go before the span, in the same write as its first chunk (the fast
@@ -115,7 +162,8 @@ class Sender:
         self.transport, self.write, self.progress = transport, write, progress
         self.finished, self.abort = finished, abort
         self.zero_copy = zero_copy(transport)
-        self.backlog = backlog
+        self.turn = turn
+        self.chunk = H2_READ if isinstance(turn, H2Backlog) else READ_CHUNK
         self.paused = self.done = self.running = False
 
     def start(self, flushed: bool) -> None:
@@ -166,9 +214,9 @@ class Sender:
             self.progress(count)
 
     def send_reads(self, source: Source) -> None:
-        chunk = READ_CHUNK if self.backlog is None else H2_READ
+        chunk, turn = self.chunk, self.turn
         while not self.paused and not self.done and self.pos < self.end:
-            if self.backlog is not None and not self.backlog.ready(self.drained):
+            if turn is not None and not turn.ready(self.drained):
                 return
             data = source.read(self.pos, min(chunk, self.end - self.pos))
             if not data:
@@ -194,8 +242,8 @@ class Sender:
     def close(self) -> None:
         self.done = True
         self.source = None  # the descriptor closes once the file table lets go too
-        if self.backlog is not None:
-            self.backlog.done()  # the body's turn goes to the next waiting
+        if self.turn is not None:
+            self.turn.done()  # the body's turn goes to the next waiting
 
     def pauseProducing(self) -> None:
         self.paused = True

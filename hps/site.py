@@ -12,6 +12,10 @@ closes connections that went idle):
   408 (slowloris keeps resetting Twisted's idle timer with every byte);
 - **send timeout**: a busy connection whose response made no progress that
   long is aborted (Twisted's idle timeout is off while a request is in flight).
+  A body waiting for its turn (:mod:`hps.bodies`) makes none either, as on
+  HTTP/2: waiting that long, its client has long given up, and its retry queues
+  afresh; a TLS body holding a turn without progress for ``STALL_SECONDS`` while
+  others wait gives its turn back at the sweep.
 """
 
 from __future__ import annotations
@@ -115,6 +119,8 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
         if not isinstance(channel, PluginChannel):
             channel.check(now, limits.send_timeout)  # hps.http2.PluginH2Connection
             return
+        if self.tls:  # a TLS body that stalls with a turn gives it to one that waits
+            self.factory.bodies.requeue_if_stalled(channel, channel.last_progress)
         reason = channel.overdue(now, limits)
         if reason is None:
             return
@@ -179,7 +185,7 @@ class PluginSite(Site):
         self.admission = Admission(memory_limit or Limit(None, "not set"), self.reactor)
         self.in_flight = 0
         self.bodies = BodyGate(self.reactor)
-        """HTTP/2 bodies take turns, server-wide (hps.bodies)."""
+        """HTTP/2 and TLS HTTP/1.1 bodies take turns, server-wide (hps.bodies)."""
         self._closed: list[Deferred] = []
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = self.reactor

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 from OpenSSL import SSL
+from twisted.internet import tcp
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 
 from hps._twisted import ssl_set_mode
 from hps.admission import (
@@ -50,6 +54,19 @@ def room_for(server: Harness, count: int, charge: int) -> None:
     admission.sample = lambda: held
     admission.base = 0
     admission.measure()
+
+
+class Port:
+    """A TLS port as the gate sees it: reading or not, and its accepts per turn."""
+
+    connected = reading = True
+    numberAccepts = 100
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
 
 
 def stalled(server: Harness) -> Connection:
@@ -143,22 +160,72 @@ def test_the_handshake_gate_pauses_the_tls_ports(tree: Tree, harness, tmp_path: 
     assert not any(c.closed for c in clients)
 
 
+def test_probes_are_answered_at_once_while_the_handshake_gate_is_closed(
+        tree: Tree, harness, tmp_path: Path) -> None:
+    """A herd's handshakes fill the gate; a probe on the plain port is answered in the same
+    settle, and the TLS port's next accept loop has no room for more handshakes."""
+    server = tls_server(tree, harness, tmp_path)
+    port = server.site.admission.tls_ports[0]
+    port.numberAccepts = 300  # what Twisted's port grows to in a connect storm
+    herd = [server.connect(settle=False) for _ in range(MAX_HANDSHAKES)]
+    assert not port.reading and port.numberAccepts == 1
+    probe = server.connect(plain=True, settle=False)
+    probe.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", settle=False)
+    server.reactor.run_due()
+    probe.pump.flush()
+    assert probe.received().startswith(b"HTTP/1.1 200 ")
+    server.settle()
+    assert port.reading and not any(c.closed for c in herd)
+
+
+def test_the_tls_ports_accept_at_most_the_gates_room_per_turn() -> None:
+    """The bound follows the handshakes under way, and only ever lowers Twisted's own."""
+    clock, port = Clock(), Port()
+    port.numberAccepts = 300  # what Twisted's port grows to in a connect storm
+    gate = Admission(Limit(None, "test"), clock, sample=lambda: 0)
+    gate.tls_ports.append(port)
+    conns = [object() for _ in range(10)]
+    for conn in conns:
+        gate.handshake_started(conn)
+    assert port.numberAccepts == MAX_HANDSHAKES - 10
+    port.numberAccepts = 80  # the loop filled: Twisted raised it by 20
+    gate.handshake_ended(conns[0])
+    assert port.numberAccepts == MAX_HANDSHAKES - 9
+    port.numberAccepts = 3  # a quiet turn: Twisted lowered it, and it stays lower
+    gate.handshake_ended(conns[1])
+    assert port.numberAccepts == 3
+
+
+def test_twisted_accepts_number_accepts_connections_per_read() -> None:
+    """Canary: ``tcp.Port.doRead`` takes at most ``numberAccepts`` connections per call
+    (what :meth:`Admission.bound_accepts` relies on), with real sockets on 127.0.0.1."""
+    built: list[object] = []
+
+    class Count(Factory):
+        def buildProtocol(self, addr: object) -> Protocol:
+            built.append(addr)
+            return Protocol()
+
+    port = tcp.Port(0, Count(), interface="127.0.0.1", reactor=MemoryReactor())
+    port.startListening()
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port))
+               for _ in range(5)]
+    try:
+        assert port.numberAccepts == 100
+        port.numberAccepts = 2
+        port.doRead()
+        assert len(built) == 2
+        assert port.numberAccepts == 22, "a full loop raises it by 20 (what the bound undoes)"
+        port.numberAccepts = 2
+        port.doRead()
+        assert len(built) == 4
+    finally:
+        for client in clients:
+            client.close()
+        port.socket.close()
+
+
 def test_slow_handshakes_stop_holding_the_gate() -> None:
-    class Clock:
-        now = 0.0
-
-        def seconds(self) -> float:
-            return self.now
-
-    class Port:
-        connected = reading = True
-
-        def stopReading(self) -> None:
-            self.reading = False
-
-        def startReading(self) -> None:
-            self.reading = True
-
     clock, port = Clock(), Port()
     gate = Admission(Limit(None, "test"), clock, sample=lambda: 0)
     gate.tls_ports.append(port)
@@ -166,11 +233,11 @@ def test_slow_handshakes_stop_holding_the_gate() -> None:
     for conn in silent:
         gate.handshake_started(conn)
     assert not port.reading
-    clock.now = HANDSHAKE_GRACE / 2
-    gate.expire(clock.now)
+    clock.advance(HANDSHAKE_GRACE / 2)
+    gate.expire(clock.seconds())
     assert not port.reading
-    clock.now = HANDSHAKE_GRACE + 0.01
-    gate.expire(clock.now)
+    clock.advance(HANDSHAKE_GRACE / 2 + 0.01)
+    gate.expire(clock.seconds())
     assert port.reading and not gate.handshakes
     port.connected = False  # closed by a drain: never reopened
     for conn in silent:

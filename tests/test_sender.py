@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from zope.interface import directlyProvides
 
+from hps.bodies import BodyGate
 from hps.catalog import identity_of
 from hps.files import open_verified
-from hps.sender import READ_CHUNK, SENDFILE_TURN, Sender, zero_copy
+from hps.sender import READ_CHUNK, SENDFILE_TURN, Sender, TlsTurn, zero_copy
 from tests.support.memory import ServerTransport
 from tests.support.reactor import Reactor
 from tests.support.server import wasm_bytes
@@ -138,3 +143,27 @@ def test_sendfile_yields_after_a_turn_and_is_woken_when_writable(tmp_path: Path)
     received = pump(reactor, server, peer, len(data))
     assert received == data and events.finished == 1
     peer.close()
+
+
+def test_a_tls_body_waits_for_its_turn_reads_once_woken_and_hands_it_on(body) -> None:
+    """:class:`TlsTurn`: nothing read before the turn, everything after; the turn goes to the
+    next body when this one ends. Only a TLS transport takes turns."""
+    data, path = body
+    clock = Clock()
+    gate = BodyGate(clock, limit=1)
+    assert gate.admit("someone else", lambda: None)
+    channel = Protocol()  # hashable, as a channel is: the body's key
+    channel.site = SimpleNamespace(bodies=gate)
+    assert TlsTurn.of(channel, memory_transport()) is None, "not TLS: never waits"
+    tls = memory_transport()
+    directlyProvides(tls, ISSLTransport)
+    turn = TlsTurn.of(channel, tls)
+    assert turn is not None
+    events = Events()
+    sender = Sender(source_of(path), (0, len(data) - 1), tls, events.written.append,
+                    lambda count: None, lambda: None, lambda: None, turn)
+    sender.start(flushed=False)
+    assert events.written == [] and list(gate.waiting) == [channel]
+    gate.release("someone else")
+    clock.advance(0)
+    assert b"".join(events.written) == data and not gate.active and not gate.waiting

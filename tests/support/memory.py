@@ -213,6 +213,19 @@ class Harness:
                 return
         raise AssertionError("the server never settled")
 
+    def settle_granting(self) -> list[Any]:
+        """:meth:`settle`, turn by turn, checking the site's body turns stay within their
+        limit; returns the keys that held a turn (:mod:`hps.bodies`), in the order they got it."""
+        gate = self.site.bodies
+        granted = list(gate.active)
+        for _ in range(10_000):
+            timed, moved = self.turn()
+            assert len(gate.active) <= gate.limit, f"at most {gate.limit} bodies at once"
+            granted += [key for key in gate.active if key not in granted]
+            if not (timed or moved):
+                return granted
+        raise AssertionError("the server never settled")
+
     def advance(self, seconds: float, step: float = SWEEP_SECONDS) -> None:
         """Move the clock by ``seconds``, settling after each ``step`` (the sweep's period)."""
         left = seconds
@@ -224,17 +237,20 @@ class Harness:
     # -- clients -----------------------------------------------------------------------
 
     def connect(self, peer: str = "127.0.0.1", settle: bool = True,
-                client: Protocol | None = None, tls: Any = None) -> Connection:
+                client: Protocol | None = None, tls: Any = None,
+                plain: bool = False) -> Connection:
         """A new connection from ``peer``: a raw :class:`Client`, or ``client``. On a TLS
         listener the client speaks TLS with the ``tls`` options (default: no ALPN, so
-        HTTP/1.1). ``settle=False`` leaves its accept unsettled (to open thousands at once).
+        HTTP/1.1), unless ``plain`` (a plain port of the same site beside it, as a probe
+        port). ``settle=False`` leaves its accept unsettled (to open thousands at once).
         """
         address = IPv4Address("TCP", peer, 40000 + len(self.connections))
         host = IPv4Address("TCP", "127.0.0.1", 8080)
-        server = self.listening.buildProtocol(address)
+        listening = self.site if plain else self.listening
+        server = listening.buildProtocol(address)
         client = client if client is not None else Client()
         wire: Protocol = client
-        if self.listening is not self.site:
+        if listening is not self.site:
             wire = TLSMemoryBIOFactory(tls or CertificateOptions(), True, _One(client),
                                        clock=self.reactor).buildProtocol(host)
         transport, client_end = (ServerTransport(server, address, host),
