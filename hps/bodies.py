@@ -77,6 +77,16 @@ class BodyGate:
         self.waiting[key] = wake  # a waiting body keeps its place; only its wake is new
         return False
 
+    def take(self, key: Hashable) -> bool:
+        """A turn for ``key`` now, or False and no place in the queue (for a body that has
+        another way to wait: the fast path hands it to twisted.web, which queues it)."""
+        if key in self.active:
+            return True
+        if self.waiting or len(self.active) >= self.limit:
+            return False
+        self.active[key] = self.clock.seconds()
+        return True
+
     def wait(self, key: Hashable) -> Deferred[None]:
         """Fires once ``key``'s body holds a turn; cancelling it (the client left, or it
         waited too long) gives up its place in the queue, or the turn it just got."""

@@ -55,7 +55,7 @@ from hps.channel import PluginChannel
 from hps.files import Source
 from hps.head import Parsed, parse_request
 from hps.headers import EVERY_RESPONSE_LINES
-from hps.sender import Sender, zero_copy
+from hps.sender import Sender, TlsTurn, zero_copy
 from hps.state import ServerState
 from hps.tls import is_tls
 from hps.transfer import ArtifactVariant, Transfer
@@ -170,14 +170,19 @@ class ArtifactFastPath:
             return False
         if self.transfer.gzip_pending(artifact, parsed.accept):
             return False  # twisted.web waits for the variant
+        turn = TlsTurn.of(channel, transport) if way == TLS and not parsed.head else None
+        if turn is not None and turn.gate is not None and not turn.gate.take(turn.key):
+            return False  # no turn free: twisted.web queues the body (or answers 503)
         opened = self.transfer.open(artifact, parsed.accept, quiet=True)
         if opened is None:
+            if turn is not None:
+                turn.done()
             return False  # twisted.web answers the 503 (and logs why)
-        self.answer(channel, way, parsed, *opened)
+        self.answer(channel, way, parsed, *opened, turn)
         return True
 
     def answer(self, channel: PluginChannel, way: str, parsed: Parsed,
-               variant: ArtifactVariant, source: Source) -> None:
+               variant: ArtifactVariant, source: Source, turn: TlsTurn | None) -> None:
         """Send the response ``handle`` accepted: whole in this call when it can be, else
         a :class:`Reply` carries the body on."""
         transport = channel.transport
@@ -186,7 +191,7 @@ class ArtifactFastPath:
         head = self.opening(variant, parsed.close, second)
         if way == TLS:
             if body:
-                Reply(self, channel, parsed, variant, source, 0).start(head=head)
+                Reply(self, channel, parsed, variant, source, 0).start(head=head, turn=turn)
                 return
             transport.write(head)
         else:
@@ -271,10 +276,12 @@ class Reply:
         self.saved_timeout: Any = None
         self.sender: Sender | None = None
 
-    def start(self, flushed: bool = True, head: bytes = b"") -> None:
+    def start(self, flushed: bool = True, head: bytes = b"",
+              turn: TlsTurn | None = None) -> None:
         """Send the body (the one place a fast-path body starts, plain or TLS): ``flushed``,
         no head waits in a plain transport; ``head``, the head to write with the body's
-        first chunk (TLS)."""
+        first chunk (TLS); ``turn``, the TLS body's turn (:mod:`hps.bodies`), already
+        taken, held until the last byte."""
         channel, transport = self.channel, self.channel.transport
         channel.fast_reply = self
         channel.response_began()
@@ -282,7 +289,7 @@ class Reply:
         self.saved_timeout = channel.setTimeout(None)
         sender = Sender(self.source, (self.sent, self.variant.size - 1), transport,
                         transport.write, self.progress, self.finished,
-                        transport.abortConnection, head=head)
+                        transport.abortConnection, turn, head)
         self.source = None  # the sender holds it, and lets go when done
         self.sender = sender
         channel.registerProducer(sender, True)

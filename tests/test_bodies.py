@@ -137,6 +137,28 @@ def test_tls_bodies_take_turns_in_arrival_order_and_their_heads_wait_with_them(
     assert not gate.active and not gate.waiting
 
 
+def test_the_tls_fast_path_takes_a_free_turn_and_never_queues() -> None:
+    """``take`` grants a free turn at once and otherwise leaves no place in the queue (the
+    fast path then hands the request to twisted.web, which queues it in arrival order)."""
+    gate = BodyGate(Clock(), limit=1)
+    assert gate.take("a") and gate.take("a") and list(gate.active) == ["a"]
+    assert not gate.take("b") and not gate.waiting
+    assert not gate.admit("c", lambda: None) and list(gate.waiting) == ["c"]
+    gate.release("a")
+    assert list(gate.active) == ["c"]
+    assert not gate.take("d"), "the queue goes first"
+
+
+def test_a_tls_fast_path_download_holds_its_turn_until_its_last_byte(tls_site) -> None:
+    server, body = tls_site(limit=1)
+    gate = server.site.bodies
+    client = download(server, reading=False)
+    assert list(gate.active) == [channel_of(client)]
+    assert channel_of(client).fast_reply is not None, "the fast path answers it"
+    client.resume_reading()
+    assert head_and_body(client)[1] == body and not gate.active
+
+
 def test_a_tls_body_without_a_turn_in_time_is_answered_503_and_retry_after(tls_site) -> None:
     """TURN_WAIT on the clock: a turn that comes just in time serves the body; none by
     then, 503 + Retry-After on a connection that stays open, and the queue forgets it."""
