@@ -272,7 +272,8 @@ def scrape(server: Server) -> str:
     else:
         return "/metrics answered 503 for 10 s after the herd"
     wanted = ("hps_responses_aborted_total", "hps_memory_shed_total", "hps_connections_shed",
-              "hps_tls_gate_closed_total", "hps_requests_refused_total")
+              "hps_tls_gate_closed_total", "hps_requests_refused_total",
+              "hps_bodies_turned_away_total")
     return ", ".join(f"`{line.rsplit(' ', 1)[0]}` {float(line.rsplit(' ', 1)[1]):,.0f}"
                      for line in text.splitlines() if line.startswith(wanted))
 
