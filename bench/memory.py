@@ -272,7 +272,8 @@ def scrape(server: Server) -> str:
     else:
         return "/metrics answered 503 for 10 s after the herd"
     wanted = ("hps_responses_aborted_total", "hps_memory_shed_total", "hps_connections_shed",
-              "hps_tls_gate_closed_total", "hps_requests_refused_total")
+              "hps_tls_gate_closed_total", "hps_requests_refused_total",
+              "hps_bodies_turned_away_total")
     return ", ".join(f"`{line.rsplit(' ', 1)[0]}` {float(line.rsplit(' ', 1)[1]):,.0f}"
                      for line in text.splitlines() if line.startswith(wanted))
 
@@ -281,8 +282,8 @@ def scrape(server: Server) -> str:
 
 def case_waiting(servers: list[tuple[str, object]], clients: int) -> list[str]:
     lines = [f"Peak RSS with {clients:,} waiting TLS clients (4 MB each, all ask, wait 3 s, "
-             "then read):", "", "| server | idle MiB | peak MiB | per client KiB | completed |",
-             "|---|---|---|---|---|"]
+             "then read):", "", "| server | idle MiB | peak MiB | per client KiB | completed | "
+             "bodies' worth read |", "|---|---|---|---|---|---|"]
     for label, begin in servers:
         server = begin()
         try:
@@ -293,8 +294,10 @@ def case_waiting(servers: list[tuple[str, object]], clients: int) -> list[str]:
             stop(server)
         per = (peak - idle) * 1024 / clients
         errors = f" ({', '.join(outcome['errors'])})" if outcome["errors"] else ""
+        # "completed" counts any answer read to its end (a 503 too); bytes tell the bodies.
         lines.append(f"| {label} | {idle:.1f} | {peak:.1f} | {per:.0f} | "
-                     f"{outcome['completed']}/{outcome['clients']}{errors} |")
+                     f"{outcome['completed']}/{outcome['clients']}{errors} | "
+                     f"{outcome['bytes'] / SIZE:,.0f} |")
         print(f"waiting: {label} done", file=sys.stderr)
     return lines
 
