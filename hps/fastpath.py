@@ -286,6 +286,11 @@ class Reply:
         self.source = None  # the sender holds it, and lets go when done
         self.sender = sender
         channel.registerProducer(sender, True)
+        if channel.blocked:
+            # The last reply's tail fills the transport (a pipelined request replayed as it
+            # ended): the transport's resume starts this one. Over TLS nothing else would
+            # pause it: Twisted's TLS layer tells the channel of a full buffer only once.
+            return
         sender.start(flushed)
 
     def progress(self, count: int) -> None:
