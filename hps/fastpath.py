@@ -297,6 +297,14 @@ class Reply:
         self.sent += count
         self.channel.progress()
 
+    def pauseProducing(self) -> None:
+        if self.sender is not None:
+            self.sender.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.sender is not None:
+            self.sender.resumeProducing()
+
     def hold(self, data: bytes) -> None:
         self.pending.append(data)
         if sum(map(len, self.pending)) > PAUSE_READING_AT:
@@ -307,6 +315,8 @@ class Reply:
         channel = self.channel
         channel.fast_reply = None
         channel.unregisterProducer()
+        if channel.blocked:
+            channel.pauseProducing()  # twisted.web's own account of a full transport, now
         channel.response_ended()
         self.path.account(channel, self.parsed, self.sent, int(channel.now()))
         # A drain that began meanwhile wants the connection closed once this response is out.

@@ -282,9 +282,12 @@ def test_a_slow_tls_reader_pauses_the_body_and_gets_all_of_it(tls_site) -> None:
     server, body = tls_site()
     client = server.connect()
     client.stop_reading()
+    stopped_reading: list[bool] = []  # the socket's own pause, under TLS
+    client.transport.pauseProducing = lambda: stopped_reading.append(True)  # type: ignore
     client.send(TLS_GET + b"\r\n")
     channel = channel_of(client)
     assert channel.fast_reply is not None and channel.blocked
+    assert not stopped_reading, "as twisted.web while it answers: only the body waits"
     assert client.transport.buffered() < SEND_BUFFER + READ_CHUNK + 4096
     client.send(b"HEAD" + TLS_GET[3:] + b"\r\n")  # pipelined behind the reply in flight
     assert channel.fast_reply is not None
