@@ -293,11 +293,24 @@ class Reply:
         self.source = None  # the sender holds it, and lets go when done
         self.sender = sender
         channel.registerProducer(sender, True)
+        if channel.blocked:
+            # The last reply's tail fills the transport (a pipelined request replayed as it
+            # ended): the transport's resume starts this one. Over TLS nothing else would
+            # pause it: Twisted's TLS layer tells the channel of a full buffer only once.
+            return
         sender.start(flushed)
 
     def progress(self, count: int) -> None:
         self.sent += count
         self.channel.progress()
+
+    def pauseProducing(self) -> None:
+        if self.sender is not None:
+            self.sender.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.sender is not None:
+            self.sender.resumeProducing()
 
     def hold(self, data: bytes) -> None:
         self.pending.append(data)
@@ -309,6 +322,8 @@ class Reply:
         channel = self.channel
         channel.fast_reply = None
         channel.unregisterProducer()
+        if channel.blocked:
+            channel.pauseProducing()  # twisted.web's own account of a full transport, now
         channel.response_ended()
         self.path.account(channel, self.parsed, self.sent, int(channel.now()))
         # A drain that began meanwhile wants the connection closed once this response is out.

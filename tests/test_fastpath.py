@@ -214,8 +214,8 @@ TLS_GET = f"GET {URL} HTTP/1.1\r\nHost: x\r\n".encode()
 @pytest.fixture
 def tls_site(tree: Tree, harness, tmp_path: Path):
     """``tls_site(**knobs)``: an in-memory server on ``ssl:`` serving a 600 kB ``demo``."""
-    def start(**knobs: object) -> tuple[Harness, bytes]:
-        body = tree.add("demo", "1.0.0", size=600_000)
+    def start(size: int = 600_000, **knobs: object) -> tuple[Harness, bytes]:
+        body = tree.add("demo", "1.0.0", size=size)
         key, cert = self_signed(tmp_path)
         return harness(tree.root, listen=[f"ssl:8443:privateKey={key}:certKey={cert}"],
                        **knobs), body
@@ -282,9 +282,12 @@ def test_a_slow_tls_reader_pauses_the_body_and_gets_all_of_it(tls_site) -> None:
     server, body = tls_site()
     client = server.connect()
     client.stop_reading()
+    stopped_reading: list[bool] = []  # the socket's own pause, under TLS
+    client.transport.pauseProducing = lambda: stopped_reading.append(True)  # type: ignore
     client.send(TLS_GET + b"\r\n")
     channel = channel_of(client)
     assert channel.fast_reply is not None and channel.blocked
+    assert not stopped_reading, "as twisted.web while it answers: only the body waits"
     assert client.transport.buffered() < SEND_BUFFER + READ_CHUNK + 4096
     client.send(b"HEAD" + TLS_GET[3:] + b"\r\n")  # pipelined behind the reply in flight
     assert channel.fast_reply is not None
@@ -381,3 +384,28 @@ def test_a_tls_download_in_flight_at_sigterm_finishes_then_closes(tls_site) -> N
     slow.resume_reading()
     server.advance(1.5)
     assert slow.take().body == body and slow.closed and stopping.called
+
+
+def test_a_pipelined_tls_reply_waits_while_the_last_ones_tail_fills_the_transport(
+        tls_site) -> None:
+    """The first reply ends with the transport full and the second request replayed at once:
+    the second body waits for the transport to drain (Twisted's TLS layer pauses a producer
+    once, so a body started then would otherwise go whole into memory)."""
+    server, body = tls_site(size=10 * READ_CHUNK)  # its last chunk fills the transport
+    client = server.connect()
+    client.stop_reading()
+    client.send(TLS_GET + b"\r\n")
+    client.send(TLS_GET + b"\r\n")  # held behind the first reply
+    most = 0
+    for _ in range(200):  # the client reads what is there, one turn at a time
+        server.settle()
+        most = max(most, client.transport.buffered())
+        client.transport.reading = True
+        server.turn()
+        client.transport.reading = False
+        if len(client.received()) >= 2 * len(body):
+            break
+    assert most < SEND_BUFFER + 2 * READ_CHUNK
+    client.resume_reading()
+    assert client.take().body == body and client.take().body == body
+    assert not channel_of(client).web_owned
