@@ -66,7 +66,7 @@ class ArtifactResource(Resource):
         deadline. Whatever the answer, the turn ends with the request."""
         channel: Any = request.channel
         turn = TlsTurn.of(channel, channel.transport) if request.method == b"GET" else None
-        if turn is None or turn.gate is None:  # HTTP/2 heads go first (hps.http2's turns)
+        if turn is None:  # plain TCP never waits; HTTP/2 heads go first (hps.http2's turns)
             return self.respond(request, accept)
         request.notifyFinish().addBoth(lambda _: turn.done())
         waiting = turn.gate.wait(turn.key)

@@ -89,6 +89,15 @@ def carrier(transport: Any) -> str:
     return NEITHER
 
 
+def access_fields(parsed: Parsed, peer: str, proto: bytes, nbytes: int) -> dict[str, Any]:
+    """The access line's fields for a fast-path response (HTTP/1.1 here, HTTP/2 in
+    :mod:`hps.h2fast`), as twisted.web's responses log them."""
+    headers = parsed.headers
+    return dict(peer=peer, forwarded=headers.get(b"x-forwarded-for"), method=parsed.method,
+                uri=parsed.target, proto=proto, nbytes=nbytes,
+                referer=headers.get(b"referer"), agent=headers.get(b"user-agent"))
+
+
 def send_head(channel: PluginChannel, head: bytes, more: bool) -> bool:
     """Send a response head on the socket now; True when all of it went.
 
@@ -171,7 +180,7 @@ class ArtifactFastPath:
         if self.transfer.gzip_pending(artifact, parsed.accept):
             return False  # twisted.web waits for the variant
         turn = TlsTurn.of(channel, transport) if way == TLS and not parsed.head else None
-        if turn is not None and turn.gate is not None and not turn.gate.take(turn.key):
+        if turn is not None and not turn.gate.take(turn.key):
             return False  # no turn free: twisted.web queues the body (or answers 503)
         opened = self.transfer.open(artifact, parsed.accept, quiet=True)
         if opened is None:
@@ -232,14 +241,11 @@ class ArtifactFastPath:
 
     @staticmethod
     def line_fields(channel: PluginChannel, parsed: Parsed, nbytes: int) -> dict[str, Any]:
-        headers = parsed.headers
         peer = channel.peer_host
         if peer is None:
             # getPeer() builds an address object per call; the peer of a connection is fixed.
             peer = channel.peer_host = getattr(channel.transport.getPeer(), "host", "-")
-        return dict(peer=peer, forwarded=headers.get(b"x-forwarded-for"), method=parsed.method,
-                    uri=parsed.target, proto=b"HTTP/1.1", nbytes=nbytes,
-                    referer=headers.get(b"referer"), agent=headers.get(b"user-agent"))
+        return access_fields(parsed, peer, b"HTTP/1.1", nbytes)
 
     def opening(self, variant: ArtifactVariant, close: bool, second: int) -> bytes:
         """Status line and headers, built once a second and shared by every response (kept

@@ -23,7 +23,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hps.fastpath import ArtifactFastPath
+from hps.fastpath import ArtifactFastPath, access_fields
 from hps.files import Source
 from hps.head import Parsed, parse_stream
 from hps.headers import EVERY_RESPONSE
@@ -38,8 +38,8 @@ _H2_FIELDS = "h2"
 
 def response_fields(variant: ArtifactVariant, date: bytes) -> list[tuple[bytes, bytes]]:
     """The 200 response's fields (without ``:status``) in twisted.web's order and case,
-    built once per variant per second (a fresh list each call: the writer inserts
-    ``:status`` into it)."""
+    built once per variant per second (a fresh list each call: twisted.web's writer, the
+    fallback after a table size change, inserts ``:status`` into it)."""
     cached: Any = variant.openings.get(_H2_FIELDS)
     if cached is None or cached[0] is not date:
         fields = (*_EVERY, (b"date", date),
@@ -141,12 +141,7 @@ class QuickStream:
                            line)
 
     def line_fields(self) -> dict[str, Any]:
-        parsed = self.parsed
-        headers = parsed.headers
-        return dict(peer=self.connection.peer(), forwarded=headers.get(b"x-forwarded-for"),
-                    method=parsed.method, uri=parsed.target, proto=PROTOCOL,
-                    nbytes=self.sent, referer=headers.get(b"referer"),
-                    agent=headers.get(b"user-agent"))
+        return access_fields(self.parsed, self.connection.peer(), PROTOCOL, self.sent)
 
 
 def quick_stream(fast: ArtifactFastPath, connection: Any, event: Any) -> QuickStream | None:

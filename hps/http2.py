@@ -451,11 +451,10 @@ class PluginH2Connection(H2Base):
         table size change h2 encodes the next block itself (the update must go first)."""
         if self.gone(stream_id):
             return
-        fields.insert(0, (b":status", status))
-        block = self.conn.encoder.encode(fields) \
-            if not self.conn.encoder.header_table.resized else b""
+        encoder = self.conn.encoder
+        block = b"" if encoder.header_table.resized else \
+            encoder.encode([(b":status", status), *fields])
         if not block or len(block) > self.conn.max_outbound_frame_size:
-            del fields[0]
             self.writeHeaders(b"HTTP/2", status, b"", fields, stream_id)
             return
         self.stamps[stream_id] = self.clock.seconds()

@@ -275,6 +275,7 @@ def observe_body_stalled() -> None:
 def observe_body_turned_away() -> None:
     BODIES_TURNED_AWAY.inc()
 
+
 def observe_memory_shed() -> None:
     MEMORY_SHED.inc()
 

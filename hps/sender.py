@@ -87,7 +87,8 @@ class TlsTurn:
 
     Without turns, a herd over TLS shares the server's bytes evenly and nobody finishes
     within a gateway's deadline, while every waiting connection holds ~64 KiB of TLS
-    records; with them, a waiting body has sent its head and holds nothing more."""
+    records; with them, a waiting body has sent nothing yet, its head included
+    (:meth:`hps.artifact.ArtifactResource.respond_in_turn`), and holds no records."""
 
     def __init__(self, gate: BodyGate, channel: Any) -> None:
         self.gate: BodyGate | None = gate
