@@ -25,7 +25,10 @@ from twisted.web.http import _GenericHTTPChannelProtocol
 
 try:
     import priority
+    from h2.stream import StreamClosedBy
     from twisted.web._http2 import H2Connection
+
+    _SEND_END_STREAM = StreamClosedBy.SEND_END_STREAM
 except ImportError:  # h2 not installed (the http2 extra): no HTTP/2, and no subclass of it
     H2Connection = None  # type: ignore[assignment,misc]
 
@@ -109,6 +112,23 @@ def h2_stream_done(connection: Any, stream_id: int) -> None:
     """Let twisted.web forget a stream whose END_STREAM went out: what its own send loop
     does (``_requestDone``: the stream, its priority entry, its cleanup callback)."""
     connection._requestDone(stream_id)
+
+
+def h2_settled(conn: Any) -> bool:
+    """Has h2 (an ``h2.connection.H2Connection``) taken the client's preface and every
+    byte it was given as whole frames, so that the next bytes start a frame? (Its
+    ``FrameBuffer`` keeps the rest of the preface, partial frames and a header block
+    awaiting CONTINUATION in private attributes.)"""
+    buffer = conn.incoming_buffer
+    return not (buffer._data or buffer._preamble_len or buffer._headers_buffer)
+
+
+def h2_stream_closed(conn: Any, stream_id: int) -> None:
+    """Record in h2's books a client stream that opened and closed at once, both sides
+    ended (``hps.http2.PluginH2Connection.answer_whole``), as h2 records such a stream
+    when it forgets it (``_closed_streams``), so frames that come for it later are
+    treated alike."""
+    conn._closed_streams[stream_id] = _SEND_END_STREAM
 
 
 if H2Connection is not None:

@@ -53,7 +53,7 @@ from twisted.web.server import Site
 from hps._twisted import inner_channel, wake_when_writable
 from hps.channel import PluginChannel
 from hps.files import Source
-from hps.head import Parsed, parse_request
+from hps.head import Parsed, parse_request, parse_stream, plain_fields
 from hps.headers import EVERY_RESPONSE_LINES
 from hps.sender import Sender, TlsTurn, zero_copy
 from hps.state import ServerState
@@ -144,6 +144,7 @@ class ArtifactFastPath:
         self.state, self.transfer = state, transfer
         self.clock = Clock()
         self.parsed: dict[bytes, Parsed | None] = {}
+        self.fields_parsed: dict[tuple[tuple[bytes, bytes], ...], tuple[bool, Parsed | None]] = {}
 
     def parse(self, data: bytes) -> Parsed | None:
         """``parse_request(data)``, remembered: it depends on nothing but ``data``."""
@@ -157,6 +158,21 @@ class ArtifactFastPath:
                 self.parsed.clear()
             self.parsed[data] = parsed
         return parsed
+
+    def parse_fields(self, fields: list[tuple[bytes, bytes]]) -> tuple[bool, Parsed | None]:
+        """``(plain_fields(fields), parse_stream(fields))`` of an HTTP/2 request, remembered
+        like :meth:`parse`: they depend on nothing but the fields."""
+        key = tuple(fields)
+        try:
+            return self.fields_parsed[key]
+        except KeyError:
+            pass
+        result = (plain_fields(fields), parse_stream(fields))
+        if sum(len(name) + len(value) for name, value in key) < PARSED_KEY_LIMIT:
+            if len(self.fields_parsed) >= PARSED_CACHE:
+                self.fields_parsed.clear()
+            self.fields_parsed[key] = result
+        return result
 
     def handle(self, channel: PluginChannel, data: bytes) -> bool:
         reply = channel.fast_reply

@@ -25,8 +25,9 @@ from twisted.python.failure import Failure
 
 from hps.fastpath import ArtifactFastPath, access_fields
 from hps.files import Source
-from hps.head import Parsed, parse_stream
+from hps.head import Parsed
 from hps.headers import EVERY_RESPONSE
+from hps.http2 import WHOLE_BYTES
 from hps.sender import H2Backlog, Sender
 from hps.transfer import ArtifactVariant
 
@@ -79,9 +80,11 @@ class QuickStream:
         self.started = True
         connection.site.in_flight += 1
         second = int(connection.clock.seconds())
-        connection.send_head(self.streamID, b"200",
-                             response_fields(variant, self.fast.clock.at(second)))
+        fields = response_fields(variant, self.fast.clock.at(second))
         source, self.source = self.source, None
+        if not self.parsed.head and source is not None and self.send_whole(source, fields):
+            return
+        connection.send_head(self.streamID, b"200", fields)
         if self.parsed.head or source is None:
             self.finished()
             return
@@ -89,6 +92,22 @@ class QuickStream:
                              self.finished, self.abortConnection,
                              H2Backlog(self, connection))
         self.sender.start(flushed=False)
+
+    def send_whole(self, source: Source, fields: list[tuple[bytes, bytes]]) -> bool:
+        """A small body, read at once and sent with its head in one write, if its connection
+        can (:meth:`hps.http2.PluginH2Connection.send_whole`); else False, nothing sent."""
+        size = self.variant.size
+        if not 0 < size <= WHOLE_BYTES or not self.connection.can_send_whole(self.streamID, size):
+            return False
+        if not source.fresh():
+            return False  # the sender notices too, and cuts the stream
+        body = source.read(0, size)
+        if len(body) != size or not self.connection.send_whole(self.streamID, b"200", fields,
+                                                                 body):
+            return False
+        self.sent = size
+        self.finished()
+        return True
 
     def windowUpdated(self) -> None:
         """The window opened: a sender flow control paused goes on (twisted.web's rule)."""
@@ -134,29 +153,69 @@ class QuickStream:
         connection = self.connection
         connection.endRequest(self.streamID)
         connection.site.in_flight -= 1
-        parsed, site = self.parsed, connection.site
-        second = int(connection.clock.seconds())
-        line = site.access.line(**self.line_fields(), status=200, now=second)
-        site.finished_fast(self.sent, None if parsed.head else (parsed.name, parsed.version),
-                           line)
+        log_response(connection, self.parsed, self.sent)
 
     def line_fields(self) -> dict[str, Any]:
         return access_fields(self.parsed, self.connection.peer(), PROTOCOL, self.sent)
 
 
-def quick_stream(fast: ArtifactFastPath, connection: Any, event: Any) -> QuickStream | None:
-    """A :class:`QuickStream` for the request ``event`` (h2's ``RequestReceived``) if this
-    path can answer it now; else None, and twisted.web answers."""
-    if event.stream_ended is None:
-        return None  # a body may follow: twisted.web reads (and refuses) it
-    parsed = parse_stream(event.headers)
-    if parsed is None or fast.state.draining:
-        return None
-    artifact = fast.state.catalog.get(parsed.name, parsed.version)
-    transfer = fast.transfer
-    if artifact is None or transfer.gzip_pending(artifact, parsed.accept):
-        return None
-    opened = transfer.open(artifact, parsed.accept, quiet=True)
-    if opened is None:
-        return None  # twisted.web answers the 503 (and logs why)
-    return QuickStream(connection, event.stream_id, fast, parsed, *opened)
+def log_response(connection: Any, parsed: Parsed, sent: int) -> None:
+    """Log and count a response this path sent whole (``sent`` bytes queued)."""
+    site = connection.site
+    line = site.access.line(**access_fields(parsed, connection.peer(), PROTOCOL, sent),
+                            status=200, now=int(connection.clock.seconds()))
+    site.finished_fast(sent, None if parsed.head else (parsed.name, parsed.version), line)
+
+
+class H2FastPath:
+    """Implements :class:`hps.http2.QuickRequests` for artifact downloads."""
+
+    def __init__(self, fast: ArtifactFastPath) -> None:
+        self.fast = fast
+
+    def open(self, fields: list[tuple[bytes, bytes]], plain: bool = False
+             ) -> tuple[Parsed, ArtifactVariant, Source] | None:
+        """The request's parse, variant and open file, if this path can answer it now
+        (and, with ``plain``, if its fields are plainly valid: :func:`hps.head.plain_fields`)."""
+        fast = self.fast
+        valid, parsed = fast.parse_fields(fields)
+        if parsed is None or (plain and not valid) or fast.state.draining:
+            return None
+        artifact = fast.state.catalog.get(parsed.name, parsed.version)
+        transfer = fast.transfer
+        if artifact is None or transfer.gzip_pending(artifact, parsed.accept):
+            return None
+        opened = transfer.open(artifact, parsed.accept, quiet=True)
+        if opened is None:
+            return None  # twisted.web answers the 503 (and logs why)
+        return (parsed, *opened)
+
+    def stream(self, connection: Any, event: Any) -> QuickStream | None:
+        """A :class:`QuickStream` for the request ``event`` (h2's ``RequestReceived``) if
+        this path can answer it now; else None, and twisted.web answers."""
+        if event.stream_ended is None:
+            return None  # a body may follow: twisted.web reads (and refuses) it
+        opened = self.open(event.headers)
+        return None if opened is None else QuickStream(connection, event.stream_id,
+                                                       self.fast, *opened)
+
+    def whole(self, connection: Any, stream_id: int,
+              fields: list[tuple[bytes, bytes]]) -> bool:
+        """Answer a request h2 has not seen, whole, if its fields are plainly valid (what
+        h2 would check: :func:`hps.head.plain_fields`), it is a GET this path answers,
+        and its body is small enough for :meth:`PluginH2Connection.answer_whole`."""
+        opened = self.open(fields, plain=True)
+        if opened is None:
+            return False
+        parsed, variant, source = opened
+        size = variant.size
+        if (parsed.head or not 0 < size <= WHOLE_BYTES
+                or not connection.can_answer_whole(size) or not source.fresh()):
+            return False
+        body = source.read(0, size)
+        second = int(connection.clock.seconds())
+        if len(body) != size or not connection.answer_whole(
+                stream_id, b"200", response_fields(variant, self.fast.clock.at(second)), body):
+            return False
+        log_response(connection, parsed, size)
+        return True

@@ -157,6 +157,33 @@ def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes] | None:
 
 
 _PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+_TOKEN = re.compile(rb"[a-z0-9!#$%&'*+.^_`|~-]+")
+_VISIBLE = re.compile(rb"(?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?")
+_NOT_PLAIN = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                        b"upgrade", b"te", b"host"})
+
+
+def plain_fields(fields: list[tuple[bytes, bytes]]) -> bool:
+    """Is an HTTP/2 request's header list plainly valid: within what h2 accepts (RFC 9113
+    8.2 and 8.3; tests/test_head.py checks it against h2's own checks), so that hps may
+    answer it without h2 (:meth:`hps.http2.PluginH2Connection.take_whole`)? The four
+    request pseudo-fields first, each once and not empty; then lowercase token names,
+    no connection-specific field, no Host, no TE; values of visible ASCII and inner
+    spaces. Anything else goes through h2's checks."""
+    pseudo: set[bytes] = set()
+    regular = False
+    for name, value in fields:
+        if not _VISIBLE.fullmatch(value):
+            return False
+        if name[:1] == b":":
+            if regular or name in pseudo or name not in _PSEUDO or not value:
+                return False
+            pseudo.add(name)
+        elif name in _NOT_PLAIN or not _TOKEN.fullmatch(name):
+            return False
+        else:
+            regular = True
+    return len(pseudo) == len(_PSEUDO)
 _KEPT = (b"user-agent", b"referer", b"x-forwarded-for")
 
 

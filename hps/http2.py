@@ -52,7 +52,7 @@ import contextlib
 import struct
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import h2.connection
 import h2.errors
@@ -67,7 +67,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from hps import metrics
-from hps._twisted import H2Base, h2_stream_done
+from hps._twisted import H2Base, h2_settled, h2_stream_closed, h2_stream_done
 from hps.bodies import BodyGate
 
 MAX_STREAMS = 100
@@ -87,6 +87,11 @@ WRITE_BYTES = 8 * FRAME_PAYLOAD
 
 BURST_BYTES = 4 * FRAME_PAYLOAD
 """At most this many bytes from one stream before the priority order picks again."""
+
+WHOLE_BYTES = 256 * 1024
+"""A body at most this big that both windows allow leaves whole, in one write with its
+HEADERS and END_STREAM (:meth:`PluginH2Connection.send_whole`), when its connection has
+nothing else queued: no queue, no sender, no reactor turn of its own."""
 
 TURN_BYTES = 1 << 20
 """At most this many bytes per connection per reactor turn, if the transport never
@@ -108,7 +113,7 @@ class StatelessEncoder(hpack.Encoder):
     alone is encoded afresh.
     """
 
-    blocks: ClassVar[dict[tuple[tuple[bytes, bytes], ...], bytes]] = {}
+    blocks: ClassVar[dict[tuple[bool, tuple[tuple[bytes, bytes], ...]], bytes]] = {}
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         fields = tuple(headers)
@@ -116,14 +121,32 @@ class StatelessEncoder(hpack.Encoder):
             return super().encode([hpack.NeverIndexedHeaderTuple(*f[:2]) for f in fields],
                                   huffman)
         blocks = StatelessEncoder.blocks
-        block = blocks.get(fields)
+        key = (huffman, fields)
+        block = blocks.get(key)
         if block is None:
             block = super().encode([hpack.NeverIndexedHeaderTuple(*f[:2]) for f in fields],
                                    huffman)
             if len(blocks) >= BLOCKS:
                 blocks.clear()
-            blocks[fields] = block
+            blocks[key] = block
         return block
+
+
+_RESTATE = StatelessEncoder()
+
+TableMark = tuple[object, int, int]
+
+
+def table_mark(table: hpack.table.HeaderTable) -> TableMark:
+    """What changes whenever an HPACK table does: an entry added goes first (a new object,
+    kept alive here, so never mistaken for another), a clear empties the table, a
+    resize changes the size limit (and evicts from the end)."""
+    entries = table.dynamic_entries
+    return (entries[0] if entries else None, len(entries), table.maxsize)
+
+
+def same_mark(one: TableMark, other: TableMark) -> bool:
+    return one[0] is other[0] and one[1:] == other[1:]
 
 
 class Outbox:
@@ -141,6 +164,12 @@ class Outbox:
         self.ending = False
         """The response is complete: END_STREAM goes once the bytes have."""
         self.wake: Callable[[], None] | None = None
+
+    @classmethod
+    def of(cls, data: bytes) -> Outbox:
+        outbox = cls()
+        outbox.put(data)
+        return outbox
 
     def put(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -179,7 +208,16 @@ _FRAME_HEADER = struct.Struct(">HBBBL")  # hyperframe's: 24-bit length, type, fl
 _SEND_DATA = h2.connection.ConnectionInputs.SEND_DATA
 _STREAM_SEND_DATA = h2.stream.StreamInputs.SEND_DATA
 _SEND_HEADERS = h2.connection.ConnectionInputs.SEND_HEADERS
+_RECV_HEADERS = h2.connection.ConnectionInputs.RECV_HEADERS
+_ACCEPTING = (h2.connection.ConnectionState.IDLE, h2.connection.ConnectionState.SERVER_OPEN)
+"""States in which h2 takes a new request (IDLE: none yet)."""
 _STREAM_SEND_HEADERS = h2.stream.StreamInputs.SEND_HEADERS
+_STREAM_SEND_END_STREAM = h2.stream.StreamInputs.SEND_END_STREAM
+
+
+def frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
+    """A frame's 9-byte header (hyperframe's layout)."""
+    return _FRAME_HEADER.pack(length >> 8, length & 0xFF, kind, flags, stream_id)
 
 
 def headers_frame(conn: h2.connection.H2Connection, stream_id: int, block: bytes) -> bytes:
@@ -188,15 +226,15 @@ def headers_frame(conn: h2.connection.H2Connection, stream_id: int, block: bytes
     stream = conn.streams[stream_id]  # KeyError: closed and forgotten
     conn.state_machine.process_input(_SEND_HEADERS)
     stream.state_machine.process_input(_STREAM_SEND_HEADERS)
-    size = len(block)
-    return _FRAME_HEADER.pack(size >> 8, size & 0xFF, 1, 0x4, stream_id) + block  # END_HEADERS
+    return frame_head(len(block), 1, 0x4, stream_id) + block  # END_HEADERS
 
 
 def data_frames(conn: h2.connection.H2Connection, stream_id: int, outbox: Outbox, size: int,
-                out: list[bytes | memoryview]) -> None:
+                out: list[bytes | memoryview], end: bool = False) -> None:
     """Append DATA frames carrying the next ``size`` bytes of ``outbox`` (``size`` within
     the window) to ``out``, with the bookkeeping h2's ``send_data`` does per frame: the
-    connection's and the stream's state checks and both flow-control windows.
+    connection's and the stream's state checks and both flow-control windows. With
+    ``end``, the last frame carries END_STREAM (no empty frame of its own to end it).
 
     h2 builds each frame as an object, serializes it and copies it into its buffer
     (~20 µs a frame, as much as the TLS record it fills); here a frame is a 9-byte
@@ -207,15 +245,38 @@ def data_frames(conn: h2.connection.H2Connection, stream_id: int, outbox: Outbox
     stream = conn.streams[stream_id]  # KeyError: closed and forgotten
     conn.state_machine.process_input(_SEND_DATA)  # raises as send_data would, once closed
     stream.state_machine.process_input(_STREAM_SEND_DATA)
-    frame = min(FRAME_PAYLOAD, conn.max_outbound_frame_size)
-    pack, left = _FRAME_HEADER.pack, size
-    while left:
-        length = min(frame, left)
-        out.append(pack(length >> 8, length & 0xFF, 0, 0, stream_id))  # type 0: DATA
-        out.append(outbox.take(length))
-        left -= length
+    if end:
+        stream.state_machine.process_input(_STREAM_SEND_END_STREAM)
+    slice_frames(stream_id, outbox, size, min(FRAME_PAYLOAD, conn.max_outbound_frame_size),
+                 end, out)
     conn.outbound_flow_control_window -= size
     stream.outbound_flow_control_window -= size
+
+
+def slice_frames(stream_id: int, outbox: Outbox, size: int, frame: int, end: bool,
+                 out: list[bytes | memoryview]) -> None:
+    """The bytes of DATA frames of at most ``frame`` bytes carrying ``size`` of ``outbox``."""
+    left = size
+    while left:
+        length = min(frame, left)
+        left -= length
+        out.append(frame_head(length, 0, 0x1 if end and not left else 0, stream_id))
+        out.append(outbox.take(length))
+
+
+def restated(stream_id: int, fields: list[tuple[bytes, bytes]], frame: int) -> bytes:
+    """A request's HEADERS (and CONTINUATION) frames, END_STREAM set, carrying ``fields``
+    in a block that neither uses nor changes the peer's HPACK table: what h2 receives for
+    a request hps decoded itself but does not answer whole (the table already holds what
+    the client's block added)."""
+    block = _RESTATE.encode(fields, huffman=False)  # h2 decodes Huffman slowly, in Python
+    pieces = [block[at:at + frame] for at in range(0, len(block), frame)] or [b""]
+    out = [frame_head(len(pieces[0]), 1, 0x1 | (0x4 if len(pieces) == 1 else 0), stream_id),
+           pieces[0]]
+    for index, piece in enumerate(pieces[1:], 2):
+        out += [frame_head(len(piece), 9, 0x4 if index == len(pieces) else 0, stream_id),
+                piece]
+    return b"".join(out)
 
 
 class WindowedPriority(priority.PriorityTree):
@@ -233,6 +294,19 @@ class WindowedPriority(priority.PriorityTree):
             self.block(stream_id)  # resume_sending unblocks it when a window opens
 
 
+class QuickRequests(Protocol):
+    """What answers the plainest requests without twisted.web (:mod:`hps.h2fast`)."""
+
+    def stream(self, connection: PluginH2Connection, event: Any) -> Any | None:
+        """A stand-in for twisted.web's ``H2Stream`` for h2's ``RequestReceived`` event,
+        or None: twisted.web answers."""
+
+    def whole(self, connection: PluginH2Connection, stream_id: int,
+              fields: list[tuple[bytes, bytes]]) -> bool:
+        """Answer a request :meth:`PluginH2Connection.take_whole` decoded, with
+        :meth:`PluginH2Connection.answer_whole`; False if it did not."""
+
+
 class PluginH2Connection(H2Base):
     """See the module docstring."""
 
@@ -242,7 +316,7 @@ class PluginH2Connection(H2Base):
     quiet = 0
 
     def __init__(self, reactor: IReactorTime, bodies: BodyGate | None = None,
-                 quick: Callable[[PluginH2Connection, Any], Any | None] | None = None) -> None:
+                 quick: QuickRequests | None = None) -> None:
         self.outboxes: dict[int, Outbox] = {}
         self.quick = quick
         """Answers the plainest requests without twisted.web's Request (hps.h2fast)."""
@@ -260,9 +334,14 @@ class PluginH2Connection(H2Base):
         self.priority = WindowedPriority(self.can_send)
         self.stamps: dict[int, float] = {}
         """Per stream: when its response last made progress."""
+        self.last_block: tuple[bytes, TableMark, list[tuple[bytes, bytes]]] | None = None
+        """The last header block :meth:`decode` decoded, if it left the table as it was."""
+        self.held: float | None = None
+        """Since when a whole body (:meth:`send_whole`) waits in a paused transport, its
+        body turn held until the transport drains: the bytes are in memory until then."""
 
     def quick_stream(self, event: Any) -> Any | None:
-        return None if self.quick is None else self.quick(self, event)
+        return None if self.quick is None else self.quick.stream(self, event)
 
     def peer(self) -> str:
         """The client's address, for the access log (fixed per connection)."""
@@ -294,6 +373,140 @@ class PluginH2Connection(H2Base):
     def body_done(self, stream_id: int) -> None:
         if self.bodies is not None:
             self.bodies.release(self.body_key(stream_id))
+
+    # -- whole responses -------------------------------------------------------------------
+
+    def idle_for_whole(self) -> bool:
+        """Nothing of this connection waits to be sent (no priority order to keep), and the
+        transport takes bytes: a whole response may go now."""
+        return not (self.paused or self.lost or self.sending or self.outboxes
+                    or self.held is not None or self.conn.encoder.header_table.resized)
+
+    def can_send_whole(self, stream_id: int, size: int) -> bool:
+        """Could :meth:`send_whole` send ``size`` bytes on this stream now (turns aside)?"""
+        return (self.idle_for_whole() and not self.gone(stream_id)
+                and self.conn.local_flow_control_window(stream_id) >= size)
+
+    def can_answer_whole(self, size: int) -> bool:
+        """Could :meth:`answer_whole` answer with ``size`` bytes now (turns aside)?"""
+        conn = self.conn
+        return (self.idle_for_whole() and not self.streams and size <= min(
+            conn.outbound_flow_control_window, conn.remote_settings.initial_window_size))
+
+    def send_whole(self, stream_id: int, status: bytes, fields: list[tuple[bytes, bytes]],
+                   body: bytes) -> bool:
+        """Send a whole response on an open stream in one write: HEADERS, DATA frames,
+        END_STREAM on the last, and the stream is done. Only when :meth:`can_send_whole`
+        and a body turn is free with none waiting; else False, and nothing was sent."""
+        if not self.can_send_whole(stream_id, len(body)):
+            return False
+        block = self.whole_block(status, fields)
+        if block is None:
+            return False
+        conn = self.conn
+        out = [conn.data_to_send(), headers_frame(conn, stream_id, block)]
+        data_frames(conn, stream_id, Outbox.of(body), len(body), out, end=True)
+        self.write_whole(out)
+        h2_stream_done(self, stream_id)
+        return True
+
+    def take_whole(self, data: bytes) -> bytes:
+        """Answer ``data`` here if it is one whole request hps can answer whole: a HEADERS
+        frame that opens and ends a stream, on a connection with no stream open.
+
+        For that request h2 would parse the frame into objects, open a stream with its
+        state machines, check each field through a chain of generators and hand over
+        events (~150 µs of Python, as much as the TLS records of a 150 KB body); here its
+        block is decoded (which keeps the peer's HPACK table in step) and
+        ``quick.whole`` answers it, or says no. Returns what h2 must still receive:
+        ``data`` untouched, b"" once answered, or the request restated with the same
+        fields in a block that leaves the HPACK table as it is."""
+        conn = self.conn
+        if (len(data) < 9 or data[3] != 1 or data[4] != 0x5 or self.streams  # END_HEADERS
+                or self.quick is None or not self.idle_for_whole()       # + END_STREAM
+                or not h2_settled(conn)):
+            return data
+        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        if (len(data) - 9 != int.from_bytes(data[:3], "big")
+                or len(data) - 9 > conn.max_inbound_frame_size or not stream_id & 1
+                or stream_id <= conn.highest_inbound_stream_id
+                or conn.state_machine.state not in _ACCEPTING):
+            return data
+        try:
+            fields = self.decode(data[9:])
+        except Exception as err:  # hpack's errors: h2 ends the connection for them too
+            self.protocol_error(err)
+            return b""
+        self.resetTimeout()  # as twisted.web does for each frame h2 takes
+        if self.quick.whole(self, stream_id, fields):
+            return b""
+        return restated(stream_id, fields, conn.max_inbound_frame_size)
+
+    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """``block`` decoded by h2's decoder; the same list again for the same block while the
+        peer's table is as that block left it, if it neither added to nor resized the
+        table (a client asking again on its connection sends such blocks)."""
+        decoder = self.conn.decoder
+        before = table_mark(decoder.header_table)
+        last = self.last_block
+        if last is not None and last[0] == block and same_mark(last[1], before):
+            return last[2]
+        fields = decoder.decode(block, raw=True)
+        after = table_mark(decoder.header_table)
+        self.last_block = (block, after, fields) if same_mark(before, after) else None
+        return fields
+
+    def answer_whole(self, stream_id: int, status: bytes, fields: list[tuple[bytes, bytes]],
+                     body: bytes) -> bool:
+        """Answer the request :meth:`take_whole` decoded, in one write, as
+        :meth:`send_whole` does; in h2's books the stream opens and closes at once, as h2
+        leaves a stream both sides ended (tests/test_http2.py checks the two agree)."""
+        if not self.can_answer_whole(len(body)):
+            return False
+        block = self.whole_block(status, fields)
+        if block is None:
+            return False
+        conn = self.conn
+        for step in (_RECV_HEADERS, _SEND_HEADERS, _SEND_DATA):
+            conn.state_machine.process_input(step)
+        conn.highest_inbound_stream_id = stream_id
+        h2_stream_closed(conn, stream_id)
+        conn.outbound_flow_control_window -= len(body)
+        out = [conn.data_to_send(), frame_head(len(block), 1, 0x4, stream_id), block]
+        slice_frames(stream_id, Outbox.of(body), len(body),
+                     min(FRAME_PAYLOAD, conn.max_outbound_frame_size), True, out)
+        self.write_whole(out)
+        return True
+
+    def whole_block(self, status: bytes, fields: list[tuple[bytes, bytes]]) -> bytes | None:
+        """A whole response's header block, with the body turn it goes in (free, none
+        waiting); None if the block needs more than one frame or no turn is free."""
+        block = self.conn.encoder.encode([(b":status", status), *fields])
+        if len(block) > self.conn.max_outbound_frame_size:
+            return None
+        if self.bodies is not None and not self.bodies.take(self.whole_key()):
+            return None
+        return block
+
+    def write_whole(self, out: list[bytes | memoryview]) -> None:
+        """One write; the turn stays held while the transport holds the bytes (it paused
+        this connection), so at most ``ACTIVE_BODIES`` whole bodies sit in memory."""
+        self.transport.write(b"".join(out))  # may pause us, at once
+        if self.bodies is not None:
+            if self.paused:
+                self.held = self.clock.seconds()
+            else:
+                self.bodies.release(self.whole_key())
+
+    def whole_key(self) -> Hashable:
+        """The body-turn key of this connection's whole body in flight (one at a time)."""
+        return (self, 0)
+
+    def release_whole(self) -> None:
+        if self.held is not None:
+            self.held = None
+            if self.bodies is not None:
+                self.bodies.release(self.whole_key())
 
     def remainingOutboundWindow(self, streamID: int) -> int:
         """The window left once what is queued has gone (twisted.web asks, to resume a
@@ -389,13 +602,18 @@ class PluginH2Connection(H2Base):
                     self.priority.block(stream_id)
                     continue
                 size = min(window, outbox.unsent, BURST_BYTES)
-                data_frames(conn, stream_id, outbox, size, out)
+                end = outbox.ending and size == outbox.unsent
+                data_frames(conn, stream_id, outbox, size, out, end)
             except (KeyError, h2.exceptions.ProtocolError):
                 outboxes.pop(stream_id, None)  # reset meanwhile: its event cleans up
                 self.priority.block(stream_id)
                 continue
             sent += size
             stamps[stream_id] = now  # progress: bytes left for the client
+            if end:
+                ended.append(stream_id)
+                self.priority.block(stream_id)
+                continue
             if not outbox.unsent and not outbox.ending:
                 self.priority.block(stream_id)
             if window - size - outbox.unsent <= 0:
@@ -419,12 +637,14 @@ class PluginH2Connection(H2Base):
 
     def resumeProducing(self) -> None:
         self.paused = False
+        self.release_whole()  # the transport took the whole body's bytes
         super().resumeProducing()  # control frames held while paused go first
         if not self.paused:
             self.send_ready()
 
     def connectionLost(self, reason: Failure, _cancelTimeouts: bool = True) -> None:
         self.lost = True
+        self.release_whole()
         if self.next_turn is not None and self.next_turn.active():
             self.next_turn.cancel()
         self.next_turn = None
@@ -494,6 +714,9 @@ class PluginH2Connection(H2Base):
 
     def dataReceived(self, data: bytes) -> None:
         try:
+            data = self.take_whole(data)
+            if not data:
+                return
             super().dataReceived(data)
             if self.streams:  # a WINDOW_UPDATE or SETTINGS may have given some room
                 self.resume_sending()
@@ -540,10 +763,12 @@ class PluginH2Connection(H2Base):
     # -- the send deadline ------------------------------------------------------------------
 
     def busy(self) -> bool:
-        return bool(self.streams)
+        return bool(self.streams) or self.held is not None
 
     def check(self, now: float, send_timeout: float) -> None:
         """Reset every stream whose response made no progress for ``send_timeout``."""
+        if self.held is not None:
+            self.check_whole(now, send_timeout)
         for table in (self.stamps, self.outboxes):
             for stream_id in [s for s in table if s not in self.streams]:
                 del table[stream_id]
@@ -558,3 +783,14 @@ class PluginH2Connection(H2Base):
                 self.stamps[stream_id] = float("inf")  # cut once, whatever h2 says next
                 stream.connectionLost(Failure(ConnectionLost("send timeout")))
                 stream.abortConnection()
+
+    def check_whole(self, now: float, send_timeout: float) -> None:
+        """A whole body its client does not take: its turn goes to one that waits after
+        ``STALL_SECONDS``, and the connection is cut after ``send_timeout``, as a stream's."""
+        assert self.held is not None
+        if now - self.held > send_timeout:
+            metrics.observe_abort("send_timeout")
+            self.release_whole()
+            self.transport.abortConnection()
+        elif self.bodies is not None:
+            self.bodies.requeue_if_stalled(self.whole_key(), self.held)

@@ -20,7 +20,6 @@ closes connections that went idle):
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -85,12 +84,12 @@ class TrackedProtocol(GenericHTTPChannelProtocol):
         if self.shed:
             return
         if negotiating(self) and getattr(self.transport, "negotiatedProtocol", None) == b"h2":
-            from hps.h2fast import quick_stream
+            from hps.h2fast import H2FastPath
             from hps.http2 import PluginH2Connection  # h2 is an extra; ALPN offers it only then
 
             channel = inner_channel(self)
             probe_only, fast = channel.probe_only, channel.fast_path
-            quick = None if probe_only or fast is None else functools.partial(quick_stream, fast)
+            quick = None if probe_only or fast is None else H2FastPath(fast)
             connection = PluginH2Connection(self.factory.reactor, self.factory.bodies, quick)
             switch_to_h2(self, connection)
             if probe_only:
