@@ -38,6 +38,11 @@ needs on top:
 - **Bodies take turns** (:mod:`hps.bodies`): a few bodies are sent at once,
   process-wide, the others wait in arrival order; a body that stalls with a turn
   gives it back at the next sweep.
+- **Small bodies whole**: a body of at most ``WHOLE_BYTES`` that the windows allow, on a
+  connection with nothing else queued, leaves in one write with its HEADERS and
+  END_STREAM (:meth:`PluginH2Connection.send_whole`); a lone HEADERS frame that opens and
+  ends a stream on an idle connection is decoded here and, if :mod:`hps.h2fast` answers
+  it whole, never reaches h2's parser (:meth:`PluginH2Connection.take_whole`).
 - **Header blocks built once** (:class:`StatelessEncoder`): HPACK without the
   dynamic table, so a block depends on its fields alone and a response's block (the same
   fields for every download of a variant within a second) is encoded once, not per

@@ -217,3 +217,164 @@ def test_after_a_table_size_change_h2_encodes_the_next_head(h2, monkeypatch) -> 
     assert fields(client, first) == fields(client, second)
     assert bytes(client.bodies[first]) == bytes(client.bodies[second]) == body
     assert len(by_h2) == 1
+
+
+# -- whole responses (hps.http2.PluginH2Connection.take_whole / answer_whole / send_whole) --
+
+SMALL = "/plugins/small/1.0.0/plugin.wasm"
+SMALL_SIZE = 100_000
+
+
+@pytest.fixture
+def answered(monkeypatch) -> list[int]:
+    """The streams answered before h2 saw their request."""
+    from hps.http2 import PluginH2Connection
+
+    streams: list[int] = []
+    answer = PluginH2Connection.answer_whole
+
+    def spy(self, stream_id: int, *args: object) -> bool:
+        done = answer(self, stream_id, *args)
+        if done:
+            streams.append(stream_id)
+        return done
+
+    monkeypatch.setattr(PluginH2Connection, "answer_whole", spy)
+    return streams
+
+
+def roomy(server: Harness) -> H2Client:
+    """A client with the windows gateways open (Go: 4 MiB a stream, 1 GiB in all)."""
+    client = connect_h2(server, window=4 << 20)
+    client.auto_window = True
+    client.conn.increment_flow_control_window(1 << 30)
+    client.flush()
+    server.settle()
+    return client
+
+
+def small_site(h2, tree: Tree, **knobs: object) -> tuple[Harness, bytes]:
+    server, demo = h2(gzip=False, **knobs)
+    small = tree.add("small", "1.0.0", size=SMALL_SIZE)
+    server.rescan()
+    server.demo = demo
+    return server, small
+
+
+def test_a_small_download_leaves_whole_before_h2_parses_its_request(h2, tree: Tree,
+                                                                     answered) -> None:
+    """Same fields, bytes, access line and counters as twisted.web's HTTP/2 path; record-sized
+    DATA frames with END_STREAM on the last (no empty frame), and no stream object."""
+    from hps.http2 import FRAME_PAYLOAD
+
+    server, small = small_site(h2, tree)
+    key = 'hps_downloads_total{plugin="small",version="1.0.0"}'
+    before = server.metrics()
+    client = roomy(server)
+    whole = client.get(SMALL, fields=PLAIN)
+    server.settle()
+    slow = client.get(SMALL, fields=PLAIN + SLOW_PATH)
+    server.settle()
+    assert answered == [whole]
+    assert client.status[whole] == client.status[slow] == 200
+    assert fields(client, whole) == fields(client, slow)
+    assert bytes(client.bodies[whole]) == bytes(client.bodies[slow]) == small
+    assert client.frames[whole] == [FRAME_PAYLOAD] * (SMALL_SIZE // FRAME_PAYLOAD) + [
+        SMALL_SIZE % FRAME_PAYLOAD]
+    assert whole in client.ended
+    assert server.metrics().get(key, 0) - before.get(key, 0) == 2
+    assert server.site.in_flight == 0 and not server.site.bodies.active
+    lines = [line for line in server.access_lines() if SMALL in line]
+    assert len(lines) == 2 and lines[0] == lines[1], lines
+    connection = inner_channel(client.connection.server.wrappedProtocol)
+    assert whole not in connection.conn.streams and not connection.streams
+
+
+def test_every_path_keeps_the_hpack_tables_in_step_on_one_connection(h2, tree: Tree,
+                                                                      answered) -> None:
+    """The client's encoder indexes what it sends; requests answered whole, restated to h2
+    (HEAD, a range, a body too big to go whole), repeated, with new fields and after the
+    client resized its table, all on one connection, each answered right."""
+    server, small = small_site(h2, tree)
+    client = roomy(server)
+    agent = (("user-agent", "Go-http-client/2.0"),)
+    steps: list[tuple[int, int, bytes]] = []
+
+    def ask(path: str, expect: int, body: bytes, **named: object) -> int:
+        stream = client.get(path, **named)
+        server.settle()
+        steps.append((stream, expect, body))
+        return stream
+
+    first = ask(SMALL, 200, small, fields=agent)
+    again = ask(SMALL, 200, small, fields=agent)  # all indexed now: decoded once
+    ask(SMALL, 200, b"", fields=agent, method="HEAD")
+    ask(SMALL, 206, small[:10], fields=(*agent, ("range", "bytes=0-9")))
+    big = ask(MODULE, 200, server.demo, fields=agent)
+    fresh = ask(SMALL, 200, small, fields=(("user-agent", "another/1.0"),
+                                           ("x-forwarded-for", "10.0.0.1")))
+    client.conn.encoder.header_table_size = 64  # the next block starts with the update
+    resized = ask(SMALL, 200, small, fields=agent)
+    last = ask(SMALL, 200, small, fields=agent)
+    assert [(client.status.get(s), bytes(client.bodies[s])) for s, _, _ in steps] == [
+        (status, body) for _, status, body in steps]
+    assert answered == [first, again, fresh, resized, last]
+    assert big not in answered and not client.closed
+
+
+def test_a_whole_body_holds_its_turn_until_its_client_takes_the_bytes(h2, tree: Tree,
+                                                                        answered) -> None:
+    """At most ACTIVE_BODIES bodies in memory: one that sits in a transport its client does
+    not read keeps its turn; the next waits, then goes once the bytes are taken."""
+    server, small = small_site(h2, tree)
+    server.site.bodies.limit = 1
+    stalled = roomy(server)
+    stalled.connection.stop_reading()
+    first = stalled.get(SMALL)
+    server.settle()
+    assert answered == [first] and len(server.site.bodies.active) == 1
+    other = roomy(server)
+    second = other.get(SMALL)
+    server.settle()
+    assert len(answered) == 1, "no free turn: it waits as any body does"
+    assert other.status[second] == 200 and not other.bodies[second]
+    stalled.connection.resume_reading()
+    assert bytes(stalled.bodies[first]) == bytes(other.bodies[second]) == small
+    assert not server.site.bodies.active and not server.site.bodies.waiting
+
+
+def test_a_whole_body_its_client_never_takes_gives_its_turn_and_is_cut(h2, tree: Tree) -> None:
+    from hps.bodies import STALL_SECONDS
+
+    send_timeout = 5.0
+    server, small = small_site(h2, tree, send_timeout=send_timeout)
+    server.site.bodies.limit = 1
+    stalled = roomy(server)
+    stalled.connection.stop_reading()
+    stalled.get(SMALL)
+    server.settle()
+    other = roomy(server)
+    second = other.get(SMALL)
+    server.settle()
+    assert not other.bodies[second]
+    server.advance(STALL_SECONDS + 1)
+    assert bytes(other.bodies[second]) == small, "the stalled body gave its turn"
+    before = server.metrics().get('hps_responses_aborted_total{reason="send_timeout"}', 0)
+    server.advance(send_timeout + 1)
+    assert stalled.connection.transport.aborted
+    assert server.metrics()['hps_responses_aborted_total{reason="send_timeout"}'] == before + 1
+    assert not server.site.bodies.active and not server.site.bodies.waiting
+
+
+def test_a_header_block_hpack_cannot_decode_ends_the_connection_politely(h2, tree: Tree) -> None:
+    server, _ = small_site(h2, tree)
+    client = roomy(server)
+    ok = client.get(SMALL)
+    server.settle()
+    assert client.status[ok] == 200
+    block = b"\x80"  # index 0: no such entry (RFC 7541 6.1)
+    client.transport.write(len(block).to_bytes(3, "big") + b"\x01\x05" + (3).to_bytes(4, "big")
+                           + block)
+    server.settle()
+    assert client.closed
+    assert server.log().count("HTTP/2 protocol error") == 1
