@@ -461,3 +461,76 @@ def test_a_headers_frame_matches_what_h2_itself_would_send() -> None:
     ours.end_stream(1)
     with pytest.raises(h2.exceptions.ProtocolError):
         headers_frame(ours, 1, b"")
+
+
+def started(client_window: int = 1 << 20) -> tuple[h2.connection.H2Connection,
+                                                   h2.connection.H2Connection]:
+    """A client and a server h2 connection past the preface; the client's windows (both)
+    ``client_window``."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: client_window})
+    client.increment_flow_control_window(client_window - 65535)
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())  # the SETTINGS ACK
+    return client, server
+
+
+REQUEST = [(b":method", b"GET"), (b":scheme", b"https"),
+           (b":path", b"/plugins/small/1.0.0/plugin.wasm"), (b":authority", b"hps"),
+           (b"user-agent", b"Go-http-client/2.0"), (b"accept-encoding", b"gzip")]
+
+
+@pytest.mark.parametrize("size", [1, FRAME_PAYLOAD, 2 * FRAME_PAYLOAD, 76_800])
+def test_data_frames_end_the_stream_as_h2s_send_data_with_end_stream_does(size: int) -> None:
+    """data_frames(..., end=True) puts END_STREAM on the last DATA frame exactly as h2's
+    send_data(..., end_stream=True) for the same split: same bytes, the stream closed in
+    h2's books, the same windows left; and the stream then takes nothing more."""
+    def pair() -> h2.connection.H2Connection:
+        client, server = started()
+        client.send_headers(1, REQUEST, end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(1, [(":status", "200")])
+        server.data_to_send()
+        return server
+
+    payload = bytes(range(256)) * (size // 256 + 1)
+    payload = payload[:size]
+    theirs, ours = pair(), pair()
+    starts = range(0, size, FRAME_PAYLOAD)
+    for start in starts:
+        theirs.send_data(1, payload[start:start + FRAME_PAYLOAD],
+                         end_stream=start == starts[-1])
+    out: list[bytes | memoryview] = []
+    data_frames(ours, 1, Outbox.of(payload), size, out, end=True)
+    sent = b"".join(out)
+    assert sent == theirs.data_to_send()
+    assert sent[4] == (0 if size > FRAME_PAYLOAD else 1), "END_STREAM on the last frame only"
+    assert ours.streams[1].state_machine.state == theirs.streams[1].state_machine.state
+    assert ours.streams[1].closed and theirs.streams[1].closed
+    assert ours.outbound_flow_control_window == theirs.outbound_flow_control_window
+    assert ours.streams[1].outbound_flow_control_window == (
+        theirs.streams[1].outbound_flow_control_window) == (1 << 20) - size
+    with pytest.raises(h2.exceptions.StreamClosedError):
+        theirs.send_data(1, b"late")
+    with pytest.raises(h2.exceptions.StreamClosedError):
+        data_frames(ours, 1, Outbox.of(b"late"), 4, [])
+    assert ours.open_inbound_streams == theirs.open_inbound_streams == 0  # both forgotten
+    with pytest.raises(KeyError):  # what the send loop catches for a forgotten stream
+        data_frames(ours, 1, Outbox.of(b"late"), 4, [])
+
+
+def test_data_frames_without_end_leave_the_stream_open_for_the_rest() -> None:
+    client, server = started()
+    client.send_headers(1, REQUEST, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(":status", "200")])
+    outbox, out = Outbox.of(b"x" * 100), []
+    data_frames(server, 1, outbox, 60, out)
+    data_frames(server, 1, outbox, 40, out, end=True)
+    frames = b"".join(out)
+    assert (frames[4], frames[9 + 60 + 4]) == (0, 1), "END_STREAM on the second frame only"
+    assert server.streams[1].closed and outbox.unsent == 0
