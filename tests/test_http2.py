@@ -11,6 +11,7 @@ from pathlib import Path
 
 import h2.config
 import h2.connection
+import h2.events
 import h2.exceptions
 import h2.settings
 import hpack
@@ -31,6 +32,9 @@ from hps.http2 import (
     StatelessEncoder,
     data_frames,
     headers_frame,
+    restated,
+    same_mark,
+    table_mark,
 )
 from hps.site import SWEEP_SECONDS
 from tests.support.certificates import self_signed
@@ -534,3 +538,108 @@ def test_data_frames_without_end_leave_the_stream_open_for_the_rest() -> None:
     frames = b"".join(out)
     assert (frames[4], frames[9 + 60 + 4]) == (0, 1), "END_STREAM on the second frame only"
     assert server.streams[1].closed and outbox.unsent == 0
+
+
+def frame_kinds(data: bytes) -> list[tuple[int, int, int]]:
+    """Each frame's (type, flags, length) in ``data``, which holds whole frames only."""
+    kinds, at = [], 0
+    while at < len(data):
+        length = int.from_bytes(data[at:at + 3], "big")
+        kinds.append((data[at + 3], data[at + 4], length))
+        at += 9 + length
+    assert at == len(data)
+    return kinds
+
+
+BIG_FIELDS = [*REQUEST, *((b"x-big-%d" % n, (b"v%03d" % n) * 250) for n in range(40))]
+"""About 40 KB restated (no Huffman, no index): a HEADERS and two CONTINUATION frames."""
+
+
+COOKIES = [*REQUEST, (b"cookie", b"a=1"), (b"x-e", b""), (b"cookie", b"b=2")]
+
+
+@pytest.mark.parametrize("fields", [REQUEST, COOKIES, BIG_FIELDS],
+                         ids=["request", "cookies", "continuations"])
+def test_a_restated_request_reaches_h2_whole_and_leaves_its_table_as_it_was(
+        fields: list[tuple[bytes, bytes]]) -> None:
+    """What take_whole hands h2 for a request it decoded itself: h2 gets exactly those
+    fields with END_STREAM (as it would from the client's own block), and its decoder's
+    table stays as hps's decode left it, so the client's next block (which may index
+    what this one added) decodes right."""
+    client, server = started()
+    client.send_headers(1, REQUEST, end_stream=True)  # fills both tables
+    server.receive_data(client.data_to_send())
+    table = server.decoder.header_table
+    assert table.dynamic_entries
+    assert server.decoder.decode(client.encoder.encode(fields), raw=True) == fields  # hps's
+    entries, maxsize = list(table.dynamic_entries), table.maxsize
+
+    data = restated(3, fields, server.max_inbound_frame_size)
+    kinds = frame_kinds(data)
+    assert [kind for kind, _, _ in kinds] == [1] + [9] * (len(kinds) - 1)  # CONTINUATIONs
+    ends = [0] * (len(kinds) - 1) + [0x4]  # END_HEADERS on the last frame only
+    assert [flags for _, flags, _ in kinds] == [0x1 | ends[0], *ends[1:]]  # END_STREAM first
+    assert all(length <= 16_384 for *_, length in kinds)
+    assert (len(kinds) > 2) == (fields is BIG_FIELDS)
+    events = server.receive_data(data)
+    assert [type(event) for event in events] == [h2.events.RequestReceived,
+                                                 h2.events.StreamEnded]
+    assert events[0].stream_id == 3 and events[0].stream_ended is events[1]
+    restated_fields = events[0].headers
+    assert [a is b for a, b in zip(table.dynamic_entries, entries, strict=True)] == [
+        True] * len(entries) and table.maxsize == maxsize
+
+    client.send_headers(5, fields, end_stream=True)  # its encoder indexes what it sent
+    events = server.receive_data(client.data_to_send())
+    assert events[0].stream_id == 5 and events[0].headers == restated_fields
+    if b"cookie" not in dict(fields):
+        assert restated_fields == fields
+    else:  # h2 joins cookies into one field, last (RFC 9113 8.2.3), whichever way they come
+        assert restated_fields[-1] == (b"cookie", b"a=1; b=2")
+
+
+def test_the_table_mark_moves_with_every_change_and_only_then() -> None:
+    """table_mark/same_mark tell when a block changed an HPACK table (so a cached decode
+    of a repeated block may be reused): an entry added, the table cleared by an entry too
+    big for it, a resize, an equal entry that evicts another (the same length, size and
+    first entry by value); not a block of only indexed fields and literals not indexed."""
+    encoder, decoder = hpack.Encoder(), hpack.Decoder()
+    table = decoder.header_table
+
+    def changed(block: bytes) -> bool:
+        before = table_mark(table)
+        decoder.decode(block, raw=True)
+        return not same_mark(before, table_mark(table))
+
+    assert changed(encoder.encode([(b"x-a", b"1")]))  # literal with incremental indexing
+    assert not changed(encoder.encode([(b"x-a", b"1")]))  # now indexed: 0xbe
+    assert not changed(StatelessEncoder().encode(RESPONSE))  # never indexed
+    assert not changed(b"\x00\x03x-b\x012" + b"\x82")  # without indexing; static :method
+    assert not changed(encoder.encode([(b":method", b"GET"), (b"x-a", b"1")]))
+    assert changed(encoder.encode([(b"x-huge", b"h" * 5000)]))  # bigger than the table: clear
+    assert not table.dynamic_entries
+    assert not changed(encoder.encode([(b"x-huge", b"h" * 5000)]))  # empty, and stays so
+    assert changed(encoder.encode([(b"x-a", b"1")]))
+    encoder.header_table_size = 2048
+    assert changed(encoder.encode([(b":method", b"GET")]))  # a size update, nothing added
+    assert table.maxsize == 2048 and len(table.dynamic_entries) == 1
+    # Room for two entries (36 bytes each): x-a, then x-b, added.
+    assert changed(b"\x3f\x29\x40\x03x-a\x011\x40\x03x-b\x012")
+    before = list(table.dynamic_entries)
+    # x-b again evicts x-a: as long, as big, an equal first entry, yet index 63 moved.
+    assert changed(b"\x40\x03x-b\x012")
+    after = list(table.dynamic_entries)
+    assert (len(after), after[0], table.maxsize) == (len(before), before[0], 72)
+    assert decoder.decode(b"\xbf", raw=True) == [(b"x-b", b"2")] != [before[1]]
+
+
+@pytest.mark.parametrize("frame", [2, 16, 100, 16_384])
+def test_a_restated_block_may_be_cut_at_any_frame_size(frame: int) -> None:
+    """(h2 takes at most 64 CONTINUATION frames a block; take_whole cuts at h2's inbound
+    frame size, at least 16,384, where the 64 KiB header list limit allows four.)"""
+    server = started()[1]
+    data = restated(1, REQUEST, frame)
+    assert max(length for *_, length in frame_kinds(data)) <= frame
+    events = server.receive_data(data)
+    assert events[0].headers == REQUEST and events[0].stream_ended is not None
+    assert not server.decoder.header_table.dynamic_entries
