@@ -643,3 +643,20 @@ def test_a_restated_block_may_be_cut_at_any_frame_size(frame: int) -> None:
     events = server.receive_data(data)
     assert events[0].headers == REQUEST and events[0].stream_ended is not None
     assert not server.decoder.header_table.dynamic_entries
+
+
+@pytest.mark.xfail(strict=True, reason="hps bug: plain_fields passes split Cookie fields "
+                   "ending empty (tests/test_head.py), h2 refuses them")
+def test_a_request_h2_refuses_is_refused_on_the_whole_path_too(h2site) -> None:
+    """A lone HEADERS frame that take_whole decodes itself, on a connection whose windows
+    let answer_whole send the small body at once: the outcome must be h2's, which ends the
+    connection (PROTOCOL_ERROR) for Cookie "a" + "" (joined, "a; " has a trailing space)."""
+    server, _ = h2site()
+    client = connect_h2(server, window=1 << 20)
+    client.conn.increment_flow_control_window(1 << 20)
+    client.flush()
+    server.settle()
+    stream = client.get(SMALL, fields=(("cookie", "a"), ("cookie", "")))
+    server.settle()
+    assert stream not in client.status, "answered, where h2 would have refused"
+    assert client.closed
