@@ -31,6 +31,7 @@ from hps.http2 import (
     PluginH2Connection,
     StatelessEncoder,
     data_frames,
+    frame_head,
     headers_frame,
     restated,
     same_mark,
@@ -660,3 +661,65 @@ def test_a_request_h2_refuses_is_refused_on_the_whole_path_too(h2site) -> None:
     server.settle()
     assert stream not in client.status, "answered, where h2 would have refused"
     assert client.closed
+
+
+class Refusing:
+    """A QuickRequests that answers nothing: take_whole decodes, then restates to h2."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[tuple[bytes, bytes]]] = []
+
+    def stream(self, connection: PluginH2Connection, event: object) -> None:
+        return None
+
+    def whole(self, connection: PluginH2Connection, stream_id: int,
+              fields: list[tuple[bytes, bytes]]) -> bool:
+        self.asked.append(fields)
+        return False
+
+
+class Decoding(PluginH2Connection):
+    decoded = 0
+
+    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        self.decoded += 1
+        return super().decode(block)
+
+
+def lone_headers(block: bytes) -> bytes:
+    return frame_head(len(block), 1, 0x5, 1) + block  # END_STREAM + END_HEADERS
+
+
+@pytest.mark.parametrize(("block", "decodes"), [
+    (b"\xff\x7f", False),  # an index past both tables
+    (b"\x3f\xe1\x3f" + hpack.Encoder().encode(REQUEST), False),  # a table bigger than allowed
+    (b"\x82\x86\x84\x41\x85\xff\xff\xff\xff\xff", False),  # a Huffman string cut short
+    pytest.param(  # over h2's 64 KiB header list, from 1 KB: one entry indexed 69 times
+        hpack.Encoder().encode([*REQUEST, *[(b"x-a", b"v" * 1000)] * 70]), False,
+        marks=pytest.mark.xfail(strict=True, reason="hps bug: take_whole's GOAWAY says "
+                                "PROTOCOL_ERROR where h2's says ENHANCE_YOUR_CALM")),
+    (hpack.Encoder().encode([*REQUEST, (b"X-Upper", b"1")]), True),  # h2 refuses the name
+], ids=["index", "table-size", "huffman", "header-list", "uppercase"])
+def test_a_bad_block_take_whole_decodes_ends_the_connection_as_h2_would(
+        block: bytes, decodes: bool) -> None:
+    """The same bytes out (GOAWAY, its last stream and code) and the connection closed,
+    whether h2 parses the frame or take_whole decodes it first (and, if it decodes,
+    restates it to h2)."""
+    outcomes = []
+    for quick in (None, Refusing()):
+        clock = MemoryReactorClock()
+        connection = Decoding(clock, quick=quick)
+        connection.callLater = clock.callLater
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        connection.dataReceived(client.data_to_send())
+        transport.clear()
+        connection.dataReceived(lone_headers(block))
+        assert connection.decoded == (quick is not None), "take_whole decoded it, or h2"
+        outcomes.append((transport.value(), transport.disconnecting,
+                         connection.conn.state_machine.state))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0][3] == 7 and outcomes[0][1], "GOAWAY, and the connection closes"
+    assert quick is not None and len(quick.asked) == decodes
