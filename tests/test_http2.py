@@ -686,8 +686,8 @@ class Decoding(PluginH2Connection):
         return super().decode(block)
 
 
-def lone_headers(block: bytes) -> bytes:
-    return frame_head(len(block), 1, 0x5, 1) + block  # END_STREAM + END_HEADERS
+def lone_headers(block: bytes, stream_id: int = 1) -> bytes:
+    return frame_head(len(block), 1, 0x5, stream_id) + block  # END_STREAM + END_HEADERS
 
 
 @pytest.mark.parametrize(("block", "decodes"), [
@@ -723,3 +723,74 @@ def test_a_bad_block_take_whole_decodes_ends_the_connection_as_h2_would(
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0][3] == 7 and outcomes[0][1], "GOAWAY, and the connection closes"
     assert quick is not None and len(quick.asked) == decodes
+
+
+class Answering:
+    """A QuickRequests that answers every request whole with ``body``."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, connection: PluginH2Connection, event: object) -> None:
+        return None
+
+    def whole(self, connection: PluginH2Connection, stream_id: int,
+              fields: list[tuple[bytes, bytes]]) -> bool:
+        return connection.answer_whole(stream_id, b"200", RESPONSE[1:], self.body)
+
+
+def test_answer_whole_sends_and_books_what_h2_would_for_the_same_response() -> None:
+    """A request answered by take_whole/answer_whole against the same request through h2
+    (send_headers, then send_data with END_STREAM, cut the same way, and the closed
+    stream forgotten): the same bytes, connection state, windows and highest stream;
+    then a DATA frame for the closed stream, the next request and stream 1 reused meet
+    the same fate."""
+    body = bytes(range(256)) * 234  # 59,904 bytes: within the client's default windows
+    request = lone_headers(hpack.Encoder().encode(REQUEST))
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    preface = client.data_to_send()
+
+    clock = MemoryReactorClock()
+    ours = PluginH2Connection(clock, quick=Answering(body))
+    ours.callLater = clock.callLater
+    transport = StringTransport()
+    ours.makeConnection(transport)
+    ours.dataReceived(preface)
+    transport.clear()
+    ours.dataReceived(request)
+    sent = transport.value()
+
+    theirs = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    theirs.encoder = StatelessEncoder()
+    theirs.initiate_connection()
+    theirs.receive_data(preface)
+    theirs.data_to_send()
+    events = theirs.receive_data(request)
+    assert events[0].headers == REQUEST
+    theirs.send_headers(1, RESPONSE)
+    for start in range(0, len(body), FRAME_PAYLOAD):
+        theirs.send_data(1, body[start:start + FRAME_PAYLOAD],
+                         end_stream=start + FRAME_PAYLOAD >= len(body))
+    assert theirs.open_inbound_streams == 0 and not theirs.streams  # forgotten
+
+    assert sent == theirs.data_to_send()
+    mine = ours.conn
+    assert not ours.streams and not mine.streams, "no stream object, here or in h2"
+    assert sent[3] == 1, "HEADERS first: take_whole answered, h2 never saw the request"
+    assert (mine.state_machine.state, mine.highest_inbound_stream_id,
+            mine.outbound_flow_control_window) == (
+        theirs.state_machine.state, theirs.highest_inbound_stream_id,
+        theirs.outbound_flow_control_window) == (
+        h2.connection.ConnectionState.SERVER_OPEN, 1, 65535 - len(body))
+    late = frame_head(4, 0, 0x1, 1) + b"late"  # DATA on the closed stream
+    assert mine.receive_data(late) == theirs.receive_data(late) == []
+    assert mine.data_to_send() == theirs.data_to_send() != b""  # RST_STREAM(STREAM_CLOSED)
+    following = lone_headers(hpack.Encoder().encode(REQUEST), 3)
+    assert [repr(event) for event in mine.receive_data(following)] == [
+        repr(event) for event in theirs.receive_data(following)]
+    assert mine.streams.keys() == theirs.streams.keys() == {3}
+    for conn in (mine, theirs):  # stream 1 again: h2 ends the connection, STREAM_CLOSED
+        with pytest.raises(h2.exceptions.StreamClosedError):
+            conn.receive_data(request)
+    assert mine.data_to_send() == theirs.data_to_send()
