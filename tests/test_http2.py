@@ -16,6 +16,8 @@ import h2.exceptions
 import h2.settings
 import hpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
@@ -794,3 +796,45 @@ def test_answer_whole_sends_and_books_what_h2_would_for_the_same_response() -> N
         with pytest.raises(h2.exceptions.StreamClosedError):
             conn.receive_data(request)
     assert mine.data_to_send() == theirs.data_to_send()
+
+
+_POOL = [(b":method", b"GET"), (b":path", b"/plugins/a/1.0.0/plugin.wasm"), (b"x-a", b"1"),
+         (b"x-a", b"2"), (b"user-agent", b"Go-http-client/2.0"), (b"x-big", b"b" * 3000)]
+_FIELDS = st.lists(st.tuples(st.sampled_from(_POOL), st.booleans()), max_size=5)
+_STEPS = st.lists(st.one_of(
+    st.tuples(st.sampled_from(["ours", "h2"]), _FIELDS),  # decoded here, or by h2 itself
+    st.tuples(st.just("again"), st.none()),  # the last block decoded here, verbatim
+    st.tuples(st.just("resize"), st.sampled_from([0, 64, 2048, 4096]))), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_STEPS)
+def test_decode_remembers_a_block_only_while_it_would_decode_the_same(steps: list) -> None:
+    """PluginH2Connection.decode, which hands back its last list for the same bytes while
+    the table mark stands, against a plain HPACK decoder fed the same blocks, some of
+    them decoded by h2 (its own decoder, past decode): the same fields every time, and
+    the same table after."""
+    ours = PluginH2Connection(MemoryReactorClock())
+    reference, encoder = hpack.Decoder(), hpack.Encoder()
+    block = b""
+    for kind, value in steps:
+        if kind == "resize":
+            encoder.header_table_size = value
+            continue
+        here = block
+        if kind != "again":
+            here = encoder.encode([hpack.NeverIndexedHeaderTuple(*field) if never else field
+                                   for field, never in value])
+        decode = ours.conn.decoder.decode if kind == "h2" else ours.decode
+        try:
+            expected = reference.decode(here, raw=True)
+        except hpack.HPACKError as err:  # bytes repeated after the table moved on
+            with pytest.raises(type(err)):
+                ours.decode(here)
+            return
+        assert (decode(here, raw=True) if kind == "h2" else decode(here)) == expected
+        table = ours.conn.decoder.header_table
+        assert (list(table.dynamic_entries), table.maxsize) == (
+            list(reference.header_table.dynamic_entries), reference.header_table.maxsize)
+        if kind != "h2":
+            block = here
