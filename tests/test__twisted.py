@@ -10,12 +10,16 @@ import contextlib
 import inspect
 import os
 import signal
+import struct
 import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.exceptions
 from OpenSSL import SSL
 from twisted.application import app
 from twisted.internet.base import ReactorBase
@@ -32,6 +36,8 @@ from hps._twisted import (
     H2Base,
     forget_exit_signal,
     h2_connection,
+    h2_settled,
+    h2_stream_closed,
     h2_stream_done,
     inner_channel,
     negotiating,
@@ -316,3 +322,127 @@ def test_a_tls_write_openssl_cannot_make_yet_is_buffered_and_pauses_the_producer
     assert not producer.paused
 
 
+
+
+def h2_pair() -> tuple[Any, Any]:
+    """A client and a server ``h2.connection.H2Connection``, neither started."""
+    return (h2.connection.H2Connection(h2.config.H2Configuration(client_side=True)),
+            h2.connection.H2Connection(h2.config.H2Configuration(client_side=False)))
+
+
+REQUEST = [(":method", "GET"), (":scheme", "https"), (":path", "/plugins/a/1.0.0/plugin.wasm"),
+           (":authority", "hps"), ("user-agent", "canary")]
+
+
+def test_h2_settled_is_false_until_h2_holds_no_partial_frame() -> None:
+    """h2's FrameBuffer keeps the unread rest of the preface, a partial frame and a header
+    block awaiting CONTINUATION where hps._twisted.h2_settled looks."""
+    client, server = h2_pair()
+    server.initiate_connection()
+    assert not h2_settled(server), "the client's preface is still to come"
+    client.initiate_connection()
+    preface = client.data_to_send()
+    server.receive_data(preface[:10])
+    assert not h2_settled(server), "part of the preface"
+    server.receive_data(preface[10:])
+    assert h2_settled(server)
+    client.send_headers(1, REQUEST, end_stream=True)
+    frame = client.data_to_send()
+    server.receive_data(frame[:5])
+    assert not h2_settled(server), "half a frame header"
+    server.receive_data(frame[5:-3])
+    assert not h2_settled(server), "a frame without its last bytes"
+    assert server.receive_data(frame[-3:])
+    assert h2_settled(server)
+
+    # The same fields again, the block split into HEADERS (no END_HEADERS) + CONTINUATION.
+    block = client.encoder.encode(REQUEST)
+    head, rest = block[:4], block[4:]
+    headers = struct.pack(">I", len(head))[1:] + bytes([1, 0x1]) + struct.pack(">I", 3) + head
+    continuation = (struct.pack(">I", len(rest))[1:] + bytes([9, 0x4]) + struct.pack(">I", 3)
+                    + rest)
+    assert server.receive_data(headers) == []
+    assert not h2_settled(server), "a header block awaiting its CONTINUATION"
+    events = server.receive_data(continuation)
+    assert [type(event).__name__ for event in events] == ["RequestReceived", "StreamEnded"]
+    assert h2_settled(server)
+
+
+def served_and_forgotten(client: Any, server: Any, body: bytes) -> None:
+    """Stream 1 as h2 leaves it: the request (END_STREAM) taken, the response sent with
+    END_STREAM on its last DATA frame, and the closed stream forgotten."""
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(":status", "200")])
+    server.send_data(1, body, end_stream=True)
+    assert server.open_inbound_streams == 0  # h2 forgets closed streams as it counts
+    assert 1 not in server.streams
+
+
+def recorded_without_a_stream(client: Any, server: Any, body: bytes) -> None:
+    """Stream 1 as hps.http2.PluginH2Connection.answer_whole leaves it: the block decoded
+    by hand, the connection's state machine stepped, the stream recorded closed."""
+    data = client.data_to_send()
+    assert data[3] == 1 and data[4] == 0x5  # one HEADERS frame: END_STREAM + END_HEADERS
+    server.decoder.decode(data[9:], raw=True)
+    inputs = h2.connection.ConnectionInputs
+    for step in (inputs.RECV_HEADERS, inputs.SEND_HEADERS, inputs.SEND_DATA):
+        server.state_machine.process_input(step)
+    server.highest_inbound_stream_id = 1
+    h2_stream_closed(server, 1)
+    server.outbound_flow_control_window -= len(body)
+
+
+def later_frames(client: Any) -> dict[str, bytes]:
+    """What a client may still send on stream 1 once it is closed (hyperframe's frames,
+    since the client's h2 refuses to send them)."""
+    from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
+
+    reused = HeadersFrame(1, client.encoder.encode(REQUEST), flags=["END_HEADERS",
+                                                                     "END_STREAM"])
+    return {"window_update": WindowUpdateFrame(1, window_increment=1000).serialize(),
+            "rst_stream": RstStreamFrame(1, error_code=8).serialize(),
+            "data": DataFrame(1, b"late", flags=["END_STREAM"]).serialize(),
+            "headers": reused.serialize(),
+            "next_request": HeadersFrame(3, client.encoder.encode(REQUEST),
+                                         flags=["END_HEADERS", "END_STREAM"]).serialize()}
+
+
+def outcome(server: Any, frame: bytes) -> tuple[object, ...]:
+    try:
+        events = server.receive_data(frame)
+    except h2.exceptions.H2Error as err:  # which failure, and what h2 sends, are compared
+        return ("raised", type(err), server.state_machine.state, server.data_to_send())
+    return ("events", [repr(event) for event in events],
+            server.state_machine.state, server.data_to_send())
+
+
+def test_h2_stream_closed_makes_later_frames_meet_what_h2s_own_closed_stream_meets() -> None:
+    """h2 records a stream it forgets in ``_closed_streams`` with how it closed;
+    h2_stream_closed records a stream that never had a stream object the same way, so
+    WINDOW_UPDATE, RST_STREAM, DATA or a reused HEADERS for it later are handled alike,
+    and the next request opens its stream as usual. (Without the record, a reused HEADERS
+    ends the connection with PROTOCOL_ERROR where h2 says STREAM_CLOSED.)"""
+    body = b"x" * 1000
+    outcomes: dict[str, list[tuple[object, ...]]] = {}
+    for name in ("window_update", "rst_stream", "data", "headers", "next_request"):
+        for prepare in (served_and_forgotten, recorded_without_a_stream):
+            client, server = h2_pair()  # afresh for each frame: one may end the connection
+            client.initiate_connection()
+            server.initiate_connection()
+            server.receive_data(client.data_to_send())
+            server.data_to_send()
+            client.send_headers(1, REQUEST, end_stream=True)
+            prepare(client, server, body)
+            server.data_to_send()
+            assert server.outbound_flow_control_window == 65535 - len(body)
+            assert server.highest_inbound_stream_id == 1 and not server.streams
+            outcomes.setdefault(name, []).append(outcome(server, later_frames(client)[name]))
+    for name, (theirs, ours) in outcomes.items():
+        assert theirs == ours, name
+    assert outcomes["window_update"][0][1] == [] and outcomes["rst_stream"][0][1] == []
+    assert outcomes["data"][0][:2] == ("events", []), "h2 drops DATA on a closed stream"
+    rst = outcomes["data"][0][3]
+    assert rst[3] == 3 and rst[-4:] == bytes([0, 0, 0, 5]), "... with RST_STREAM(STREAM_CLOSED)"
+    assert outcomes["headers"][0][1] is h2.exceptions.StreamClosedError
+    assert outcomes["headers"][0][3][-4:] == bytes([0, 0, 0, 5]), "GOAWAY(STREAM_CLOSED)"
+    assert "RequestReceived stream_id:3" in outcomes["next_request"][0][1][0]
