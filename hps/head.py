@@ -168,8 +168,8 @@ def plain_fields(fields: list[tuple[bytes, bytes]]) -> bool:
     8.2 and 8.3; tests/test_head.py checks it against h2's own checks), so that hps may
     answer it without h2 (:meth:`hps.http2.PluginH2Connection.take_whole`)? The four
     request pseudo-fields first, each once and not empty; then lowercase token names,
-    no connection-specific field, no Host, no TE; values of visible ASCII and inner
-    spaces. Anything else goes through h2's checks."""
+    no connection-specific field, no Host, no TE, no empty Cookie; values of visible
+    ASCII and inner spaces. Anything else goes through h2's checks."""
     pseudo: set[bytes] = set()
     regular = False
     for name, value in fields:
@@ -179,7 +179,8 @@ def plain_fields(fields: list[tuple[bytes, bytes]]) -> bool:
             if regular or name in pseudo or name not in _PSEUDO or not value:
                 return False
             pseudo.add(name)
-        elif name in _NOT_PLAIN or not _TOKEN.fullmatch(name):
+        elif name in _NOT_PLAIN or not _TOKEN.fullmatch(name) or (
+                name == b"cookie" and not value):  # h2 joins crumbs: "a" + "" is "a; "
             return False
         else:
             regular = True

@@ -757,8 +757,11 @@ class PluginH2Connection(H2Base):
         else:
             cls.quiet += 1
         metrics.observe_abort("h2_protocol_error")
+        code = (h2.errors.ErrorCodes.ENHANCE_YOUR_CALM  # as h2 says for a header list bomb
+                if isinstance(err, hpack.OversizedHeaderListError)
+                else h2.errors.ErrorCodes.PROTOCOL_ERROR)
         try:
-            self.conn.close_connection(error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self.conn.close_connection(error_code=code)
             self.transport.write(self.conn.data_to_send())
         except h2.exceptions.ProtocolError:
             pass

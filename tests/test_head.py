@@ -261,17 +261,10 @@ def h2_server_takes(fields: Fields) -> bool:
                                                  h2.events.StreamEnded]
 
 
-def joins_to_a_trailing_space(fields: Fields) -> bool:
-    """Two or more Cookie fields, the last empty: h2 joins them with "; " before its
-    checks, and refuses the joined value's trailing space (test below)."""
-    cookies = [value for name, value in fields if name == b"cookie"]
-    return len(cookies) > 1 and not cookies[-1]
-
-
 def test_what_the_whole_path_answers_h2_would_have_taken_as_a_request() -> None:
     """hps answers a request without h2 only if plain_fields and parse_stream both pass
-    (hps.fastpath.ArtifactFastPath.parse_fields): then h2's whole inbound path takes it,
-    but for the cookies of the xfail test below. (plain_fields alone is within h2's header
+    (hps.fastpath.ArtifactFastPath.parse_fields): then h2's whole inbound path takes it.
+    (plain_fields alone is within h2's header
     checks, not its stream's: it lets through ``content-length: x``, which h2 refuses;
     parse_stream refuses any Content-Length.)"""
     assert plain_fields([*PSEUDO, (b"content-length", b"x")])
@@ -284,21 +277,19 @@ def test_what_the_whole_path_answers_h2_would_have_taken_as_a_request() -> None:
     def check(fields: Fields) -> None:
         answered = plain_fields(fields) and parse_stream(fields) is not None
         seen[answered] += 1
-        if answered and not joins_to_a_trailing_space(fields):
+        if answered:
             assert h2_server_takes(fields), fields
 
     check()
     assert seen[True] >= 30 and seen[False] >= 30, seen
 
 
-@pytest.mark.xfail(strict=True, reason="hps bug: plain_fields takes an empty last Cookie "
-                   "crumb, which h2 refuses once it has joined the crumbs")
 def test_split_cookies_ending_empty_are_not_plain() -> None:
     """h2 joins Cookie fields ("a" and "" make "a; ") before validating, and ends the
-    connection (PROTOCOL_ERROR) for the trailing space; plain_fields, checking each field
-    alone, calls them plain, so hps.http2.take_whole answers 200 a request h2 refuses."""
+    connection (PROTOCOL_ERROR) for the trailing space, though each field alone passes its
+    header checks: plain_fields refuses an empty Cookie, so take_whole never answers it."""
     fields = [*PSEUDO, (b"cookie", b"a"), (b"cookie", b"")]
-    assert joins_to_a_trailing_space(fields) and h2_accepts(fields)
+    assert h2_accepts(fields)
     assert parse_stream(fields) is not None
     assert not h2_server_takes(fields)
     assert not plain_fields(fields)
