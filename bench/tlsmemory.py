@@ -24,7 +24,10 @@ is sampled after each:
 
 ``--timeline`` instead runs ``bench/clients.py --mode wait --tls`` (the waiting case as
 ``bench/memory.py`` runs it) and samples the server's RSS every 0.1 s, to tell when the
-peak happens. Prints markdown.
+peak happens. ``--openssl`` measures no server: the C heap one server-side pyOpenSSL
+connection keeps (memory BIOs, as Twisted's), by stage and with or without
+``SSL_MODE_RELEASE_BUFFERS``, over ``--clients`` connections in this process. Prints
+markdown.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.memory import MODULE, SIZE, Server, start_hps, stop  # noqa: E402
 from bench.run import Maker, self_signed, write_module  # noqa: E402
+from bench.tlswrites import pair  # noqa: E402
 
+# Self-contained (no hps import): it runs in servers of any checkout (--baseline).
 HOOK = '''
 import collections, ctypes, gc, json, os, signal, tracemalloc
 
@@ -64,6 +69,9 @@ _libc = ctypes.CDLL(None)
 _libc.mallinfo2.restype = _Info
 
 
+_last = []
+
+
 def _dump(signum, frame):
     info = _libc.mallinfo2()
     out = {"heap": info.arena, "mmapped": info.hblkhd, "in_use": info.uordblks,
@@ -75,6 +83,10 @@ def _dump(signum, frame):
         out["traced"] = tracemalloc.get_traced_memory()[0]
         out["top"] = [(str(s.traceback), s.size, s.count)
                       for s in snapshot.statistics("lineno")[:20]]
+        if _last:  # what grew since the last dump
+            out["grew"] = [(str(s.traceback), s.size_diff, s.count_diff)
+                           for s in snapshot.compare_to(_last[0], "lineno")[:12]]
+        _last[:] = [snapshot]
     with open(_OUT + ".tmp", "w") as f:
         json.dump(out, f)
     os.replace(_OUT + ".tmp", _OUT)
@@ -218,6 +230,74 @@ def timeline(server: Server, clients: int, out: Path) -> list[str]:
         lines.append(f"| {at:.1f} | {f['rss']:.1f} | {(f['in_use'] + f['mmapped']) / mib:.1f}"
                      f" / {f['free'] / mib:.1f} | "
                      + " | ".join(str(f["types"].get(name, 0)) for name in WATCHED) + " |")
+    for at, f in facts:
+        if "grew" in f and f["rss"] > facts[0][1]["rss"] + 20:
+            lines += ["", f"grew in the 0.5 s to {at:.1f} s (tracemalloc, KiB):"]
+            lines += [f"    {size / 1024:+,.0f} ({count:+,}) {site}" for site, size, count
+                      in f["grew"][:8]]
+    lines += ["", "Around the peak, every sample:", "", "| s | RSS MiB |", "|---|---|"]
+    lines += [f"| {at:.2f} | {rss:.1f} |" for at, rss in samples if abs(at - peak_at) <= 1.5]
+    return lines
+
+
+def openssl(clients: int, tmp: Path) -> list[str]:
+    """C heap kept per server connection (mallinfo2 in use), in this process."""
+    import gc
+
+    from OpenSSL import SSL
+
+    from hps.memory import heap_info
+
+    def in_use() -> int:
+        info = heap_info()
+        if info is None:
+            raise SystemExit("--openssl needs glibc's mallinfo2")
+        return info.uordblks + info.hblkhd
+
+    key, cert = self_signed(tmp)
+
+    def context(release: bool, tls12: bool = False) -> SSL.Context:
+        made = SSL.Context(SSL.TLS_METHOD)
+        made.use_privatekey_file(str(key))
+        made.use_certificate_file(str(cert))
+        if release:
+            made.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        if tls12:
+            made.set_max_proto_version(SSL.TLS1_2_VERSION)
+        return made
+
+    def bare(made: SSL.Context) -> SSL.Connection:
+        return SSL.Connection(made, None)
+
+    def answered(made: SSL.Context) -> SSL.Connection:
+        """Handshake, a request read and a small answer written (a 503's size)."""
+        server, client = pair(made, with_client=True)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        server.bio_write(client.bio_read(1 << 16))
+        server.recv(1 << 16)
+        server.send(b"x" * 300)
+        server.bio_read(1 << 16)
+        return server
+
+    def kept(make, made: SSL.Context) -> float:
+        gc.collect()
+        before = in_use()
+        held = [make(made) for _ in range(clients)]
+        gc.collect()
+        grown = in_use() - before
+        del held
+        return grown / clients / 1024
+
+    lines = ["| server connection | KiB of C heap kept each |", "|---|---|"]
+    for release in (False, True):
+        label = "release buffers" if release else "no release"
+        made = context(release)
+        lines += [f"| `SSL_new` and two memory BIOs ({label}) | {kept(bare, made):.1f} |",
+                  f"| after the TLS 1.3 handshake ({label}) | {kept(pair, made):.1f} |",
+                  f"| and a request read, an answer written ({label}) | "
+                  f"{kept(answered, made):.1f} |"]
+    tls12 = context(True, tls12=True)
+    lines.append(f"| after a TLS 1.2 handshake (release buffers) | {kept(pair, tls12):.1f} |")
     return lines
 
 
@@ -227,6 +307,8 @@ def main() -> None:
     parser.add_argument("--trace", action="store_true", help="tracemalloc in the server")
     parser.add_argument("--timeline", action="store_true", help="RSS over the waiting case")
     parser.add_argument("--baseline", type=Path, help="another checkout of hps to run too")
+    parser.add_argument("--openssl", action="store_true",
+                        help="no server: pyOpenSSL connections in this process")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="set in the servers' environment only (an experiment)")
     args = parser.parse_args()
@@ -235,6 +317,9 @@ def main() -> None:
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hps-tlsmemory-") as name:
         tmp = Path(name)
+        if args.openssl:
+            print("\n".join(openssl(args.clients, tmp)))
+            return
         root = tmp / "tree" / "plugins"
         write_module(root, "p4mb", Maker().module(SIZE, SIZE), True)
         tls = self_signed(tmp)

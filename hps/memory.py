@@ -185,12 +185,16 @@ TRIM_STEP = 4 << 20
 """Freed C heap, grown by this much since the last trim, that is given back at once."""
 
 
+def heap_info() -> _MallInfo2 | None:
+    """glibc's ``mallinfo2()`` now; None where there is no such call."""
+    return None if _MALLINFO2 is None else _MALLINFO2()  # type: ignore[return-value]
+
+
 def heap_free() -> int | None:
     """Bytes free inside glibc's heap (``mallinfo2().fordblks``): freed by the process
     but resident until trimmed; None where there is no such call."""
-    if _MALLINFO2 is None:
-        return None
-    return int(_MALLINFO2().fordblks)  # type: ignore[attr-defined]
+    info = heap_info()
+    return None if info is None else int(info.fordblks)
 
 
 class HeapSlack:
