@@ -36,9 +36,7 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -47,6 +45,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.clients import more_descriptors, read_all, tls_context  # noqa: E402
 from bench.memory import MODULE, SIZE, Server, start_hps, stop  # noqa: E402
 from bench.run import Maker, self_signed, write_module  # noqa: E402
 from bench.tlswrites import pair  # noqa: E402
@@ -124,12 +123,6 @@ def dump(server: Server, out: Path) -> dict:
     return facts
 
 
-def tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    return context
-
-
 async def staged(server: Server, clients: int, out: Path) -> dict[str, dict]:
     """The stages above, each sampled once the clients are all past it."""
     facts = {"idle": dump(server, out)}
@@ -154,14 +147,7 @@ async def staged(server: Server, clients: int, out: Path) -> dict[str, dict]:
     await asyncio.sleep(6)
     facts["refused"] = dump(server, out)
 
-    async def read(reader, writer) -> int:
-        total = 0
-        while chunk := await reader.read(1 << 20):
-            total += len(chunk)
-        writer.close()
-        return total
-
-    got = await asyncio.gather(*[read(r, w) for r, w in live], return_exceptions=True)
+    got = await asyncio.gather(*[read_all(r, w) for r, w in live], return_exceptions=True)
     facts["read"] = dump(server, out)
     await asyncio.sleep(2)
     facts["closed"] = dump(server, out)
@@ -312,8 +298,7 @@ def main() -> None:
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="set in the servers' environment only (an experiment)")
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    more_descriptors()
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hps-tlsmemory-") as name:
         tmp = Path(name)
