@@ -101,6 +101,12 @@ async def run(args) -> dict:
             "seconds": round(time.monotonic() - started, 2)}
 
 
+def more_descriptors() -> None:
+    """A thousand sockets and more: raise this process's descriptor limit to its hard one."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
@@ -114,8 +120,7 @@ def main() -> None:
     parser.add_argument("--gzip", action="store_true")
     parser.add_argument("--tls", action="store_true")
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    more_descriptors()
     print(json.dumps(asyncio.run(run(args))))
 
 

@@ -35,7 +35,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import socket
 import ssl
 import subprocess
@@ -49,6 +48,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.clients import more_descriptors  # noqa: E402
 from bench.run import (  # noqa: E402
     Maker,
     free_port,
@@ -339,8 +339,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout of hps to run too")
     parser.add_argument("--no-nginx", action="store_true", help="hps only (a quick look)")
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    more_descriptors()
     report: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hps-memory-bench-") as name:
         tmp = Path(name)

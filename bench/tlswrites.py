@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL._util import lib
@@ -40,8 +41,9 @@ from hps._twisted import ssl_encrypt  # noqa: E402
 from tests.support.certificates import self_signed  # noqa: E402
 
 
-def pair(context: SSL.Context) -> SSL.Connection:
-    """A server connection whose handshake with a client (in memory) is done."""
+def pair(context: SSL.Context, with_client: bool = False) -> Any:
+    """A server connection whose handshake with a client (in memory) is done (and the
+    client, ``with_client``)."""
     server, client = SSL.Connection(context, None), SSL.Connection(SSL.Context(SSL.TLS_METHOD))
     server.set_accept_state()
     client.set_connect_state()
@@ -52,7 +54,7 @@ def pair(context: SSL.Context) -> SSL.Connection:
         for source, sink in ((client, server), (server, client)):
             with contextlib.suppress(SSL.WantReadError):
                 sink.bio_write(source.bio_read(1 << 20))
-    return server
+    return (server, client) if with_client else server
 
 
 def twisted(connection: SSL.Connection, data: bytes) -> None:

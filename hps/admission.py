@@ -34,7 +34,7 @@ from twisted.logger import Logger
 
 from hps import metrics
 from hps.limits import PROBE_RESERVE
-from hps.memory import Limit, rss, trim
+from hps.memory import HeapSlack, Limit, rss, trim
 
 KiB, MiB = 1 << 10, 1 << 20
 CHARGE_TLS = 144 * KiB
@@ -56,10 +56,13 @@ class Admission:
     log = Logger()
 
     def __init__(self, limit: Limit, clock: Any, sample: Callable[[], int] = rss,
-                 trim: Callable[[], bool] = trim) -> None:
+                 trim: Callable[[], bool] = trim, slack: HeapSlack | None = None) -> None:
         self.limit = limit
         self.clock = clock
         self.sample, self.trim = sample, trim
+        self.slack = slack or HeapSlack(trim=trim)
+        """Gives back the C heap's pages after a burst of frees (every sample, with or
+        without a limit: it lowers the peak resident size, not only the estimate)."""
         self.base = 0
         """The idle server's resident bytes (re-measured whenever no connection is open)."""
         self.resident = 0
@@ -85,9 +88,11 @@ class Admission:
         return None if self.limit.bytes is None else self.limit.bytes - self.headroom
 
     def measure(self, idle: bool = True) -> None:
-        """Sample the resident size; when ``idle`` (no connection open), with the C heap's
-        free pages given back first, it is the new base (a catalog grows, a herd's
+        """Sample the resident size (after a burst of frees, with those pages given back:
+        :class:`hps.memory.HeapSlack`); when ``idle`` (no connection open), with the C
+        heap's free pages given back first, it is the new base (a catalog grows, a herd's
         buffers are gone)."""
+        self.slack.check()
         self.resident = self.sample()
         if not self.base:
             self.base = self.resident

@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,14 +161,73 @@ def rss() -> int:
         return 0
 
 
-def _libc_trim() -> object | None:
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (2.33+): the C heap's counts, in bytes."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _libc(name: str) -> Callable[..., object] | None:
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):  # not glibc (musl has neither call)
         return None
 
 
-_TRIM = _libc_trim()
+_TRIM = _libc("malloc_trim")
+_MALLINFO2 = _libc("mallinfo2")
+if _MALLINFO2 is not None:
+    _MALLINFO2.restype = _MallInfo2  # type: ignore[attr-defined]
+
+TRIM_STEP = 4 << 20
+"""Freed C heap, grown by this much since the last trim, that is given back at once."""
+
+
+def heap_info() -> _MallInfo2 | None:
+    """glibc's ``mallinfo2()`` now; None where there is no such call."""
+    return None if _MALLINFO2 is None else _MALLINFO2()  # type: ignore[return-value]
+
+
+def heap_free() -> int | None:
+    """Bytes free inside glibc's heap (``mallinfo2().fordblks``): freed by the process
+    but resident until trimmed; None where there is no such call."""
+    info = heap_info()
+    return None if info is None else int(info.fordblks)
+
+
+class HeapSlack:
+    """Gives the C heap's freed pages back after a burst of frees (:func:`trim`).
+
+    Python's own objects live in arenas it maps itself, so they never reuse what the C
+    heap freed: when a herd's TLS handshakes end, OpenSSL frees their handshake state
+    (18 MiB at once for 1,000 clients, measured) while the requests that follow grow
+    Python's arenas, and without a trim the process stays resident for both (1,000 waiting
+    TLS clients peaked 9 MiB lower with it, bench/README.md). A trim leaves the freed
+    chunks free (their pages are given back, and come back on reuse), so the free count
+    does not fall: what triggers the next trim is the free count grown by ``step`` over
+    its lowest since the last one."""
+
+    def __init__(self, free: Callable[[], int | None] = heap_free,
+                 trim: Callable[[], bool] = lambda: trim(),
+                 step: int = TRIM_STEP) -> None:
+        self.free, self.trim, self.step = free, trim, step
+        self.floor: int | None = None
+        self.trims = 0
+
+    def check(self) -> bool:
+        """Trim if enough was freed since the last trim; True when it did."""
+        free = self.free()
+        if free is None:
+            return False
+        if self.floor is None or free < self.floor:
+            self.floor = free
+        if free - self.floor < self.step or not self.trim():
+            return False
+        self.floor = self.free()
+        self.trims += 1
+        return True
 
 
 def trim() -> bool:

@@ -31,7 +31,7 @@ from hps.admission import (
     MAX_HANDSHAKES,
     Admission,
 )
-from hps.memory import Limit
+from hps.memory import HeapSlack, Limit
 from hps.metrics import REGISTRY
 from tests.support.certificates import self_signed
 from tests.support.memory import Connection, Harness, parse
@@ -375,3 +375,21 @@ def test_a_tls_herd_in_a_small_memory_cgroup(tree: Tree, serve, tmp_path: Path) 
         assert whole, "nothing was served"
         assert probes and probes.count(200) >= 0.9 * len(probes), probes
         server.stop()
+
+
+def test_every_sample_gives_back_a_burst_of_freed_heap_first() -> None:
+    """With or without a limit: the peak resident size is what the pod is killed for."""
+    order: list[str] = []
+
+    class Slack(HeapSlack):
+        def check(self) -> bool:
+            order.append("check")
+            return True
+
+    def sample() -> int:
+        order.append("sample")
+        return 1
+
+    gate = Admission(Limit(None, "test"), Clock(), sample=sample, slack=Slack())
+    gate.measure(idle=False)
+    assert order == ["check", "sample"]

@@ -6,9 +6,11 @@ The same rules through the real server and an HTTP/2 client: tests/test_http2.py
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from hps import metrics
@@ -238,3 +240,25 @@ def test_plain_tcp_bodies_never_wait_for_a_turn(tls_site) -> None:
     client = download(server)
     assert head_and_body(client)[1] == body
     assert not server.site.bodies.waiting and sample("hps_h2_bodies_waited_total") == waited
+
+
+def test_a_tls_request_waiting_for_its_turn_holds_one_timer_and_few_deferreds(
+        tls_site) -> None:
+    """A herd queues hundreds of requests at once: each waits on one timer (TURN_WAIT) and
+    its request's end, not on a chain of Deferreds and closures; a client that leaves takes
+    its timer with it."""
+    server, _ = tls_site(limit=0)
+    reactor = server.site.reactor
+
+    def deferreds() -> int:
+        gc.collect()
+        return sum(isinstance(o, Deferred) for o in gc.get_objects())
+
+    timers, before = len(reactor.getDelayedCalls()), deferreds()
+    waiting = [download(server) for _ in range(20)]
+    assert len(server.site.bodies.waiting) == 20
+    assert len(reactor.getDelayedCalls()) - timers == 20, "one TURN_WAIT timer each"
+    assert deferreds() - before <= 2 * 20, "the request's own notifyFinish, and ours"
+    waiting[0].close()
+    assert len(reactor.getDelayedCalls()) - timers == 19
+    assert len(server.site.bodies.waiting) == 19

@@ -4,11 +4,21 @@ tests/test_admission.py's process test, inside a real memory cgroup)."""
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import pytest
 
-from hps.memory import Limit, cgroup_limit, parse_size, resolve, rss, size_problem
+from hps.memory import (
+    HeapSlack,
+    Limit,
+    cgroup_limit,
+    heap_free,
+    parse_size,
+    resolve,
+    rss,
+    size_problem,
+)
 
 V1_MOUNTS = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -115,3 +125,76 @@ def test_this_machine(tmp_path: Path) -> None:
     else:
         assert limit.source
     assert rss() > 1 << 20
+
+
+# -- the C heap's slack ----------------------------------------------------------------------
+
+class FakeHeap:
+    """A C heap whose free count the test sets, and that counts its trims."""
+
+    def __init__(self) -> None:
+        self.free, self.trims = 0, 0
+
+    def trim(self) -> bool:
+        self.trims += 1
+        return True
+
+
+def test_a_burst_of_frees_is_trimmed_once() -> None:
+    heap = FakeHeap()
+    slack = HeapSlack(free=lambda: heap.free, trim=heap.trim, step=100)
+    heap.free = 1000
+    assert not slack.check()  # the first look sets the floor
+    heap.free = 1099
+    assert not slack.check() and heap.trims == 0
+    heap.free = 1100
+    assert slack.check() and heap.trims == 1
+    # A trim leaves the chunks free (their pages go): the count stays, no trim again.
+    assert not slack.check() and not slack.check() and heap.trims == 1
+
+
+def test_reuse_lowers_the_floor_and_the_next_burst_trims_again() -> None:
+    heap = FakeHeap()
+    slack = HeapSlack(free=lambda: heap.free, trim=heap.trim, step=100)
+    heap.free = 500
+    slack.check()
+    heap.free = 200  # reused: the next burst counts from here
+    assert not slack.check()
+    heap.free = 299
+    assert not slack.check()
+    heap.free = 300
+    assert slack.check() and heap.trims == 1 and slack.trims == 1
+
+
+def test_without_glibcs_calls_nothing_happens() -> None:
+    heap = FakeHeap()
+    assert not HeapSlack(free=lambda: None, trim=heap.trim).check()
+    heap.free = 1 << 30
+    no_trim = HeapSlack(free=lambda: heap.free, trim=lambda: False, step=1)
+    no_trim.check()
+    heap.free += 2
+    assert not no_trim.check() and no_trim.trims == 0
+
+
+def test_freed_pages_go_back_on_this_machine() -> None:
+    """The real allocator: 32 MiB in 32 KiB chunks (below the mmap threshold: heap),
+    touched; every other one freed (the ones kept between them stop the freed ones from
+    merging into the heap's top, which glibc trims by itself): the free count grows by
+    16 MiB and the check gives their pages back (the resident size falls)."""
+    if heap_free() is None:
+        pytest.fail("glibc's mallinfo2 is missing: this machine's Python is not on glibc")
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    slack = HeapSlack()
+    chunks = [libc.malloc(32 << 10) for _ in range(1024)]
+    for chunk in chunks:
+        ctypes.memset(chunk, 1, 32 << 10)
+    slack.check()  # a sample while they are held (the floor: the heap's free count then)
+    held = rss()
+    for chunk in chunks[::2]:
+        libc.free(chunk)
+    assert slack.check() and slack.trims == 1
+    assert held - rss() >= 8 << 20
+    for chunk in chunks[1::2]:
+        libc.free(chunk)
