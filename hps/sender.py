@@ -56,9 +56,9 @@ and Twisted's TLS layer, whose write aggregation hands the TCP transport ~64 KiB
 time anyway (so a client that stops reading leaves about as much in the server with
 16 KiB reads; 8-27 % less server CPU per response measured, bench/README.md)."""
 
-H2_READ = 4 * FRAME_PAYLOAD
+H2_READ = 8 * FRAME_PAYLOAD
 """Bytes read per write on an HTTP/2 stream: whole DATA frames, so the send loop slices
-frames out of it without joining pieces (and fewer reads per byte)."""
+frames out of it without joining pieces, one connection write's worth (``WRITE_BYTES``)."""
 
 
 def zero_copy(transport: ITransport | None) -> bool:
