@@ -96,16 +96,12 @@ class QuickStream:
     def send_whole(self, source: Source, fields: list[tuple[bytes, bytes]]) -> bool:
         """A small body, read at once and sent with its head in one write, if its connection
         can (:meth:`hps.http2.PluginH2Connection.send_whole`); else False, nothing sent."""
-        size = self.variant.size
-        if not 0 < size <= WHOLE_BYTES or not self.connection.can_send_whole(self.streamID, size):
+        if not self.connection.can_send_whole(self.streamID, self.variant.size):
             return False
-        if not source.fresh():
-            return False  # the sender notices too, and cuts the stream
-        body = source.read(0, size)
-        if len(body) != size or not self.connection.send_whole(self.streamID, b"200", fields,
-                                                                 body):
+        body = whole_body(self.variant, source)
+        if body is None or not self.connection.send_whole(self.streamID, b"200", fields, body):
             return False
-        self.sent = size
+        self.sent = len(body)
         self.finished()
         return True
 
@@ -159,6 +155,17 @@ class QuickStream:
         return access_fields(self.parsed, self.connection.peer(), PROTOCOL, self.sent)
 
 
+def whole_body(variant: ArtifactVariant, source: Source) -> bytes | None:
+    """The variant's body in one read, if it may go whole (at most ``WHOLE_BYTES``, not
+    empty) and the file is still what the catalog saw (else the sender's path notices,
+    and cuts the stream); None otherwise."""
+    size = variant.size
+    if not 0 < size <= WHOLE_BYTES or not source.fresh():
+        return None
+    body = source.read(0, size)
+    return body if len(body) == size else None
+
+
 def log_response(connection: Any, parsed: Parsed, sent: int) -> None:
     """Log and count a response this path sent whole (``sent`` bytes queued)."""
     site = connection.site
@@ -208,14 +215,12 @@ class H2FastPath:
         if opened is None:
             return False
         parsed, variant, source = opened
-        size = variant.size
-        if (parsed.head or not 0 < size <= WHOLE_BYTES
-                or not connection.can_answer_whole(size) or not source.fresh()):
+        if parsed.head or not connection.can_answer_whole(variant.size):
             return False
-        body = source.read(0, size)
+        body = whole_body(variant, source)
         second = int(connection.clock.seconds())
-        if len(body) != size or not connection.answer_whole(
+        if body is None or not connection.answer_whole(
                 stream_id, b"200", response_fields(variant, self.fast.clock.at(second)), body):
             return False
-        log_response(connection, parsed, size)
+        log_response(connection, parsed, len(body))
         return True
