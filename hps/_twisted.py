@@ -1,10 +1,10 @@
-"""The few Twisted (and pyOpenSSL) internals hps cannot avoid, in one room, each guarded
-by a canary.
+"""The few Twisted (and pyOpenSSL and h2) internals hps cannot avoid, in one room, each
+guarded by a canary.
 
 Everything else in hps uses Twisted's public API. Each name here has a test in
 ``tests/test__twisted.py`` that fails loudly when a Twisted release renames or
-changes it, and ``setup.py`` bounds Twisted's version to the releases those
-canaries were run against.
+changes it, and ``setup.py`` bounds Twisted's, pyOpenSSL's and h2's versions to the
+releases those canaries were run against.
 """
 
 from __future__ import annotations
