@@ -16,7 +16,7 @@ from hps.catalog import unloaded
 from hps.files import Source
 from hps.h2fast import QuickStream
 from tests.support.certificates import self_signed
-from tests.support.h2client import H2Client, connect_h2
+from tests.support.h2client import H2Client, connect_h2, connect_wide
 from tests.support.memory import Harness
 from tests.support.server import Tree
 
@@ -243,16 +243,6 @@ def answered(monkeypatch) -> list[int]:
     return streams
 
 
-def roomy(server: Harness) -> H2Client:
-    """A client with the windows gateways open (Go: 4 MiB a stream, 1 GiB in all)."""
-    client = connect_h2(server, window=4 << 20)
-    client.auto_window = True
-    client.conn.increment_flow_control_window(1 << 30)
-    client.flush()
-    server.settle()
-    return client
-
-
 def small_site(h2, tree: Tree, **knobs: object) -> tuple[Harness, bytes]:
     server, demo = h2(gzip=False, **knobs)
     small = tree.add("small", "1.0.0", size=SMALL_SIZE)
@@ -270,7 +260,7 @@ def test_a_small_download_leaves_whole_before_h2_parses_its_request(h2, tree: Tr
     server, small = small_site(h2, tree)
     key = 'hps_downloads_total{plugin="small",version="1.0.0"}'
     before = server.metrics()
-    client = roomy(server)
+    client = connect_wide(server)
     whole = client.get(SMALL, fields=PLAIN)
     server.settle()
     slow = client.get(SMALL, fields=PLAIN + SLOW_PATH)
@@ -296,7 +286,7 @@ def test_every_path_keeps_the_hpack_tables_in_step_on_one_connection(h2, tree: T
     (HEAD, a range, a body too big to go whole), repeated, with new fields and after the
     client resized its table, all on one connection, each answered right."""
     server, small = small_site(h2, tree)
-    client = roomy(server)
+    client = connect_wide(server)
     agent = (("user-agent", "Go-http-client/2.0"),)
     steps: list[tuple[int, int, bytes]] = []
 
@@ -328,12 +318,12 @@ def test_a_whole_body_holds_its_turn_until_its_client_takes_the_bytes(h2, tree: 
     not read keeps its turn; the next waits, then goes once the bytes are taken."""
     server, small = small_site(h2, tree)
     server.site.bodies.limit = 1
-    stalled = roomy(server)
+    stalled = connect_wide(server)
     stalled.connection.stop_reading()
     first = stalled.get(SMALL)
     server.settle()
     assert answered == [first] and len(server.site.bodies.active) == 1
-    other = roomy(server)
+    other = connect_wide(server)
     second = other.get(SMALL)
     server.settle()
     assert len(answered) == 1, "no free turn: it waits as any body does"
@@ -349,11 +339,11 @@ def test_a_whole_body_its_client_never_takes_gives_its_turn_and_is_cut(h2, tree:
     send_timeout = 5.0
     server, small = small_site(h2, tree, send_timeout=send_timeout)
     server.site.bodies.limit = 1
-    stalled = roomy(server)
+    stalled = connect_wide(server)
     stalled.connection.stop_reading()
     stalled.get(SMALL)
     server.settle()
-    other = roomy(server)
+    other = connect_wide(server)
     second = other.get(SMALL)
     server.settle()
     assert not other.bodies[second]
@@ -368,7 +358,7 @@ def test_a_whole_body_its_client_never_takes_gives_its_turn_and_is_cut(h2, tree:
 
 def test_a_header_block_hpack_cannot_decode_ends_the_connection_politely(h2, tree: Tree) -> None:
     server, _ = small_site(h2, tree)
-    client = roomy(server)
+    client = connect_wide(server)
     ok = client.get(SMALL)
     server.settle()
     assert client.status[ok] == 200

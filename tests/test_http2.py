@@ -41,7 +41,7 @@ from hps.http2 import (
 )
 from hps.site import SWEEP_SECONDS
 from tests.support.certificates import self_signed
-from tests.support.h2client import connect_h2
+from tests.support.h2client import connect_h2, connect_wide
 from tests.support.memory import Harness
 from tests.support.server import Tree
 
@@ -247,20 +247,12 @@ def server_side(client) -> PluginH2Connection:
     return inner_channel(client.connection.server.wrappedProtocol)
 
 
-def wide_open(server: Harness):
-    """A client whose windows never limit the server (2 GiB, stream and connection)."""
-    client = connect_h2(server, window=2**31 - 1)
-    client.conn.increment_flow_control_window(2**31 - 1 - 65535)
-    client.flush()
-    return client
-
-
 def test_a_body_leaves_in_record_sized_frames_many_per_write_and_no_timer_per_frame(
         h2site) -> None:
     """twisted.web wrote each DATA frame on its own and waited a callLater(0) between
     frames; a 16,384-byte frame took two TLS records."""
     server, body = h2site()
-    client = wide_open(server)
+    client = connect_wide(server)
     connection = server_side(client)
     writes: list[int] = []
     turns: list[float] = []
@@ -336,7 +328,7 @@ def test_bodies_take_turns_in_arrival_order_and_a_cancelled_waiter_leaves_nothin
     server, body = h2site()
     gate = server.site.bodies
     gate.limit = 2
-    clients = [wide_open(server) for _ in range(3)]
+    clients = [connect_wide(server) for _ in range(3)]
     for client in clients:
         client.connection.stop_reading()  # slow links: every body takes a while
     asked = []  # (client, stream), in the order they reach the server
@@ -368,7 +360,7 @@ def test_a_stalled_body_gives_its_turn_to_the_next_and_the_deadline_still_ends_i
     stalled = connect_h2(server, window=0)
     stuck = stalled.get(BIG)
     server.settle()
-    waiting = wide_open(server)
+    waiting = connect_wide(server)
     second = waiting.get(BIG)
     server.settle()
     assert list(gate.waiting) and not waiting.bodies[second], "one turn, held by the stalled"

@@ -111,3 +111,14 @@ def connect_h2(server: Harness, window: int | None = None) -> H2Client:
         client=client, tls=CertificateOptions(acceptableProtocols=[b"h2"]))
     assert client.transport.negotiatedProtocol == b"h2", "ALPN did not pick h2"
     return client
+
+
+def connect_wide(server: Harness) -> H2Client:
+    """:func:`connect_h2` with windows that never limit the server (2 GiB, stream and
+    connection), as a gateway's are in effect (Go opens 4 MiB a stream, 1 GiB in all). The
+    server has them before the first request, as it has a gateway's SETTINGS."""
+    client = connect_h2(server, window=2**31 - 1)
+    client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+    client.flush()
+    server.settle()
+    return client
